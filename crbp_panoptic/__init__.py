@@ -1,0 +1,18 @@
+"""crbp_panoptic: contractor recurrent back-propagation (C-RBP) for Detectron2.
+
+Floors, arrows only downward:
+
+* ``crbp_panoptic.crbp`` -- the algorithm (equilibrium solve, RBP, LCP, hGRU); torch only.
+* ``crbp_panoptic.pathfinder`` -- the contour-tracing task; torch only.
+* ``crbp_panoptic.modeling`` / ``crbp_panoptic.data`` -- Detectron2 wiring.
+"""
+import importlib.util
+
+from .config import add_crbp_config
+
+# Importing the Detectron2 wiring fills Detectron2's registries (backbone, mask head,
+# meta-architecture, synthetic datasets). The torch-only floors work without Detectron2.
+if importlib.util.find_spec("detectron2") is not None:
+    from . import data, modeling  # noqa: F401  (registers)
+
+__all__ = ["add_crbp_config"]

@@ -1,0 +1,57 @@
+"""The ``MODEL.CRBP`` config subtree.
+
+Read order for a newcomer: this file, then ``modeling/backbone.py`` and
+``modeling/mask_head.py``, then the engine in ``crbp/``.
+"""
+
+__all__ = ["add_crbp_config"]
+
+
+def add_crbp_config(cfg):
+    """Add the ``MODEL.CRBP`` keys (with defaults) to a Detectron2 config, in place.
+
+    Both recurrent placements (the C-RBP FPN backbone and ``CRBPMaskHead``) read these
+    keys; values are validated when the model is built (``modeling/config_args.py``).
+
+    Args:
+        cfg (CfgNode): a Detectron2 config (``detectron2.config.get_cfg()``).
+    """
+    _CN = type(cfg)  # Detectron2's CfgNode, without importing Detectron2 here.
+    cfg.MODEL.CRBP = _CN()
+    crbp = cfg.MODEL.CRBP
+    # Training rule: "crbp" (RBP + LCP), "rbp", "bptt" or "cbptt" (BPTT + LCP).
+    crbp.GRAD = "crbp"
+    # Recurrent steps T in training (the paper's COCO model: 20).
+    crbp.STEPS = 20
+    # Steps at inference; 0 = same as STEPS. May exceed STEPS (stability beyond training).
+    crbp.TEST_STEPS = 0
+    # Max terms K of the Neumann series sum_k (J^T)^k g in the RBP backward pass.
+    crbp.NEUMANN_STEPS = 15
+    # Weight of the mean-form Lipschitz-coefficient penalty in the loss dict (`loss_lcp`).
+    # The paper weighted a penalty summed over all state elements by 1e-3; a mean is
+    # invariant to batch, ROI count and resolution, so its weight is set on the scale of
+    # the task losses instead (see README, "Choosing LCP_WEIGHT").
+    crbp.LCP_WEIGHT = 1.0
+    # tau: target bound on the column sums 1^T J of the step's Jacobian (penalty relu(u - tau)^2).
+    crbp.LCP_TAU = 0.9
+    # Cheap penalty: fraction (0, 1) or count (>= 1) of batch rows (ROIs / images) the
+    # penalty is evaluated on; 0 = exact penalty on every row.
+    crbp.LCP_SUBSAMPLE = 0.0
+    # Forward solver: "fixed_point" (plain iteration) or "anderson" (Anderson acceleration).
+    crbp.SOLVER = "fixed_point"
+    # Training: stop the forward iteration once ||h_t - h_{t-1}|| / ||h_t|| < this; 0 = run STEPS.
+    crbp.FORWARD_TOL = 0.0
+    # Inference: the same early stop at test time; 0 = run TEST_STEPS exactly.
+    crbp.TEST_TOL = 0.0
+    # RBP backward: stop the Neumann series once a term is below this fraction of the sum; 0 = off.
+    crbp.NEUMANN_TOL = 0.0
+    # hGRU cell: kernel size of the inhibition / excitation convolutions.
+    crbp.KERNEL_SIZE = 3
+    # hGRU cell normalisation: "GN" (GroupNorm, as in the paper) or "none".
+    crbp.NORM = "GN"
+    # hGRU cell: GroupNorm groups (must divide the channel count).
+    crbp.NUM_GROUPS = 32
+    # hGRU cell: GALA attention (channel x spatial) for the inhibition gate instead of a 1x1 conv.
+    crbp.GALA = False
+    # Recurrent FPN backbone: the FPN levels whose lateral feature is refined to equilibrium.
+    crbp.FPN_LEVELS = ["p2", "p3", "p4", "p5"]

@@ -1,0 +1,69 @@
+"""The paper's recurrent ROI mask head: an hGRU at equilibrium instead of four 3x3 convs."""
+import fvcore.nn.weight_init as weight_init
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec
+from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
+
+from crbp_panoptic.crbp import RecurrentRefiner
+
+from .config_args import refiner_args
+
+__all__ = ["CRBPMaskHead"]
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class CRBPMaskHead(BaseMaskRCNNHead):
+    """Mask head whose ROI features are refined to an equilibrium by one hGRU.
+
+    The ROIAlign features (R, C, 14, 14) are the drive ``x`` of an hGRU run from
+    ``h_0 = 0``; its equilibrium replaces the stock head's four 3x3 conv + ReLU layers
+    (``mask_fcn1..4``). Then, as in ``MaskRCNNConvUpsampleHead``, a 2x2 stride-2
+    ``deconv`` + ReLU and a 1x1 ``predictor`` give (R, num_classes, 28, 28) logits; the
+    loss and inference contract is :class:`BaseMaskRCNNHead`'s. ``deconv`` and
+    ``predictor`` keep their stock names, so a stock checkpoint fills them.
+    """
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, num_classes, conv_dim, refiner_kwargs, **kwargs):
+        """
+        Args:
+            input_shape (ShapeSpec): shape of the ROI features (its channels are the hGRU's).
+            num_classes (int): mask classes (1 if class-agnostic).
+            conv_dim (int): output channels of the deconv.
+            refiner_kwargs (dict): :class:`RecurrentRefiner` keyword arguments (those of its
+                :class:`HGRUCell` included; ``channels`` must be ``input_shape.channels``).
+            kwargs: :class:`BaseMaskRCNNHead` arguments (``loss_weight``, ``vis_period``).
+        """
+        super().__init__(**kwargs)
+        channels = input_shape.channels
+        self.mask_recurrent = RecurrentRefiner(**refiner_kwargs)
+        self.deconv = ConvTranspose2d(channels, conv_dim, kernel_size=2, stride=2, padding=0)
+        self.deconv_relu = nn.ReLU()
+        self.predictor = Conv2d(conv_dim, num_classes, kernel_size=1)
+        weight_init.c2_msra_fill(self.deconv)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret.update(
+            input_shape=input_shape,
+            num_classes=1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            conv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
+            refiner_kwargs=refiner_args(cfg, input_shape.channels),
+        )
+        return ret
+
+    def layers(self, x):
+        """
+        Args:
+            x (Tensor): ROI features, shape (R, C, S, S); R may be 0.
+
+        Returns:
+            Tensor: mask logits, shape (R, num_classes, 2S, 2S).
+        """
+        h = self.mask_recurrent(x)
+        return self.predictor(self.deconv_relu(self.deconv(h)))

@@ -1,0 +1,69 @@
+"""Panoptic FPN that adds the recurrent modules' penalty to its losses and logs their dynamics."""
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
+from detectron2.utils.events import get_event_storage
+
+from crbp_panoptic.crbp import RecurrentRefiner
+
+from .config_args import lcp_weight
+
+__all__ = ["CRBPPanopticFPN", "recurrent_modules"]
+
+
+def recurrent_modules(model):
+    """list[(str, RecurrentRefiner)]: every recurrent module inside ``model``, by name."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentRefiner)]
+
+
+@META_ARCH_REGISTRY.register()
+class CRBPPanopticFPN(PanopticFPN):
+    """:class:`PanopticFPN` whose training losses include ``loss_lcp``.
+
+    With a penalised rule (``MODEL.CRBP.GRAD`` "crbp" or "cbptt"), the unweighted
+    Lipschitz-coefficient penalty of every :class:`RecurrentRefiner` in the model (the
+    recurrent FPN levels, the recurrent mask head) is summed, multiplied by
+    ``MODEL.CRBP.LCP_WEIGHT`` and returned as ``loss_lcp``, so the trainer, the logs and
+    DDP treat it like any other loss. For "rbp" / "bptt" no ``loss_lcp`` is returned.
+
+    Each recurrent module's forward residual, steps and penalty, and the Neumann terms of
+    the previous backward pass, go to the event storage as ``crbp/<module>/<stat>``.
+    Inference is exactly :class:`PanopticFPN`'s.
+    """
+
+    @configurable
+    def __init__(self, *, lcp_weight: float, **kwargs):
+        """
+        Args:
+            lcp_weight (float): multiplier of the summed penalty in ``loss_lcp``.
+            kwargs: :class:`PanopticFPN` arguments.
+        """
+        super().__init__(**kwargs)
+        self.lcp_weight = lcp_weight
+        self._recurrent = recurrent_modules(self)
+        self._penalised = any(m.mode in ("crbp", "cbptt") for _, m in self._recurrent)
+        self._last_results = []
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ret["lcp_weight"] = lcp_weight(cfg)
+        return ret
+
+    def forward(self, batched_inputs):
+        if not self.training:
+            return super().forward(batched_inputs)
+        storage = get_event_storage()
+        # The backward pass of the previous iteration has filled in its Neumann statistics.
+        for name, result in self._last_results:
+            for key, value in result.backward_info.items():
+                storage.put_scalar(f"crbp/{name}/{key}", float(value), smoothing_hint=False)
+        for _, module in self._recurrent:
+            module.last_result = None  # a module that does not run must not report stale values
+        losses = super().forward(batched_inputs)
+        self._last_results = [(n, m.last_result) for n, m in self._recurrent if m.last_result is not None]
+        for name, r in self._last_results:
+            for key, value in (("residual", r.residual), ("steps", r.steps), ("lcp", r.lcp.item())):
+                storage.put_scalar(f"crbp/{name}/{key}", value, smoothing_hint=False)
+        if self._penalised and self._last_results:
+            losses["loss_lcp"] = self.lcp_weight * sum(r.lcp for _, r in self._last_results)
+        return losses

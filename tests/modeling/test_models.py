@@ -1,0 +1,185 @@
+"""The Detectron2 wiring: configs, backbone, mask head, penalty in the loss dict, errors."""
+import math
+
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import crbp_panoptic  # noqa: F401  (registers)
+from crbp_panoptic.crbp import RecurrentRefiner
+from crbp_panoptic.modeling import CRBPFPN, CRBPMaskHead, recurrent_modules
+
+from tests.tiny import CONFIGS, tiny_batch, tiny_cfg
+
+FPN_YAML = "COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml"
+MASK_YAML = "COCO-PanopticSegmentation/panoptic_crbp_mask_R_50_1x.yaml"
+STOCK_YAML = "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
+ALL_YAMLS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
+                   if not p.name.startswith("Base-"))
+GRADS = ["crbp", "rbp", "bptt", "cbptt"]
+
+
+def _build(config_file, *opts, seed=0):
+    torch.manual_seed(seed)
+    return build_model(tiny_cfg(config_file, *opts))
+
+
+def _train_step(model, batch):
+    model.train()
+    with EventStorage():
+        losses = model(batch)
+        total = sum(losses.values())
+        model.zero_grad()
+        total.backward()
+    return losses
+
+
+@pytest.mark.parametrize("config_file", ALL_YAMLS)
+def test_every_yaml_builds_and_runs_inference(config_file):
+    model = _build(config_file)
+    model.eval()
+    image = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)
+    with torch.no_grad():
+        (out,) = model([{"image": image, "height": 64, "width": 80}])
+    assert out["sem_seg"].shape[-2:] == (64, 80)
+    seg, segments = out["panoptic_seg"]
+    assert seg.shape == (64, 80)
+    assert isinstance(segments, list)
+
+
+def test_config_paths_named_by_the_contract_exist():
+    for name in (FPN_YAML, MASK_YAML):
+        assert (CONFIGS / name).is_file(), name
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 128), (160, 96)])
+def test_backbone_output_shape_matches_outputs(size):
+    model = _build(FPN_YAML)
+    backbone = model.backbone
+    assert isinstance(backbone, CRBPFPN)
+    backbone.eval()
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, *size))
+    shapes = backbone.output_shape()
+    assert list(feats) == list(shapes) == ["p2", "p3", "p4", "p5", "p6"]
+    for name, f in feats.items():
+        assert f.shape[1] == shapes[name].channels
+        # p6 is a stride-2 max-pool of p5, which rounds up.
+        assert f.shape[-2] == math.ceil(size[0] / shapes[name].stride)
+        assert f.shape[-1] == math.ceil(size[1] / shapes[name].stride)
+
+
+def test_backbone_matches_stock_fpn_shapes():
+    ours = _build(FPN_YAML).backbone.output_shape()
+    stock = _build(STOCK_YAML).backbone.output_shape()
+    assert ours == stock
+
+
+def test_fpn_levels_select_the_recurrent_laterals():
+    model = _build(FPN_YAML, "MODEL.CRBP.FPN_LEVELS", "['p4', 'p5']")
+    names = sorted(n for n, _ in recurrent_modules(model))
+    assert names == ["backbone.fpn_recurrent4", "backbone.fpn_recurrent5"]
+
+
+@pytest.mark.parametrize("config_file,replaced", [(FPN_YAML, ()), (MASK_YAML, ("mask_fcn",))])
+def test_stock_checkpoint_loads_into_every_part_that_is_not_new(config_file, replaced):
+    stock = _build(STOCK_YAML).state_dict()
+    model = _build(config_file)
+    result = model.load_state_dict(stock, strict=False)  # raises on any shape mismatch
+    new = [k for k in result.missing_keys if "recurrent" not in k]
+    assert new == [], f"stock parts without a stock weight: {new}"
+    assert all(any(r in k for r in replaced) for k in result.unexpected_keys), result.unexpected_keys
+    if replaced:  # the four 3x3 convs of the stock head are exactly what was replaced
+        assert {k.split(".")[2] for k in result.unexpected_keys} == {f"mask_fcn{i}" for i in range(1, 5)}
+    for key, value in stock.items():
+        if key in model.state_dict():
+            assert torch.equal(model.state_dict()[key], value)
+
+
+def test_mask_head_has_fewer_parameters_than_stock():
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    full = ("MODEL.FPN.OUT_CHANNELS", "256", "MODEL.ROI_MASK_HEAD.CONV_DIM", "256",
+            "MODEL.CRBP.NUM_GROUPS", "32")
+    ours = _build(MASK_YAML, *full).roi_heads.mask_head
+    stock = _build(STOCK_YAML, *full).roi_heads.mask_head
+    assert isinstance(ours, CRBPMaskHead)
+    assert count(ours) < count(stock)
+
+
+@pytest.mark.parametrize("grad", GRADS)
+@pytest.mark.parametrize("config_file", [FPN_YAML, MASK_YAML])
+def test_training_step_finite_losses_and_recurrent_gradients(config_file, grad):
+    model = _build(config_file, "MODEL.CRBP.GRAD", grad)
+    losses = _train_step(model, tiny_batch())
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    assert ("loss_lcp" in losses) == (grad in ("crbp", "cbptt"))
+    for name, module in recurrent_modules(model):
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), name
+        assert any(g.abs().sum() > 0 for g in grads), name
+
+
+@pytest.mark.parametrize("config_file", [FPN_YAML, MASK_YAML])
+def test_penalty_reaches_loss_and_changes_recurrent_gradients(config_file):
+    batch = tiny_batch()
+
+    def recurrent_grads(weight):
+        model = _build(config_file, "MODEL.CRBP.LCP_WEIGHT", weight, "MODEL.CRBP.LCP_TAU", 0.05)
+        losses = _train_step(model, batch)
+        grads = torch.cat([p.grad.flatten() for _, m in recurrent_modules(model) for p in m.parameters()])
+        return losses, grads
+
+    losses0, g0 = recurrent_grads(0.0)
+    losses1, g1 = recurrent_grads(10.0)
+    assert losses1["loss_lcp"] > 0
+    assert losses0["loss_lcp"] == 0
+    assert not torch.allclose(g0, g1), "the penalty did not change the recurrent gradients"
+
+
+def test_diagnostics_reach_event_storage():
+    model = _build(MASK_YAML)
+    model.train()
+    with EventStorage() as storage:
+        for _ in range(2):
+            model.zero_grad()
+            sum(model(tiny_batch(empty=())).values()).backward()
+            storage.step()
+        keys = set(storage.histories())
+    prefix = "crbp/roi_heads.mask_head.mask_recurrent/"
+    for stat in ("residual", "steps", "lcp", "neumann_terms"):
+        assert prefix + stat in keys, sorted(keys)
+
+
+def test_test_steps_used_at_inference():
+    model = _build(MASK_YAML, "MODEL.CRBP.TEST_STEPS", 7)
+    (refiner,) = [m for _, m in recurrent_modules(model)]
+    model.eval()
+    refiner(torch.randn(2, 32, 14, 14))
+    assert refiner.last_result.steps == 7
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("MODEL.CRBP.GRAD", "bpt", "MODEL.CRBP.GRAD='bpt'"),
+        ("MODEL.CRBP.STEPS", 0, "MODEL.CRBP.STEPS=0"),
+        ("MODEL.CRBP.LCP_WEIGHT", -1.0, "MODEL.CRBP.LCP_WEIGHT=-1.0"),
+        ("MODEL.CRBP.FPN_LEVELS", "['p7']", "MODEL.CRBP.FPN_LEVELS=['p7']"),
+        ("MODEL.CRBP.NUM_GROUPS", 5, "MODEL.CRBP.NUM_GROUPS=5"),
+        ("MODEL.CRBP.SOLVER", "newton", "MODEL.CRBP.SOLVER='newton'"),
+        ("MODEL.CRBP.NORM", "BN", "MODEL.CRBP.NORM='BN'"),
+        ("MODEL.CRBP.LCP_TAU", 0.0, "MODEL.CRBP.LCP_TAU=0.0"),
+    ],
+)
+def test_bad_config_values_fail_at_build_time(key, value, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        _build(FPN_YAML, key, value)
+
+
+def test_unknown_config_key_is_rejected():
+    with pytest.raises(AssertionError, match="Non-existent key: MODEL.CRBP.STEP"):
+        tiny_cfg(FPN_YAML, "MODEL.CRBP.STEP", 3)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Creates (or completes) the project's virtual environment; idempotent, so a second run
+# only checks. Used by `make demo` and `make test`; see INSTALL.md for other set-ups.
+#   tools/setup_env.sh [VENV_DIR]        (default .venv)
+# Each step names itself when it fails. torch and Detectron2 already importable in the
+# environment are kept (GPU users bring their own builds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-.venv}
+PY="$VENV/bin/python"
+# Detectron2 0.6's model_zoo imports pkg_resources, which setuptools 81 dropped.
+SETUPTOOLS='setuptools<81'
+
+step() {
+  local name=$1; shift
+  echo "[setup] $name"
+  if ! "$@"; then
+    echo "[setup] FAILED at step '$name' (command: $*)" >&2
+    exit 1
+  fi
+}
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$SETUPTOOLS" "$@"; }
+importable() { "$PY" -c "import $1" >/dev/null 2>&1; }
+
+if [ ! -x "$PY" ]; then
+  step "create virtual environment $VENV" python3 -m venv "$VENV"
+fi
+if ! importable torch || ! importable torchvision; then
+  # Pinned: these wheels are on this machine's disk; an unpinned torch is a GB download.
+  step "install torch==2.14.1 torchvision==0.29.1" pip_install wheel torch==2.14.1 torchvision==0.29.1
+fi
+DEPS=(numpy Pillow matplotlib pycocotools opencv-python-headless termcolor yacs tabulate
+      cloudpickle tqdm tensorboard 'fvcore>=0.1.5,<0.1.6' 'iopath>=0.1.7,<0.1.10'
+      'omegaconf>=2.1' 'hydra-core>=1.1' pytest scipy)
+if ! importable "fvcore, pycocotools, cv2, tensorboard, yacs, omegaconf, hydra, pytest, scipy"; then
+  step "install Detectron2's dependencies" pip_install "${DEPS[@]}"
+fi
+if ! importable panopticapi; then
+  # panopticapi-lite carries the official panopticapi; its metadata over-constrains numpy.
+  step "install panopticapi (panopticapi-lite, --no-deps)" pip_install --no-deps panopticapi-lite==0.2.0
+fi
+if ! importable detectron2; then
+  step "install Detectron2 0.6 (pure Python, from PyPI)" "$PY" tools/install_detectron2.py
+fi
+if ! "$PY" -c "import importlib.util as u, sys; s = u.find_spec('crbp_panoptic'); sys.exit(not (s and s.origin.startswith('$PWD/')))" >/dev/null 2>&1; then
+  step "install crbp_panoptic (editable)" pip_install --no-deps --no-build-isolation -e .
+fi
+echo "[setup] environment ready: $VENV"
