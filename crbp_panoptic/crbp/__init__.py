@@ -1,0 +1,38 @@
+"""The C-RBP engine, torch only (never imports Detectron2).
+
+* :func:`equilibrium` runs a step function to equilibrium under one of
+  :data:`MODES` (``bptt``, ``cbptt``, ``rbp``, ``crbp``) and returns an
+  :class:`EquilibriumResult` (state, unweighted LCP, diagnostics).
+* :mod:`.solvers` -- forward solvers (:data:`SOLVERS`: fixed point, Anderson).
+* :mod:`.rbp` -- the RBP adjoint backward (Neumann series with a divergence guard).
+* :mod:`.lcp` -- the Lipschitz-coefficient penalty and its batch-subsampled variant.
+* :class:`HGRUCell` -- the hGRU step; :class:`RecurrentRefiner` runs a cell to
+  equilibrium and is shared by every placement (FPN, mask head, Pathfinder).
+"""
+from .equilibrium import MODES, OPTIONS, EquilibriumResult, equilibrium
+from .hgru import NORMS, HGRUCell
+from .lcp import BatchSubsample, batch_subsample, lipschitz_penalty, step_penalty
+from .rbp import neumann_adjoint, rbp_adjoint
+from .refiner import RecurrentRefiner
+from .solvers import SOLVERS, SolverInfo, anderson, fixed_point, get_solver
+
+__all__ = [
+    "MODES",
+    "NORMS",
+    "OPTIONS",
+    "SOLVERS",
+    "BatchSubsample",
+    "EquilibriumResult",
+    "HGRUCell",
+    "RecurrentRefiner",
+    "SolverInfo",
+    "anderson",
+    "batch_subsample",
+    "equilibrium",
+    "fixed_point",
+    "get_solver",
+    "lipschitz_penalty",
+    "neumann_adjoint",
+    "rbp_adjoint",
+    "step_penalty",
+]

@@ -1,0 +1,145 @@
+"""A module that runs a recurrent cell to equilibrium: the one refiner every placement shares."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from .equilibrium import MODES, EquilibriumResult, check_int, check_nonneg, equilibrium
+from .hgru import HGRUCell
+from .lcp import BatchSubsample, check_subsample_size, check_tau
+from .solvers import SOLVERS
+
+__all__ = ["RecurrentRefiner"]
+
+
+class RecurrentRefiner(nn.Module):
+    """Refine a feature map by running ``h <- cell(x, h)`` from ``h0 = 0`` to equilibrium.
+
+    ``forward(x)`` calls :func:`~crbp_panoptic.crbp.equilibrium` with
+    ``f = lambda h: cell(x, h)``: ``steps``/``forward_tol``/``solver`` in training,
+    ``test_steps``/``test_tol``/``test_solver`` in eval mode. The result of the
+    last call is kept in :attr:`last_result` so a parent module can add the
+    (unweighted) penalty ``last_result.lcp`` to its losses and log diagnostics.
+
+    Args:
+        channels: C; builds ``HGRUCell(channels, **cell_kwargs)``. Give either
+            this or ``cell``.
+        cell: a module ``(x, h) -> h'`` (all (B, C, H, W)) to use instead.
+        mode: gradient mode, one of :data:`~crbp_panoptic.crbp.MODES`.
+        steps: training steps T >= 1.
+        test_steps: eval steps (0 = same as ``steps``).
+        neumann_steps: maximum Neumann terms K of the RBP backward.
+        neumann_tol: relative tolerance of the Neumann series (0 = all K terms).
+        lcp_tau: penalty threshold tau on the Jacobian column sums.
+        lcp_subsample: None (exact penalty), a float fraction in (0, 1] or an int
+            count of batch rows (ROIs, images) on which the penalty is evaluated
+            (see :class:`~crbp_panoptic.crbp.lcp.BatchSubsample`; exact per-row
+            values, unbiased for the mean, less double-backward memory).
+        forward_tol: training early-stop tolerance on the relative residual (0 = off).
+        test_tol: eval early-stop tolerance (0 = off).
+        solver: forward solver in training (``"anderson"`` only with rbp/crbp).
+        test_solver: forward solver in eval (None = same as ``solver``).
+        anderson_m: Anderson history size (used when a solver is ``"anderson"``).
+        **cell_kwargs: passed to :class:`HGRUCell` (``kernel_size``, ``norm``,
+            ``num_groups``, ``gala``) when ``channels`` is given.
+
+    Attributes:
+        last_result: :class:`~crbp_panoptic.crbp.EquilibriumResult` of the last
+            call (its ``state`` detached; ``lcp`` keeps its graph until the next
+            call), or None before the first call.
+    """
+
+    def __init__(
+        self,
+        channels: Optional[int] = None,
+        *,
+        cell: Optional[nn.Module] = None,
+        mode: str = "crbp",
+        steps: int = 20,
+        test_steps: int = 0,
+        neumann_steps: int = 15,
+        neumann_tol: float = 0.0,
+        lcp_tau: float = 0.9,
+        lcp_subsample: Union[None, int, float] = None,
+        forward_tol: float = 0.0,
+        test_tol: float = 0.0,
+        solver: str = "fixed_point",
+        test_solver: Optional[str] = None,
+        anderson_m: int = 5,
+        **cell_kwargs: Any,
+    ):
+        super().__init__()
+        if (channels is None) == (cell is None):
+            raise ValueError(f"channels={channels!r}, cell={type(cell).__name__}; give exactly one of them")
+        if cell is not None and cell_kwargs:
+            raise ValueError(f"cell_kwargs={sorted(cell_kwargs)} only apply when building an HGRUCell from channels")
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}; choose from {sorted(MODES)}")
+        check_int("steps", steps, 1)
+        check_int("test_steps", test_steps, 0)
+        check_int("neumann_steps", neumann_steps, 0)
+        check_int("anderson_m", anderson_m, 1)
+        check_nonneg("neumann_tol", neumann_tol)
+        check_nonneg("forward_tol", forward_tol)
+        check_nonneg("test_tol", test_tol)
+        check_tau(lcp_tau)
+        check_subsample_size(lcp_subsample)
+        for name, value in (("solver", solver), ("test_solver", test_solver)):
+            if value is not None and value not in SOLVERS:
+                raise ValueError(f"{name}={value!r}; choose from {sorted(SOLVERS)}")
+        if mode in ("bptt", "cbptt") and solver != "fixed_point":
+            raise ValueError(
+                f"solver={solver!r} with mode={mode!r}; BPTT differentiates through the "
+                "iterations, so train with 'fixed_point' (test_solver may be 'anderson')"
+            )
+        self.cell = cell if cell is not None else HGRUCell(channels, **cell_kwargs)
+        self.mode, self.steps, self.test_steps = mode, steps, test_steps
+        self.neumann_steps, self.neumann_tol, self.lcp_tau = neumann_steps, float(neumann_tol), float(lcp_tau)
+        self.lcp_subsample = lcp_subsample
+        self.forward_tol, self.test_tol = float(forward_tol), float(test_tol)
+        self.solver, self.test_solver, self.anderson_m = solver, test_solver or solver, anderson_m
+        self.last_result: Optional[EquilibriumResult] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the cell to equilibrium.
+
+        Args:
+            x: drive, shape (B, C, H, W) (B may be 0).
+
+        Returns:
+            the final state ``h_T``, shape (B, C, H, W).
+        """
+        cell = self.cell
+        if self.training:
+            steps, tol, solver = self.steps, self.forward_tol, self.solver
+        else:
+            steps, tol, solver = self.test_steps or self.steps, self.test_tol, self.test_solver
+        options = {"forward_tol": tol, "solver": solver, "neumann_tol": self.neumann_tol}
+        if solver == "anderson":
+            options["anderson_m"] = self.anderson_m
+        if self.lcp_subsample is not None and self.mode in ("cbptt", "crbp"):
+            options["lcp_subsample"] = BatchSubsample(
+                lambda index, h: cell(x.index_select(0, index), h), self.lcp_subsample
+            )
+        result = equilibrium(
+            lambda h: cell(x, h),
+            torch.zeros_like(x),
+            mode=self.mode,
+            steps=steps,
+            neumann_steps=self.neumann_steps,
+            lcp_tau=self.lcp_tau,
+            **options,
+        )
+        # Keep diagnostics and the penalty; drop the state's graph reference so a
+        # stored result never holds the forward graph alive.
+        self.last_result = dataclasses.replace(result, state=result.state.detach())
+        return result.state
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode!r}, steps={self.steps}, test_steps={self.test_steps or self.steps}, "
+            f"neumann_steps={self.neumann_steps}, lcp_tau={self.lcp_tau}, lcp_subsample={self.lcp_subsample}"
+        )

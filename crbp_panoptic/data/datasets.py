@@ -1,0 +1,269 @@
+"""Registers the synthetic panoptic datasets with Detectron2.
+
+Registration goes through Detectron2's own ``register_coco_panoptic_separated``, so a
+dataset ``<name>`` appears as ``<name>_separated`` (instances + semantic labels, for
+Panoptic FPN; evaluator type ``coco_panoptic_seg``) and ``<name>_stuffonly`` (semantic
+labels only; ``sem_seg``), and flows through the COCO loaders, mappers and evaluators.
+
+Importing this module registers, without generating anything:
+
+* ``synthetic_panoptic_train``: split "train", 48 images of 128x128, seed 0;
+* ``synthetic_panoptic_val``: split "val", 12 images of 128x128, seed 0;
+* ``synthetic_panoptic_tiny_train``: split "train", 4 images of 64x64, seed 0 (for tests);
+* ``synthetic_panoptic_tiny_val``: split "val", 4 images of 64x64, seed 0 (for tests).
+
+Each lives in ``<root>/synthetic_panoptic/<name>/`` (layout: ``synthetic.py``), where
+``root`` is ``$DETECTRON2_DATASETS`` or ``./datasets``, read (and made absolute) when the
+dataset is *registered*: for the defaults, at import. Tests that need another root
+register their own dataset with an explicit ``root``.
+
+Generation is lazy and atomic: the first ``DatasetCatalog.get`` of either name, the
+first read of a file path in the metadata (``json_file``, ``panoptic_json``,
+``panoptic_root``, ``sem_seg_root``, ``image_root`` -- which is what ``COCOEvaluator``
+does at construction), or :func:`ensure_generated` writes the split if it is missing.
+Every ``DatasetCatalog.get`` then checks the files (:func:`~.synthetic.validate_panoptic_split`,
+pixel-exact) before Detectron2's loaders read them. A split on disk generated with
+other parameters is an error (delete it to regenerate), never overwritten.
+
+Training on these datasets needs ``INPUT.MASK_FORMAT: "bitmask"`` (instance masks are
+RLE), ``MODEL.ROI_HEADS.NUM_CLASSES: 3`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES: 4``
+(3 stuff classes + "things").
+"""
+import logging
+import os
+from typing import Dict, Optional, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.data.datasets import register_coco_panoptic_separated
+
+from .synthetic import (
+    CATEGORIES,
+    SplitSpec,
+    datasets_root,
+    ensure_split,
+    split_paths,
+    synthetic_split_dir,
+    validate_panoptic_split,
+)
+
+__all__ = [
+    "DEFAULT_DATASETS",
+    "datasets_root",
+    "ensure_generated",
+    "register_synthetic_panoptic",
+    "synthetic_panoptic_metadata",
+    "synthetic_split_dir",
+    "unregister_synthetic_panoptic",
+    "validate_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASETS = {
+    "synthetic_panoptic_train": dict(split="train", num_images=48, image_size=(128, 128), seed=0),
+    "synthetic_panoptic_val": dict(split="val", num_images=12, image_size=(128, 128), seed=0),
+    "synthetic_panoptic_tiny_train": dict(split="train", num_images=4, image_size=(64, 64), seed=0),
+    "synthetic_panoptic_tiny_val": dict(split="val", num_images=4, image_size=(64, 64), seed=0),
+}
+_SUFFIXES = ("_separated", "_stuffonly")
+# Same colour for the "things" stuff class as Detectron2's COCO metadata.
+_THINGS_STUFF_COLOR = [82, 18, 128]
+
+# base name -> (split_dir, SplitSpec); a name is in here once fully registered.
+_REGISTERED: Dict[str, Tuple[str, SplitSpec]] = {}
+_CHECKED = set()  # base names whose split was found complete in this process
+
+
+def synthetic_panoptic_metadata() -> dict:
+    """Metadata in the form of Detectron2's ``coco_panoptic_separated`` builtin metadata.
+
+    ``thing_*`` map the thing category ids (sorted) to 0..2; ``stuff_classes`` is
+    ``["things"] + stuff names`` and ``stuff_dataset_id_to_contiguous_id`` maps each
+    stuff id to 1..3 and the id 0 ("things") to 0, as the semantic PNGs are labelled.
+    """
+    things = [c for c in CATEGORIES if c["isthing"]]
+    stuff = [c for c in CATEGORIES if not c["isthing"]]
+    stuff_map = {c["id"]: i + 1 for i, c in enumerate(stuff)}
+    stuff_map[0] = 0
+    return {
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(things)},
+        "thing_classes": [c["name"] for c in things],
+        "thing_colors": [list(c["color"]) for c in things],
+        "stuff_dataset_id_to_contiguous_id": stuff_map,
+        "stuff_classes": ["things"] + [c["name"] for c in stuff],
+        "stuff_colors": [list(_THINGS_STUFF_COLOR)] + [list(c["color"]) for c in stuff],
+    }
+
+
+def _base_name(dataset_name: str) -> str:
+    for suffix in _SUFFIXES:
+        if dataset_name.endswith(suffix) and dataset_name[: -len(suffix)] in _REGISTERED:
+            return dataset_name[: -len(suffix)]
+    return dataset_name
+
+
+_PATH_KEYS = frozenset(
+    ["image_root", "panoptic_root", "panoptic_json", "sem_seg_root", "json_file"])
+
+
+class _GeneratingMetadata(Metadata):
+    """Metadata whose file paths generate the split when first read.
+
+    Evaluators read these paths at construction (``COCOEvaluator`` opens ``json_file``),
+    before any ``DatasetCatalog.get``; this keeps "generated on first use" true for them.
+    """
+
+    def __getattribute__(self, key):
+        if key in _PATH_KEYS:
+            d = object.__getattribute__(self, "__dict__")
+            base = _base_name(d.get("name", ""))
+            if key in d and base in _REGISTERED and base not in _CHECKED:
+                ensure_generated(base, validate=False)
+        return super().__getattribute__(key)
+
+
+def register_synthetic_panoptic(
+    name: str,
+    root: Optional[str] = None,
+    split: str = "train",
+    num_images: int = 48,
+    image_size=(128, 128),
+    seed: int = 0,
+) -> Tuple[str, str]:
+    """Register ``<name>_separated`` and ``<name>_stuffonly``; generate nothing yet.
+
+    Registering the same name again with the same parameters does nothing.
+
+    Args:
+        name (str): base dataset name (without ``_separated`` / ``_stuffonly``).
+        root (str, optional): datasets root; default ``$DETECTRON2_DATASETS`` or
+            ``./datasets``, read now. Data goes to ``<root>/synthetic_panoptic/<name>/``.
+        split (str): split name; part of the seed and of the file names.
+        num_images (int): number of images.
+        image_size (tuple[int, int]): (H, W).
+        seed (int): base seed.
+
+    Returns:
+        tuple[str, str]: the two registered dataset names.
+
+    Raises:
+        ValueError: ``name`` is registered with other parameters, or one of its two
+            names is already taken by another dataset.
+    """
+    spec = SplitSpec(split, num_images, image_size, seed)
+    split_dir = synthetic_split_dir(name, root)
+    names = tuple(name + s for s in _SUFFIXES)
+    if name in _REGISTERED:
+        if _REGISTERED[name] == (split_dir, spec):
+            return names
+        raise ValueError(
+            f"synthetic dataset {name!r} is already registered as {_REGISTERED[name]}; "
+            f"cannot re-register it as {(split_dir, spec)}")
+    taken = [n for n in names if n in DatasetCatalog.list() or n in MetadataCatalog.list()]
+    if taken:
+        raise ValueError(f"dataset name(s) {taken} are already registered")
+
+    paths = split_paths(split_dir)
+    for n in names:
+        MetadataCatalog[n] = _GeneratingMetadata(name=n)
+    register_coco_panoptic_separated(
+        name,
+        synthetic_panoptic_metadata(),
+        image_root=paths.image_dir,
+        panoptic_root=paths.panoptic_dir,
+        panoptic_json=paths.panoptic_json,
+        sem_seg_root=paths.sem_seg_dir,
+        instances_json=paths.instances_json,
+    )
+    # Detectron2's loaders read the files directly; generate (and check) first.
+    for n in names:
+        load = DatasetCatalog[n]
+        DatasetCatalog.remove(n)
+        DatasetCatalog.register(n, _generate_then(name, load))
+    _REGISTERED[name] = (split_dir, spec)
+    return names
+
+
+def _generate_then(base, load):
+    def generate_then_load():
+        ensure_generated(base)
+        return load()
+
+    return generate_then_load
+
+
+def unregister_synthetic_panoptic(name: str) -> None:
+    """Remove ``<name>_separated`` / ``<name>_stuffonly`` from Detectron2's catalogs
+    (the files on disk stay)."""
+    _REGISTERED.pop(name, None)
+    _CHECKED.discard(name)
+    for n in (name + s for s in _SUFFIXES):
+        if n in DatasetCatalog.list():
+            DatasetCatalog.remove(n)
+        if n in MetadataCatalog.list():
+            MetadataCatalog.remove(n)
+
+
+def ensure_generated(dataset_name: str, validate: bool = True) -> Optional[str]:
+    """Generate a registered synthetic dataset if missing, and check its files.
+
+    Call it before building evaluators that read the files. Accepts the base name or
+    either registered name. Does nothing (returns None) for datasets this module did not
+    register, so a trainer may call it for every dataset.
+
+    Args:
+        dataset_name (str): e.g. ``"synthetic_panoptic_val_separated"``.
+        validate (bool): run :func:`~.synthetic.validate_panoptic_split` with pixel
+            checks (cheap for these small splits).
+
+    Returns:
+        str or None: the split directory.
+
+    Raises:
+        ValueError: the directory holds data generated with other parameters;
+            PanopticFormatError / FileNotFoundError: a file is corrupt or missing
+            (the message names it).
+    """
+    base = _base_name(dataset_name)
+    if base not in _REGISTERED:
+        return None
+    split_dir, spec = _REGISTERED[base]
+    if not os.path.isdir(split_dir):
+        logger.info(f"Generating synthetic panoptic dataset {base!r} ({spec}) in {split_dir}")
+    ensure_split(split_dir, spec.split, spec.num_images, spec.image_size, spec.seed)
+    _CHECKED.add(base)
+    if validate:
+        paths = split_paths(split_dir)
+        validate_panoptic_split(paths.panoptic_json, paths.panoptic_dir, paths.image_dir,
+                                paths.sem_seg_dir, paths.instances_json, check_pixels=True)
+    return split_dir
+
+
+def validate_dataset(dataset_name: str, check_pixels: bool = False) -> Optional[dict]:
+    """Check the files of any registered COCO-panoptic dataset through its metadata.
+
+    Synthetic datasets are generated first (if missing). Uses the metadata keys
+    ``panoptic_json`` and ``panoptic_root`` (and, when present, ``image_root``,
+    ``sem_seg_root``, ``json_file``); datasets without them are skipped (returns None).
+    Without ``check_pixels`` the checks are cheap enough for full COCO.
+
+    Returns:
+        dict or None: the counts from :func:`~.synthetic.validate_panoptic_split`.
+    """
+    ensure_generated(dataset_name, validate=False)
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("panoptic_json") is None or meta.get("panoptic_root") is None:
+        return None
+    return validate_panoptic_split(
+        meta.panoptic_json, meta.panoptic_root, image_root=meta.get("image_root"),
+        sem_seg_root=meta.get("sem_seg_root"), instances_json=meta.get("json_file"),
+        check_pixels=check_pixels)
+
+
+def _register_defaults():
+    for name, kwargs in DEFAULT_DATASETS.items():
+        register_synthetic_panoptic(name, **kwargs)
+
+
+_register_defaults()

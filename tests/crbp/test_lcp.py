@@ -1,0 +1,229 @@
+"""Lipschitz-coefficient penalty against explicitly built Jacobians, and its subsample."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd.functional import jacobian
+
+from crbp_panoptic.crbp import BatchSubsample, HGRUCell, batch_subsample, equilibrium, lipschitz_penalty, step_penalty
+from crbp_panoptic.crbp.lcp import column_sums
+
+f64 = torch.float64
+
+
+def tanh_step(W, U, x):
+    return lambda h: torch.tanh(h @ W.T + x @ U.T)
+
+
+def conv_step(w, x):
+    return lambda h: torch.tanh(F.conv2d(h, w, padding=1) + x)
+
+
+def dense_penalty(f, h, tau):
+    """1^T J as column sums of the dense Jacobian, penalty by plain torch ops."""
+    n = h.numel()
+    J = jacobian(f, h, create_graph=True).reshape(n, n)  # J[i, j] = d f_i / d h_j
+    u = J.sum(0)
+    return torch.clamp(u - tau, min=0).square().mean(), u.reshape(h.shape)
+
+
+@pytest.fixture
+def tanh_case():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(5, 5, generator=g, dtype=f64) * 0.6
+    U = torch.randn(5, 3, generator=g, dtype=f64)
+    x = torch.randn(2, 3, generator=g, dtype=f64)
+    h = torch.randn(2, 5, generator=g, dtype=f64)
+    return W, U, x, h
+
+
+def median_tau(u):
+    u = u.detach().flatten()
+    tau = float(u[u > 0].median())  # tau must be > 0
+    assert (u > tau).any() and (u < tau).any()  # both branches of relu are exercised
+    return tau
+
+
+def test_penalty_value_and_gradient_match_dense_jacobian(tanh_case):
+    W, U, x, h = tanh_case
+    _, u_ref = dense_penalty(tanh_step(W, U, x), h, 0.0)
+    tau = median_tau(u_ref)
+
+    Wl, xl = W.clone().requires_grad_(), x.clone().requires_grad_()
+    pen, h_next = lipschitz_penalty(tanh_step(Wl, U, xl), h, tau)
+    torch.testing.assert_close(h_next, tanh_step(W, U, x)(h))
+    gW, gx = torch.autograd.grad(pen, [Wl, xl])
+
+    Wr, xr = W.clone().requires_grad_(), x.clone().requires_grad_()
+    ref, _ = dense_penalty(tanh_step(Wr, U, xr), h, tau)
+    rW, rx = torch.autograd.grad(ref, [Wr, xr])
+    torch.testing.assert_close(pen, ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gW, rW, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-12)
+    assert gx.abs().sum() > 0  # the penalty's gradient reaches captured inputs
+
+    # finite differences on a few entries of W (independent of autograd altogether)
+    eps = 1e-6
+    for (i, j) in [(0, 0), (1, 3), (4, 2)]:
+        Wp, Wm = W.clone(), W.clone()
+        Wp[i, j] += eps
+        Wm[i, j] -= eps
+        fd = (dense_penalty(tanh_step(Wp, U, x), h, tau)[0] - dense_penalty(tanh_step(Wm, U, x), h, tau)[0]) / (2 * eps)
+        assert abs(fd.item() - gW[i, j].item()) < 1e-7
+
+
+def test_conv_penalty_matches_dense_jacobian():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(2, 2, 3, 3, generator=g, dtype=f64) * 0.3
+    x = torch.randn(2, 2, 4, 4, generator=g, dtype=f64)
+    h = torch.randn(2, 2, 4, 4, generator=g, dtype=f64)
+    _, u_ref = dense_penalty(conv_step(w, x), h, 0.0)
+    tau = median_tau(u_ref)
+    wl = w.clone().requires_grad_()
+    hl = h.clone().requires_grad_()
+    pen = step_penalty(conv_step(wl, x)(hl), hl, tau)
+    (gw,) = torch.autograd.grad(pen, [wl])
+    wr = w.clone().requires_grad_()
+    ref, _ = dense_penalty(conv_step(wr, x), h, tau)
+    (rw,) = torch.autograd.grad(ref, [wr])
+    torch.testing.assert_close(pen, ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-12)
+
+
+def _iterate(f, h, n):
+    for _ in range(n):
+        h = f(h)
+    return h
+
+
+def test_equilibrium_lcp_crbp_and_cbptt(tanh_case):
+    """crbp: penalty at h_{T-1} treated as a constant; cbptt: h_{T-1}(W) differentiated too."""
+    W, U, x, _ = tanh_case
+    T = 4
+    h0 = torch.zeros(2, 5, dtype=f64)
+    with torch.no_grad():
+        h_prev = _iterate(tanh_step(W, U, x), h0, T - 1)
+    _, u = dense_penalty(tanh_step(W, U, x), h_prev, 0.0)
+    tau = median_tau(u)
+
+    def engine_grad(mode):
+        Wl = W.clone().requires_grad_()
+        res = equilibrium(tanh_step(Wl, U, x), h0, mode=mode, steps=T, lcp_tau=tau)
+        return res.lcp, torch.autograd.grad(res.lcp, [Wl])[0]
+
+    # crbp reference: dense penalty at the constant h_{T-1}
+    Wr = W.clone().requires_grad_()
+    ref_c, _ = dense_penalty(tanh_step(Wr, U, x), h_prev, tau)
+    (rW_c,) = torch.autograd.grad(ref_c, [Wr])
+    # cbptt reference: h_{T-1} is a function of W as well
+    Wr = W.clone().requires_grad_()
+    ref_u, _ = dense_penalty(tanh_step(Wr, U, x), _iterate(tanh_step(Wr, U, x), h0, T - 1), tau)
+    (rW_u,) = torch.autograd.grad(ref_u, [Wr])
+
+    lcp, gW = engine_grad("crbp")
+    torch.testing.assert_close(lcp, ref_c, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gW, rW_c, rtol=1e-10, atol=1e-12)
+    lcp, gW = engine_grad("cbptt")
+    torch.testing.assert_close(lcp, ref_u, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gW, rW_u, rtol=1e-10, atol=1e-12)
+    assert (rW_u - rW_c).abs().max() > 1e-6  # the two modes really differ
+
+
+def test_penalty_of_empty_state_is_zero():
+    W = torch.randn(4, 4, dtype=f64, requires_grad=True)
+    pen, out = lipschitz_penalty(lambda h: torch.tanh(h @ W.T), torch.zeros(0, 4, dtype=f64), 0.9)
+    assert out.shape == (0, 4) and pen.item() == 0.0
+    pen.backward()
+    assert torch.isfinite(W.grad).all()
+
+
+def _separable_case():
+    """Per-sample conv + GroupNorm step: the Jacobian is block diagonal over the batch."""
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(4, 4, 3, 3, generator=g, dtype=f64) * 0.3
+    x = torch.randn(6, 4, 5, 5, generator=g, dtype=f64)
+    h = torch.randn(6, 4, 5, 5, generator=g, dtype=f64)
+
+    def step_rows(w, index, hs):
+        return torch.tanh(F.group_norm(F.conv2d(hs, w, padding=1), 2) + x.index_select(0, index))
+
+    return w, x, h, step_rows
+
+
+def test_batch_subsample_gives_exact_rows():
+    w, x, h, step_rows = _separable_case()
+    all_rows = torch.arange(6)
+    hl = h.clone().requires_grad_()
+    wl = w.clone().requires_grad_()
+    u_full = column_sums(step_rows(wl, all_rows, hl), hl)
+    tau = median_tau(u_full)
+
+    wl2 = w.clone().requires_grad_()
+    sampler = batch_subsample(lambda i, hs: step_rows(wl2, i, hs), 2, generator=torch.Generator().manual_seed(5))
+    f_sub, h_sub = sampler(h)
+    idx = sampler.last_index
+    assert idx.shape == (2,) and torch.equal(h_sub, h[idx])
+    pen_sub, _ = lipschitz_penalty(f_sub, h_sub, tau)
+    # exact per-row values: the full u restricted to the chosen rows
+    ref = torch.clamp(u_full[idx] - tau, min=0).square().mean()
+    torch.testing.assert_close(pen_sub, ref, rtol=1e-12, atol=1e-14)
+    (g_sub,) = torch.autograd.grad(pen_sub, [wl2])
+    (g_ref,) = torch.autograd.grad(ref, [wl])
+    torch.testing.assert_close(g_sub, g_ref, rtol=1e-10, atol=1e-12)
+    # the full mean is the average over a partition of rows into equal subsets
+    full = torch.clamp(u_full - tau, min=0).square().mean()
+    parts = [torch.clamp(u_full[r] - tau, min=0).square().mean() for r in torch.arange(6).split(2)]
+    torch.testing.assert_close(full, sum(parts) / 3)
+
+
+def test_equilibrium_with_subsample():
+    w, x, h, step_rows = _separable_case()
+    calls = []
+    wl = w.clone().requires_grad_()
+
+    def f(hs):
+        calls.append(hs.shape[0])
+        return step_rows(wl, torch.arange(6), hs)
+
+    def f_rows(i, hs):
+        calls.append(hs.shape[0])
+        return step_rows(wl, i, hs)
+
+    sampler = BatchSubsample(f_rows, 0.5, generator=torch.Generator().manual_seed(0))
+    res = equilibrium(f, torch.zeros_like(x), mode="crbp", steps=3, lcp_tau=0.05, lcp_subsample=sampler)
+    assert calls == [6, 6, 6, 3] and res.steps == 3
+    # reference: the exact penalty at h_{T-1}, restricted to the chosen rows
+    with torch.no_grad():
+        h_prev = f(f(torch.zeros_like(x)))
+    hp = h_prev.clone().requires_grad_()
+    u = column_sums(step_rows(w, torch.arange(6), hp), hp)
+    ref = torch.clamp(u[sampler.last_index] - 0.05, min=0).square().mean()
+    assert ref > 0
+    torch.testing.assert_close(res.lcp, ref, rtol=1e-12, atol=1e-14)
+    res.lcp.backward()
+    assert wl.grad.abs().sum() > 0
+
+
+def test_subsample_sizes_and_errors():
+    h = torch.zeros(8, 3)
+    step = lambda i, hs: hs  # noqa: E731
+    assert batch_subsample(step, 0.25)(h)[1].shape[0] == 2
+    assert batch_subsample(step, 0.1)(h)[1].shape[0] == 1  # rounded up: never zero rows
+    assert batch_subsample(step, 20)(h)[1].shape[0] == 8  # clipped to the batch
+    assert batch_subsample(step, 0.5)(torch.zeros(0, 3))[1].shape[0] == 0
+    for bad in (0.0, 1.5, 0, -2, True, "half"):
+        with pytest.raises(ValueError, match="lcp_subsample"):
+            batch_subsample(step, bad)
+
+
+def test_hgru_is_separable_so_subsample_is_exact():
+    torch.manual_seed(0)
+    cell = HGRUCell(8, num_groups=4, gala=True).double()
+    x = torch.randn(4, 8, 5, 5, dtype=f64)
+    h = torch.rand(4, 8, 5, 5, dtype=f64)
+    hl = h.clone().requires_grad_()
+    u = column_sums(cell(x, hl), hl)
+    tau = median_tau(u)
+    sampler = batch_subsample(lambda i, hs: cell(x.index_select(0, i), hs), 2)
+    pen, _ = lipschitz_penalty(*sampler(h), tau)
+    ref = torch.clamp(u[sampler.last_index] - tau, min=0).square().mean()
+    torch.testing.assert_close(pen, ref, rtol=1e-12, atol=1e-14)

@@ -1,0 +1,129 @@
+"""RecurrentRefiner: step counts per phase, penalty plumbing, validation."""
+import pytest
+import torch
+from torch import nn
+
+from crbp_panoptic.crbp import MODES, EquilibriumResult, HGRUCell, RecurrentRefiner
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    kw.setdefault("num_groups", 4)
+    return RecurrentRefiner(8, **kw)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_train_and_eval_steps(mode):
+    ref = make(mode=mode, steps=4, test_steps=9)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    out = ref(x)
+    res = ref.last_result
+    assert isinstance(res, EquilibriumResult) and out.shape == x.shape
+    assert res.steps == 4 and res.mode == mode
+    assert not res.state.requires_grad  # stored result does not pin the forward graph
+    (out.sum() + res.lcp).backward()
+    assert x.grad is not None and all(p.grad is not None for p in ref.parameters())
+    ref.eval()
+    with torch.no_grad():
+        ref(x)
+    assert ref.last_result.steps == 9 and ref.last_result.lcp.item() == 0.0
+
+
+def test_test_steps_default_and_test_tol():
+    ref = make(mode="crbp", steps=5)
+    ref.eval()
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        ref(x)
+        assert ref.last_result.steps == 5
+        ref.test_steps, ref.test_tol = 200, 1e-4
+        ref(x)
+    assert ref.last_result.steps < 200 and ref.last_result.residual < 1e-4
+
+
+def test_anderson_at_test_time_agrees():
+    ref = make(mode="bptt", steps=3, test_steps=200, test_tol=1e-6, test_solver="anderson")
+    ref.eval()
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        aa = ref(x)
+        steps_aa = ref.last_result.steps
+        ref.test_solver = "fixed_point"
+        fp = ref(x)
+    torch.testing.assert_close(aa, fp, atol=1e-4, rtol=0)
+    assert steps_aa <= ref.last_result.steps
+
+
+def test_penalty_reaches_loss_and_changes_gradient():
+    """With a small tau the penalty is active: adding it changes the cell's gradient."""
+    ref = make(mode="crbp", steps=4, lcp_tau=0.1)
+    x = torch.randn(2, 8, 6, 6)
+    out = ref(x)
+    lcp = ref.last_result.lcp
+    assert lcp.item() > 0 and lcp.requires_grad
+    p = ref.cell.w_exc.weight
+    (g_task,) = torch.autograd.grad(out.sum(), [p], retain_graph=True)
+    (g_total,) = torch.autograd.grad(out.sum() + lcp, [p])
+    assert (g_total - g_task).abs().max() > 1e-6
+    assert ref.last_result.backward_info["neumann_terms"] == 15
+
+
+@pytest.mark.parametrize("sub", [0.5, 1, 3])
+def test_lcp_subsample(sub):
+    ref = make(mode="crbp", steps=3, lcp_tau=0.1, lcp_subsample=sub)
+    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    out = ref(x)
+    lcp = ref.last_result.lcp
+    assert lcp.item() > 0
+    (out.mean() + lcp).backward()
+    assert torch.isfinite(x.grad).all() and ref.cell.w_inh.weight.grad.abs().sum() > 0
+
+
+def test_empty_batch():
+    ref = make(mode="crbp", steps=3, lcp_subsample=0.25)
+    x = torch.zeros(0, 8, 6, 6, requires_grad=True)
+    out = ref(x)
+    assert out.shape == (0, 8, 6, 6) and ref.last_result.lcp.item() == 0.0
+    (out.sum() + ref.last_result.lcp).backward()
+
+
+def test_custom_cell():
+    class Damped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x, h):
+            return self.w * h + x
+
+    ref = RecurrentRefiner(cell=Damped(), mode="rbp", steps=60, neumann_steps=60)
+    x = torch.ones(1, 2, 3, 3)
+    out = ref(x)
+    torch.testing.assert_close(out, 2 * x)  # h* = x / (1 - w)
+    out.sum().backward()
+    # dh*/dw = x / (1 - w)^2 = 4 per element, 18 elements
+    torch.testing.assert_close(ref.cell.w.grad, torch.tensor(72.0), rtol=1e-4, atol=0)
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="mode='foo'"):
+        make(mode="foo")
+    with pytest.raises(ValueError, match="steps=0"):
+        make(steps=0)
+    with pytest.raises(ValueError, match="test_steps=-1"):
+        make(test_steps=-1)
+    with pytest.raises(ValueError, match="lcp_subsample=1.5"):
+        make(lcp_subsample=1.5)
+    with pytest.raises(ValueError, match="lcp_tau"):
+        make(lcp_tau=0)
+    with pytest.raises(ValueError, match="test_solver='newton'"):
+        make(test_solver="newton")
+    with pytest.raises(ValueError, match="solver='anderson' with mode='bptt'"):
+        make(mode="bptt", solver="anderson")
+    with pytest.raises(ValueError, match="exactly one"):
+        RecurrentRefiner()
+    with pytest.raises(ValueError, match="exactly one"):
+        RecurrentRefiner(8, cell=HGRUCell(8, num_groups=4))
+    with pytest.raises(ValueError, match="num_groups=32"):
+        RecurrentRefiner(8)
+    make(mode="rbp", solver="anderson")  # fine: the iterations are not differentiated
