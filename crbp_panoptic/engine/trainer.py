@@ -1,8 +1,13 @@
 """``DefaultTrainer`` with the evaluators of a panoptic dataset; nothing else differs."""
 import os
+import random
+
+import numpy as np
+import torch
 
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.utils import comm
 from detectron2.evaluation import (
     COCOEvaluator,
     COCOPanopticEvaluator,
@@ -12,7 +17,7 @@ from detectron2.evaluation import (
 
 from crbp_panoptic.data.checks import prepare_dataset
 
-__all__ = ["Trainer", "build_evaluator", "has_fast_coco_eval"]
+__all__ = ["RNGStateHook", "Trainer", "build_evaluator", "has_fast_coco_eval"]
 
 
 def has_fast_coco_eval():
@@ -49,8 +54,68 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     return DatasetEvaluators(evaluators)
 
 
+class RNGStateHook(HookBase):
+    """Checkpoints the random-number generators, so ``--resume`` continues the same run.
+
+    Detectron2 checkpoints model, optimizer, scheduler and iteration; the RNG streams
+    (ROI and anchor sampling, augmentation) restart from the seed. With this hook a
+    single-process run that is stopped and resumed draws the same random numbers as an
+    uninterrupted one. In multi-process runs only rank 0's state is saved, so there each
+    rank keeps its own fresh stream (Detectron2's behaviour). The data sampler's position
+    is not saved: it restarts its (seeded) order on resume, as in Detectron2.
+    """
+
+    # Plain types and tensors only: torch.load(weights_only=True) must read the checkpoint.
+    def state_dict(self):
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state):
+        if comm.get_world_size() > 1:
+            return
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class Trainer(DefaultTrainer):
-    """Detectron2's ``DefaultTrainer`` with :func:`build_evaluator`."""
+    """Detectron2's ``DefaultTrainer`` with :func:`build_evaluator` and :class:`RNGStateHook`."""
+
+    def build_hooks(self):
+        return super().build_hooks() + [RNGStateHook()]
+
+    # Detectron2 0.6's DefaultTrainer checkpoints neither the optimizer (momentum) nor its
+    # learning rate, so a resumed run restarts SGD cold; later Detectron2 versions save
+    # them under "_trainer", as done here when the installed version does not.
+    def state_dict(self):
+        ret = super().state_dict()
+        ret.setdefault("_trainer", self._trainer.state_dict())
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict and "load_state_dict" not in vars(DefaultTrainer):
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        loader = super().build_train_loader(cfg)
+        # A torch DataLoader draws its worker base seed from the global RNG when its iterator
+        # is created, i.e. in the first iteration of every (resumed) run. A generator of its
+        # own, seeded now, keeps that draw out of the stream that RNGStateHook restores.
+        for candidate in (loader, getattr(loader, "dataset", None)):
+            if isinstance(candidate, torch.utils.data.DataLoader):
+                seed = int(torch.randint(2**62, ()).item())
+                candidate.generator = torch.Generator().manual_seed(seed)
+        return loader
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
