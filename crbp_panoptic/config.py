@@ -28,10 +28,10 @@ def add_crbp_config(cfg):
     # Max terms K of the Neumann series sum_k (J^T)^k g in the RBP backward pass.
     crbp.NEUMANN_STEPS = 15
     # Weight of the mean-form Lipschitz-coefficient penalty in the loss dict (`loss_lcp`).
-    # The paper weighted a penalty summed over all state elements by 1e-3; a mean is
-    # invariant to batch, ROI count and resolution, so its weight is set on the scale of
-    # the task losses instead (see README, "Choosing LCP_WEIGHT").
-    crbp.LCP_WEIGHT = 1.0
+    # The paper weighted a penalty summed over the N state elements by 1e-3, i.e. a mean
+    # weighted by 1e-3 * N, which changes with batch, ROIs and image size; 1e3 equals it
+    # at N = 1e6 (~20 ROIs x 256 x 14 x 14). See README, "Choosing LCP_WEIGHT".
+    crbp.LCP_WEIGHT = 1000.0
     # tau: target bound on the column sums 1^T J of the step's Jacobian (penalty relu(u - tau)^2).
     crbp.LCP_TAU = 0.9
     # Cheap penalty: fraction (0, 1) or count (>= 1) of batch rows (ROIs / images) the

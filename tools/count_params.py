@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Parameter counts of the stock Panoptic FPN and both recurrent placements, from their YAMLs.
+
+    python tools/count_params.py [CONFIG ...]
+"""
+import argparse
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import crbp_panoptic  # noqa: F401  (registers)
+from crbp_panoptic import add_crbp_config
+
+DEFAULT = [
+    "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml",
+    "configs/COCO-PanopticSegmentation/panoptic_crbp_mask_R_50_1x.yaml",
+    "configs/COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml",
+]
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("configs", nargs="*", default=DEFAULT)
+    args = parser.parse_args()
+    print("| config | whole model | backbone (+FPN) | mask head |")
+    print("|---|---:|---:|---:|")
+    for path in args.configs:
+        cfg = get_cfg()
+        add_crbp_config(cfg)
+        cfg.merge_from_file(path)
+        cfg.MODEL.DEVICE = "cpu"
+        model = build_model(cfg)
+        print(f"| {path.split('/')[-1]} | {count(model):,} | {count(model.backbone):,} "
+              f"| {count(model.roi_heads.mask_head):,} |")
+
+
+if __name__ == "__main__":
+    main()
