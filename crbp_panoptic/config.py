@@ -37,6 +37,9 @@ def add_crbp_config(cfg):
     # Cheap penalty: fraction (0, 1) or count (>= 1) of batch rows (ROIs / images) the
     # penalty is evaluated on; 0 = exact penalty on every row.
     crbp.LCP_SUBSAMPLE = 0.0
+    # Cheap penalty for large maps (FPN levels): side of a random square crop of positions
+    # the penalty is evaluated on (an approximation, see crbp/lcp.py); 0 = off.
+    crbp.LCP_CROP = 0
     # Forward solver: "fixed_point" (plain iteration) or "anderson" (Anderson acceleration).
     crbp.SOLVER = "fixed_point"
     # Training: stop the forward iteration once ||h_t - h_{t-1}|| / ||h_t|| < this; 0 = run STEPS.

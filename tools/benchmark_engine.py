@@ -3,8 +3,9 @@
 
 For every configuration (``mode-steps``, optionally ``-subF`` for a penalty on a
 fraction ``F`` (with a dot, ``sub0.25``) or a count ``F`` (``sub2``) of the batch
-rows) this runs one forward + backward of ``RecurrentRefiner`` on random drive
-features and reports:
+rows, or ``-cropS`` for a penalty on a random ``S x S`` window of positions,
+``crop16``) this runs one forward + backward of ``RecurrentRefiner`` on random
+drive features and reports:
 
 * bytes autograd saves for backward (distinct storages packed through
   ``torch.autograd.graph.saved_tensors_hooks``, over the forward and the penalty);
@@ -33,7 +34,7 @@ import os
 import platform
 import sys
 import time
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.autograd.graph import saved_tensors_hooks
@@ -41,26 +42,39 @@ from torch.autograd.graph import saved_tensors_hooks
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 from crbp_panoptic.crbp import MODES, HGRUCell, RecurrentRefiner  # noqa: E402
 
-DEFAULT_CONFIGS = "bptt-1,bptt-3,bptt-5,bptt-10,rbp-20,crbp-5,crbp-20,crbp-40,crbp-20-sub0.25,crbp-20-sub2"
+DEFAULT_CONFIGS = (
+    "bptt-1,bptt-3,bptt-5,bptt-10,rbp-20,crbp-5,crbp-20,crbp-40,crbp-20-sub0.25,crbp-20-sub2,crbp-20-crop16"
+)
 
 
-def parse_config(text: str) -> Tuple[str, int, Union[None, int, float]]:
-    """``"crbp-20-sub0.25"`` -> ``("crbp", 20, 0.25)`` (a fraction of the batch rows);
-    ``"crbp-20-sub2"`` -> ``("crbp", 20, 2)`` (a count of rows)."""
+def parse_config(text: str) -> Tuple[str, int, Dict[str, Any]]:
+    """Parse ``MODE-STEPS[-subF|-cropS]`` into ``(mode, steps, cheap-penalty kwargs)``.
+
+    ``"crbp-20"`` -> ``("crbp", 20, {})``; ``"crbp-20-sub0.25"`` ->
+    ``("crbp", 20, {"lcp_subsample": 0.25})`` (a fraction of the batch rows);
+    ``"crbp-20-sub2"`` -> ``{"lcp_subsample": 2}`` (a count of rows);
+    ``"crbp-20-crop16"`` -> ``{"lcp_crop": 16}`` (a 16 x 16 window).
+    """
     parts = text.strip().split("-")
     try:
         mode, steps = parts[0], int(parts[1])
-        sub = None
+        cheap: Dict[str, Any] = {}
         if len(parts) == 3 and parts[2].startswith("sub"):
             value = parts[2][3:]
-            sub = float(value) if "." in value else int(value)
-        if len(parts) > 3 or (len(parts) == 3 and sub is None):
+            cheap["lcp_subsample"] = float(value) if "." in value else int(value)
+        elif len(parts) == 3 and parts[2].startswith("crop"):
+            cheap["lcp_crop"] = int(parts[2][4:])
+            if cheap["lcp_crop"] < 1:
+                raise ValueError
+        if len(parts) > 3 or (len(parts) == 3 and not cheap):
             raise ValueError
     except (IndexError, ValueError):
-        raise ValueError(f"config={text!r}; use MODE-STEPS[-subFRACTION|-subCOUNT], e.g. crbp-20-sub0.25")
+        raise ValueError(
+            f"config={text!r}; use MODE-STEPS[-subFRACTION|-subCOUNT|-cropSIDE], e.g. crbp-20-sub0.25, crbp-20-crop16"
+        )
     if mode not in MODES:
         raise ValueError(f"config={text!r}: mode={mode!r}; choose from {sorted(MODES)}")
-    return mode, steps, sub
+    return mode, steps, cheap
 
 
 def saved_bytes_hooks():
@@ -85,12 +99,12 @@ def run_config(
     x: torch.Tensor,
     mode: str,
     steps: int,
-    sub: Union[None, int, float],
+    cheap: Dict[str, Any],
     neumann_steps: int,
     repeats: int,
 ) -> Dict[str, object]:
     device = x.device
-    refiner = RecurrentRefiner(cell=cell, mode=mode, steps=steps, neumann_steps=neumann_steps, lcp_subsample=sub)
+    refiner = RecurrentRefiner(cell=cell, mode=mode, steps=steps, neumann_steps=neumann_steps, **cheap)
     refiner.train()
     times: List[float] = []
     cpu_times: List[float] = []
@@ -160,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     args = parser.parse_args(argv)
 
     try:
-        configs = [parse_config(c) for c in args.configs.split(",") if c.strip()]
+        configs = [(c.strip(), parse_config(c)) for c in args.configs.split(",") if c.strip()]
     except ValueError as e:
         parser.error(str(e))
     scales = [s.strip() for s in args.scales.split(",") if s.strip()]
@@ -196,16 +210,15 @@ def main(argv: Optional[List[str]] = None) -> str:
     # one small warm-up step so the first configuration does not pay one-time costs
     torch.manual_seed(args.seed)
     warm_cell = HGRUCell(channels, num_groups=groups, gala=args.gala).to(device)
-    run_config(warm_cell, torch.randn(2, channels, 8, 8, device=device, requires_grad=True), "crbp", 2, None, 2, 1)
+    run_config(warm_cell, torch.randn(2, channels, 8, 8, device=device, requires_grad=True), "crbp", 2, {}, 2, 1)
     for scale in scales:
         shape = shapes[scale]
         torch.manual_seed(args.seed)
         cell = HGRUCell(channels, num_groups=groups, gala=args.gala).to(device)
         x = torch.randn(shape, device=device, requires_grad=True)
         results = []
-        for mode, steps, sub in configs:
-            name = f"{mode}-{steps}" + (f"-sub{sub}" if sub else "")
-            r = run_config(cell, x, mode, steps, sub, args.neumann_steps, args.repeats)
+        for name, (mode, steps, cheap) in configs:
+            r = run_config(cell, x, mode, steps, cheap, args.neumann_steps, args.repeats)
             results.append((name, r))
             print(f"[{scale}] {name}: saved {fmt_mb(r['saved'])} MB, {r['time']:.2f} s", file=sys.stderr, flush=True)
         ref = next((r["saved"] for n, r in results if n == "rbp-20"), None)

@@ -5,13 +5,14 @@
   :class:`EquilibriumResult` (state, unweighted LCP, diagnostics).
 * :mod:`.solvers` -- forward solvers (:data:`SOLVERS`: fixed point, Anderson).
 * :mod:`.rbp` -- the RBP adjoint backward (Neumann series with a divergence guard).
-* :mod:`.lcp` -- the Lipschitz-coefficient penalty and its batch-subsampled variant.
+* :mod:`.lcp` -- the Lipschitz-coefficient penalty and its cheap variants (a random
+  subset of batch rows: exact per row; a random spatial crop: approximate).
 * :class:`HGRUCell` -- the hGRU step; :class:`RecurrentRefiner` runs a cell to
   equilibrium and is shared by every placement (FPN, mask head, Pathfinder).
 """
 from .equilibrium import MODES, OPTIONS, EquilibriumResult, equilibrium
 from .hgru import NORMS, HGRUCell
-from .lcp import BatchSubsample, batch_subsample, lipschitz_penalty, step_penalty
+from .lcp import BatchSubsample, SpatialCrop, batch_subsample, lipschitz_penalty, spatial_crop, step_penalty
 from .rbp import neumann_adjoint, rbp_adjoint
 from .refiner import RecurrentRefiner
 from .solvers import SOLVERS, SolverInfo, anderson, fixed_point, get_solver
@@ -26,6 +27,7 @@ __all__ = [
     "HGRUCell",
     "RecurrentRefiner",
     "SolverInfo",
+    "SpatialCrop",
     "anderson",
     "batch_subsample",
     "equilibrium",
@@ -34,5 +36,6 @@ __all__ = [
     "lipschitz_penalty",
     "neumann_adjoint",
     "rbp_adjoint",
+    "spatial_crop",
     "step_penalty",
 ]

@@ -42,7 +42,7 @@ OPTIONS: Dict[str, Any] = {
     "solver": "fixed_point",  # forward solver, a key of SOLVERS
     "anderson_m": None,  # Anderson history size (solver="anderson" only; default 5)
     "neumann_tol": 0.0,  # relative tolerance of the Neumann series (0 = all terms)
-    "lcp_subsample": None,  # None (exact LCP) or h_prev -> (f_sub, h_sub)
+    "lcp_subsample": None,  # None (exact LCP) or h_prev -> (f_sub, h_sub): BatchSubsample, SpatialCrop
 }
 
 
@@ -123,7 +123,7 @@ def check_arguments(
     if sub is not None and not callable(sub):
         raise ValueError(
             f"lcp_subsample={sub!r}; must be None or a callable h_prev -> (f_sub, h_sub) "
-            "(see crbp_panoptic.crbp.batch_subsample)"
+            "(see crbp_panoptic.crbp.batch_subsample, crbp_panoptic.crbp.spatial_crop)"
         )
     return opts
 
@@ -186,7 +186,9 @@ def equilibrium(
             * ``neumann_tol`` (float, 0): stop the Neumann series once a term is
               below this fraction of the sum.
             * ``lcp_subsample`` (None): a callable ``h_prev -> (f_sub, h_sub)``
-              (e.g. :func:`~crbp_panoptic.crbp.lcp.batch_subsample`); the penalty
+              (:func:`~crbp_panoptic.crbp.lcp.batch_subsample`: random batch rows,
+              exact per row; :func:`~crbp_panoptic.crbp.lcp.spatial_crop`: a
+              random window of positions, approximate); the penalty
               is then ``mean(relu(1^T df_sub/dh_sub - tau)^2)``, computed on the
               subset with one extra partial evaluation. ``h_prev`` is ``h_{T-1}``
               as the mode has it: a detached leaf in ``rbp``/``crbp``, inside the

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .equilibrium import MODES, EquilibriumResult, check_int, check_nonneg, equilibrium
 from .hgru import HGRUCell
-from .lcp import BatchSubsample, check_subsample_size, check_tau
+from .lcp import BatchSubsample, SpatialCrop, check_subsample_size, check_tau, crop
 from .solvers import SOLVERS
 
 __all__ = ["RecurrentRefiner"]
@@ -38,6 +38,14 @@ class RecurrentRefiner(nn.Module):
             count of batch rows (ROIs, images) on which the penalty is evaluated
             (see :class:`~crbp_panoptic.crbp.lcp.BatchSubsample`; exact per-row
             values, unbiased for the mean, less double-backward memory).
+        lcp_crop: 0 (off) or the side S of a random S x S window of positions
+            (clipped to the map) on which the penalty is evaluated, the drive
+            cropped the same way (see :class:`~crbp_panoptic.crbp.lcp.SpatialCrop`:
+            for maps with few rows, e.g. FPN levels; an approximation -- exact
+            only beyond a margin from the window's inner sides and without
+            GroupNorm/GALA -- with double-backward memory that scales with
+            S^2; a window as large as the map costs more than the exact
+            penalty). Excludes ``lcp_subsample``.
         forward_tol: training early-stop tolerance on the relative residual (0 = off).
         test_tol: eval early-stop tolerance (0 = off).
         solver: forward solver in training (``"anderson"`` only with rbp/crbp).
@@ -50,6 +58,10 @@ class RecurrentRefiner(nn.Module):
         last_result: :class:`~crbp_panoptic.crbp.EquilibriumResult` of the last
             call (its ``state`` detached; ``lcp`` keeps its graph until the next
             call), or None before the first call.
+        last_lcp_sample: what the last call's cheap penalty was evaluated on:
+            the rows (LongTensor, ``lcp_subsample``) or the window
+            ``(top, left, height, width)`` (``lcp_crop``); None when the
+            penalty was exact or not computed.
     """
 
     def __init__(
@@ -64,6 +76,7 @@ class RecurrentRefiner(nn.Module):
         neumann_tol: float = 0.0,
         lcp_tau: float = 0.9,
         lcp_subsample: Union[None, int, float] = None,
+        lcp_crop: int = 0,
         forward_tol: float = 0.0,
         test_tol: float = 0.0,
         solver: str = "fixed_point",
@@ -87,6 +100,12 @@ class RecurrentRefiner(nn.Module):
         check_nonneg("test_tol", test_tol)
         check_tau(lcp_tau)
         check_subsample_size(lcp_subsample)
+        check_int("lcp_crop", lcp_crop, 0)
+        if lcp_crop and lcp_subsample is not None:
+            raise ValueError(
+                f"lcp_subsample={lcp_subsample!r}, lcp_crop={lcp_crop!r}; choose at most one cheap "
+                "penalty (rows or a spatial crop)"
+            )
         for name, value in (("solver", solver), ("test_solver", test_solver)):
             if value is not None and value not in SOLVERS:
                 raise ValueError(f"{name}={value!r}; choose from {sorted(SOLVERS)}")
@@ -98,10 +117,11 @@ class RecurrentRefiner(nn.Module):
         self.cell = cell if cell is not None else HGRUCell(channels, **cell_kwargs)
         self.mode, self.steps, self.test_steps = mode, steps, test_steps
         self.neumann_steps, self.neumann_tol, self.lcp_tau = neumann_steps, float(neumann_tol), float(lcp_tau)
-        self.lcp_subsample = lcp_subsample
+        self.lcp_subsample, self.lcp_crop = lcp_subsample, lcp_crop
         self.forward_tol, self.test_tol = float(forward_tol), float(test_tol)
         self.solver, self.test_solver, self.anderson_m = solver, test_solver or solver, anderson_m
         self.last_result: Optional[EquilibriumResult] = None
+        self.last_lcp_sample: Union[None, torch.Tensor, Tuple[int, int, int, int]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the cell to equilibrium.
@@ -120,10 +140,13 @@ class RecurrentRefiner(nn.Module):
         options = {"forward_tol": tol, "solver": solver, "neumann_tol": self.neumann_tol}
         if solver == "anderson":
             options["anderson_m"] = self.anderson_m
+        sampler: Union[None, BatchSubsample, SpatialCrop] = None
         if self.lcp_subsample is not None and self.mode in ("cbptt", "crbp"):
-            options["lcp_subsample"] = BatchSubsample(
-                lambda index, h: cell(x.index_select(0, index), h), self.lcp_subsample
-            )
+            sampler = BatchSubsample(lambda index, h: cell(x.index_select(0, index), h), self.lcp_subsample)
+        elif self.lcp_crop and self.mode in ("cbptt", "crbp"):
+            sampler = SpatialCrop(lambda box, h: cell(crop(x, box), h), self.lcp_crop)
+        if sampler is not None:
+            options["lcp_subsample"] = sampler
         result = equilibrium(
             lambda h: cell(x, h),
             torch.zeros_like(x),
@@ -136,10 +159,17 @@ class RecurrentRefiner(nn.Module):
         # Keep diagnostics and the penalty; drop the state's graph reference so a
         # stored result never holds the forward graph alive.
         self.last_result = dataclasses.replace(result, state=result.state.detach())
+        # The sampler's closure holds the drive: keep only what it chose.
+        self.last_lcp_sample = None
+        if isinstance(sampler, BatchSubsample):
+            self.last_lcp_sample = sampler.last_index
+        elif isinstance(sampler, SpatialCrop):
+            self.last_lcp_sample = sampler.last_box
         return result.state
 
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode!r}, steps={self.steps}, test_steps={self.test_steps or self.steps}, "
-            f"neumann_steps={self.neumann_steps}, lcp_tau={self.lcp_tau}, lcp_subsample={self.lcp_subsample}"
+            f"neumann_steps={self.neumann_steps}, lcp_tau={self.lcp_tau}, lcp_subsample={self.lcp_subsample}, "
+            f"lcp_crop={self.lcp_crop}"
         )

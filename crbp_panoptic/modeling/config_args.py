@@ -62,6 +62,9 @@ def refiner_args(cfg, channels):
     subsample = _real(c, "LCP_SUBSAMPLE", 0.0)
     if subsample >= 1 and subsample != int(subsample):
         _fail("LCP_SUBSAMPLE", subsample, "expected 0 (exact), a fraction in (0, 1) or a row count >= 1")
+    crop = _int(c, "LCP_CROP", 0)
+    if crop and subsample:
+        _fail("LCP_CROP", crop, f"choose at most one cheap penalty (MODEL.CRBP.LCP_SUBSAMPLE={subsample!r})")
     return {
         "channels": channels,
         "kernel_size": kernel_size,
@@ -74,6 +77,7 @@ def refiner_args(cfg, channels):
         "neumann_steps": _int(c, "NEUMANN_STEPS", 0),
         "lcp_tau": _real(c, "LCP_TAU", 0.0, strict=True),
         "lcp_subsample": None if subsample == 0 else (subsample if subsample < 1 else int(subsample)),
+        "lcp_crop": crop,
         "solver": c.SOLVER,
         "forward_tol": _real(c, "FORWARD_TOL", 0.0),
         "test_tol": _real(c, "TEST_TOL", 0.0),

@@ -2,8 +2,10 @@
 import pytest
 import torch
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
 
 from crbp_panoptic.crbp import MODES, EquilibriumResult, HGRUCell, RecurrentRefiner
+from crbp_panoptic.crbp.lcp import column_sums, crop, penalty_from_sums
 
 
 def make(**kw):
@@ -20,6 +22,7 @@ def test_train_and_eval_steps(mode):
     res = ref.last_result
     assert isinstance(res, EquilibriumResult) and out.shape == x.shape
     assert res.steps == 4 and res.mode == mode
+    assert ref.last_lcp_sample is None  # exact penalty (or none)
     assert not res.state.requires_grad  # stored result does not pin the forward graph
     (out.sum() + res.lcp).backward()
     assert x.grad is not None and all(p.grad is not None for p in ref.parameters())
@@ -75,8 +78,67 @@ def test_lcp_subsample(sub):
     out = ref(x)
     lcp = ref.last_result.lcp
     assert lcp.item() > 0
+    assert ref.last_lcp_sample.shape == (2 if sub == 0.5 else sub,)
     (out.mean() + lcp).backward()
     assert torch.isfinite(x.grad).all() and ref.cell.w_inh.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["crbp", "cbptt"])
+def test_lcp_crop_crops_drive_and_state_alike(mode):
+    ref = make(mode=mode, steps=3, lcp_tau=0.1, lcp_crop=6).double()
+    x = torch.randn(2, 8, 10, 12, dtype=torch.float64, requires_grad=True)
+    out = ref(x)
+    lcp = ref.last_result.lcp
+    box = ref.last_lcp_sample
+    assert box[2:] == (6, 6) and 0 <= box[0] <= 4 and 0 <= box[1] <= 6
+    # manual: the exact penalty of the step on the cropped drive and cropped h_{T-1}
+    with torch.no_grad():
+        h_prev = ref.cell(x, ref.cell(x, torch.zeros_like(x)))
+    hc = crop(h_prev, box).clone().requires_grad_()
+    manual = penalty_from_sums(column_sums(ref.cell(crop(x.detach(), box), hc), hc), 0.1)
+    assert manual.item() > 0
+    torch.testing.assert_close(lcp, manual, rtol=1e-12, atol=1e-14)
+    (out.mean() + lcp).backward()
+    assert torch.isfinite(x.grad).all() and ref.cell.w_inh.weight.grad.abs().sum() > 0
+
+
+def test_lcp_crop_gradient_reaches_cell_and_cropped_drive():
+    ref = make(mode="crbp", steps=3, lcp_tau=0.1, lcp_crop=5)
+    x = torch.randn(1, 8, 9, 9, requires_grad=True)
+    ref(x)
+    top, left, hc, wc = ref.last_lcp_sample
+    lcp = ref.last_result.lcp
+    grads = torch.autograd.grad(lcp, [x, ref.cell.w_exc.weight, ref.cell.gate.weight, ref.cell.alpha])
+    assert all(g.abs().sum() > 0 for g in grads)
+    outside = torch.ones(9, 9, dtype=torch.bool)
+    outside[top : top + hc, left : left + wc] = False
+    assert grads[0][..., outside].abs().max() == 0  # only the window's drive enters the penalty
+
+
+def saved_bytes(fn):
+    """Bytes of distinct storages autograd saves for backward while running fn()."""
+    sizes = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        sizes[storage.data_ptr()] = max(sizes.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(sizes.values())
+
+
+def test_lcp_crop_saves_little_more_than_rbp():
+    x = torch.randn(1, 8, 32, 32)
+    mem = {}
+    for name, kw in {"rbp": {"mode": "rbp"}, "crbp": {}, "crop": {"lcp_crop": 8}}.items():
+        ref = make(steps=3, **kw)
+        mem[name] = saved_bytes(lambda: ref(x))
+    # an 8 x 8 window is 1/16 of the positions: the double backward's extra is ~1/16 of exact's
+    assert mem["rbp"] < mem["crop"] < mem["crbp"]
+    assert mem["crop"] - mem["rbp"] < 0.15 * (mem["crbp"] - mem["rbp"]), mem
+    assert mem["crop"] < 1.15 * mem["rbp"], mem  # observed 1.12 (exact crbp: 2.06)
 
 
 def test_empty_batch():
@@ -114,6 +176,12 @@ def test_validation():
         make(test_steps=-1)
     with pytest.raises(ValueError, match="lcp_subsample=1.5"):
         make(lcp_subsample=1.5)
+    with pytest.raises(ValueError, match="lcp_crop=-1"):
+        make(lcp_crop=-1)
+    with pytest.raises(ValueError, match="lcp_crop=2.5"):
+        make(lcp_crop=2.5)
+    with pytest.raises(ValueError, match="lcp_subsample=0.5, lcp_crop=16"):
+        make(lcp_subsample=0.5, lcp_crop=16)
     with pytest.raises(ValueError, match="lcp_tau"):
         make(lcp_tau=0)
     with pytest.raises(ValueError, match="test_solver='newton'"):

@@ -173,11 +173,27 @@ def test_test_steps_used_at_inference():
         ("MODEL.CRBP.SOLVER", "newton", "MODEL.CRBP.SOLVER='newton'"),
         ("MODEL.CRBP.NORM", "BN", "MODEL.CRBP.NORM='BN'"),
         ("MODEL.CRBP.LCP_TAU", 0.0, "MODEL.CRBP.LCP_TAU=0.0"),
+        ("MODEL.CRBP.LCP_CROP", -2, "MODEL.CRBP.LCP_CROP=-2"),
     ],
 )
 def test_bad_config_values_fail_at_build_time(key, value, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _build(FPN_YAML, key, value)
+
+
+def test_two_cheap_penalties_are_rejected():
+    with pytest.raises(ValueError, match=r"MODEL.CRBP.LCP_CROP=8; choose at most one .*LCP_SUBSAMPLE=0.5"):
+        _build(FPN_YAML, "MODEL.CRBP.LCP_CROP", 8, "MODEL.CRBP.LCP_SUBSAMPLE", 0.5)
+
+
+@pytest.mark.parametrize("config_file,key,value", [(FPN_YAML, "MODEL.CRBP.LCP_CROP", 8),
+                                                  (MASK_YAML, "MODEL.CRBP.LCP_SUBSAMPLE", 2.0)])
+def test_cheap_penalty_reaches_loss_dict(config_file, key, value):
+    model = _build(config_file, key, value, "MODEL.CRBP.LCP_TAU", 0.05)
+    losses = _train_step(model, tiny_batch(empty=()))
+    assert losses["loss_lcp"] > 0
+    samples = [m.last_lcp_sample for _, m in recurrent_modules(model)]
+    assert all(s is not None for s in samples), samples
 
 
 def test_unknown_config_key_is_rejected():
