@@ -1,5 +1,4 @@
 """Test helpers: tiny models from the real YAML configs, and tiny training batches."""
-import os
 from pathlib import Path
 
 import torch

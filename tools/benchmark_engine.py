@@ -37,10 +37,10 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from torch.autograd.graph import saved_tensors_hooks
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 from crbp_panoptic.crbp import MODES, HGRUCell, RecurrentRefiner  # noqa: E402
+from crbp_panoptic.crbp.memory import SavedTensorBytes  # noqa: E402
 
 DEFAULT_CONFIGS = (
     "bptt-1,bptt-3,bptt-5,bptt-10,rbp-20,crbp-5,crbp-20,crbp-40,crbp-20-sub0.25,crbp-20-sub2,crbp-20-crop16"
@@ -77,18 +77,6 @@ def parse_config(text: str) -> Tuple[str, int, Dict[str, Any]]:
     return mode, steps, cheap
 
 
-def saved_bytes_hooks():
-    """saved_tensors_hooks that record distinct storages; returns (context, sizes dict)."""
-    sizes: Dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        sizes[storage.data_ptr()] = max(sizes.get(storage.data_ptr(), 0), storage.nbytes())
-        return t
-
-    return saved_tensors_hooks(pack, lambda t: t), sizes
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -116,7 +104,7 @@ def run_config(
             sync(device)
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-        hooks, sizes = saved_bytes_hooks()
+        hooks = SavedTensorBytes()
         t0, c0 = time.perf_counter(), time.process_time()
         if rep == 0:
             with hooks:
@@ -131,7 +119,7 @@ def run_config(
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
         if rep == 0:
-            saved = sum(sizes.values())
+            saved = hooks.bytes
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(device) - base
         res = refiner.last_result

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..crbp.memory import SavedTensorBytes
 from .generator import PathfinderConfig, PathfinderDataset
 from .model import PathfinderNet, iou_f1, segmentation_loss
 
@@ -143,26 +144,16 @@ def _loss(model: PathfinderNet, s: Settings, image, mask) -> Tuple[torch.Tensor,
 def saved_tensor_bytes(model: PathfinderNet, s: Settings, image, mask) -> int:
     """Bytes of tensors autograd saves for backward during one training forward (+ loss, + LCP graph).
 
-    Counted with ``torch.autograd.graph.saved_tensors_hooks``, each storage once;
+    Counted with :class:`~crbp_panoptic.crbp.memory.SavedTensorBytes`, each storage once;
     this is the activation memory that grows with the unrolled steps in BPTT. The
     backward pass's transients (Neumann VJPs) are not included. Parameter
     gradients are not touched (no backward is run).
     """
-    seen: Dict[Tuple[int, int], int] = {}
-
-    def pack(t: torch.Tensor):
-        try:
-            st = t.untyped_storage()
-            seen[(st.data_ptr(), st.nbytes())] = st.nbytes()
-        except (RuntimeError, NotImplementedError):
-            seen[(id(t), 0)] = t.numel() * t.element_size()
-        return t
-
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensorBytes() as saved:
         total, _, _ = _loss(model, s, image, mask)
     del total
-    return int(sum(seen.values()))
+    return saved.bytes
 
 
 def _peak_rss_mb() -> float:

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd.functional import jacobian
-from torch.autograd.graph import saved_tensors_hooks
 
 from crbp_panoptic.crbp import MODES, HGRUCell, equilibrium, rbp_adjoint
+from crbp_panoptic.crbp.memory import SavedTensorBytes
 
 f64 = torch.float64
 
@@ -192,16 +192,9 @@ def test_rbp_adjoint_is_identity_forward():
 
 def saved_bytes(fn):
     """Bytes of distinct storages autograd saves for backward while running fn()."""
-    sizes = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        sizes[storage.data_ptr()] = max(sizes.get(storage.data_ptr(), 0), storage.nbytes())
-        return t
-
-    with saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensorBytes() as saved:
         out = fn()
-    return sum(sizes.values()), out
+    return saved.bytes, out
 
 
 @pytest.fixture(scope="module")

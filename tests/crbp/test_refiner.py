@@ -2,10 +2,10 @@
 import pytest
 import torch
 from torch import nn
-from torch.autograd.graph import saved_tensors_hooks
 
 from crbp_panoptic.crbp import MODES, EquilibriumResult, HGRUCell, RecurrentRefiner
 from crbp_panoptic.crbp.lcp import column_sums, crop, penalty_from_sums
+from crbp_panoptic.crbp.memory import SavedTensorBytes
 
 
 def make(**kw):
@@ -117,16 +117,9 @@ def test_lcp_crop_gradient_reaches_cell_and_cropped_drive():
 
 def saved_bytes(fn):
     """Bytes of distinct storages autograd saves for backward while running fn()."""
-    sizes = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        sizes[storage.data_ptr()] = max(sizes.get(storage.data_ptr(), 0), storage.nbytes())
-        return t
-
-    with saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensorBytes() as saved:
         fn()
-    return sum(sizes.values())
+    return saved.bytes
 
 
 def test_lcp_crop_saves_little_more_than_rbp():

@@ -8,7 +8,6 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import crbp_panoptic  # noqa: F401  (registers)
-from crbp_panoptic.crbp import RecurrentRefiner
 from crbp_panoptic.modeling import CRBPFPN, CRBPMaskHead, recurrent_modules
 
 from tests.tiny import CONFIGS, tiny_batch, tiny_cfg
