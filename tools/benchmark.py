@@ -9,8 +9,11 @@ One run reports, side by side, and each as a ratio to the feedforward model (FF)
   weights and optimizer state included) under a memory cap
   (``torch.cuda.set_per_process_memory_fraction``), because without one cuDNN takes
   workspace it does not need (a double backward once took ~35 GB for a 5 GB step);
-  CPU: each configuration runs in a fresh child process, which reports how far its
-  peak resident set grew above its resident set just before the first iteration;
+  CPU: each configuration runs in a fresh child process; after the timed iterations it
+  runs one more, with glibc's mmap threshold fixed (:func:`trim_allocator`) so that the
+  resident set follows the live tensors, and reports how far its peak resident set grew
+  above the resident set just before that iteration (activations, gradients and
+  temporaries; weights and optimizer state are in the baseline);
 * seconds per training iteration (forward + backward + SGD step in an ``EventStorage``;
   median over the timed iterations after warm-up; CUDA synchronised);
 * seconds per image at inference (batch of one, ``torch.no_grad()``) with
@@ -20,8 +23,12 @@ One run reports, side by side, and each as a ratio to the feedforward model (FF)
 
 Configurations (``--configs``; FF always runs, the ratios need it), for each placement
 (``--placements``: ``fpn`` = recurrent FPN backbone, ``mask`` = recurrent mask head):
-``BPTT-1/3/5``, ``RBP-20``, ``C-RBP-5/10/20/40`` and ``C-RBP-20-sub`` (C-RBP-20 with the
-cheap penalty, ``MODEL.CRBP.LCP_SUBSAMPLE`` = 0.25). ``--list`` prints them.
+``BPTT-1/3/5``, ``RBP-20``, ``C-RBP-5/10/20/40`` with the exact penalty, and
+``C-RBP-20-cheap``: C-RBP-20 with the placement's cheap penalty (:func:`cheap_penalty`: the
+mask head's on a quarter of the ROIs, ``MODEL.CRBP.LCP_SUBSAMPLE`` 0.25; the FPN's on a
+random 32x32 window per level, ``MODEL.CRBP.LCP_CROP`` 32, as its COCO YAML selects;
+``--lcp-subsample`` and ``--lcp-crop`` change them).
+``--list`` prints them.
 
 Writes ``benchmark.md`` (a markdown table headed by the machine and the settings),
 ``benchmark.json`` (everything measured) and ``benchmark.png`` (memory, time per
@@ -63,6 +70,7 @@ puts the mask head's training load in that range. The mean mask-head ROI counts
 (training and inference) are under the table and in the JSON.
 """
 import argparse
+import ctypes
 import dataclasses
 import datetime
 import gc
@@ -92,8 +100,15 @@ PLACEMENT_YAMLS = {
 DEFAULT_TEST_TOL = 1e-3
 #: Score of every forced test detection (see :func:`force_detections`).
 DETECTION_SCORE = 0.3
-#: The cheap penalty's fraction of batch rows (ROIs for the mask head, images for the FPN).
-SUBSAMPLE = 0.25
+#: Options selecting the exact penalty (the recurrent FPN's YAML selects a cheap one).
+EXACT_PENALTY = ("MODEL.CRBP.LCP_SUBSAMPLE", "0.0", "MODEL.CRBP.LCP_CROP", "0")
+#: Each placement's cheap penalty (crbp/lcp.py) is a row subset where the state has many
+#: rows (ROIs) and a spatial window where it has a few large maps (FPN levels).
+def cheap_penalty(placement: str, subsample: float = 0.25, crop: int = 32) -> List[str]:
+    """Options selecting ``placement``'s cheap penalty (``--lcp-subsample``, ``--lcp-crop``)."""
+    if placement == "fpn":
+        return ["MODEL.CRBP.LCP_SUBSAMPLE", "0.0", "MODEL.CRBP.LCP_CROP", str(crop)]
+    return ["MODEL.CRBP.LCP_SUBSAMPLE", str(subsample), "MODEL.CRBP.LCP_CROP", "0"]
 #: Inference variants of a recurrent model: (key, TEST_STEPS as a multiple of STEPS, early stop).
 INFER_VARIANTS = (("T", 1, False), ("2T", 2, False), ("ES", 1, True))
 MIB = 2.0 ** 20
@@ -107,13 +122,13 @@ class Variant:
         name: as in the table, e.g. ``"C-RBP-20"``.
         rule: ``MODEL.CRBP.GRAD`` (``None`` for the feedforward model).
         steps: ``MODEL.CRBP.STEPS`` (0 for the feedforward model).
-        subsample: ``MODEL.CRBP.LCP_SUBSAMPLE`` (0 = exact penalty).
+        cheap: the placement's cheap penalty (:func:`cheap_penalty`) instead of the exact one.
     """
 
     name: str
     rule: Optional[str]
     steps: int
-    subsample: float = 0.0
+    cheap: bool = False
 
     @property
     def series(self) -> str:
@@ -121,14 +136,15 @@ class Variant:
         if self.rule is None:
             return "FF"
         label = {"bptt": "BPTT", "cbptt": "C-BPTT", "rbp": "RBP", "crbp": "C-RBP"}[self.rule]
-        return f"{label} (LCP on {self.subsample:g} of rows)" if self.subsample else label
+        return f"{label} (cheap LCP)" if self.cheap else label
 
-    def opts(self) -> List[str]:
-        """``merge_from_list`` options selecting this variant in its placement's YAML."""
+    def opts(self, placement: str, subsample: float = 0.25, crop: int = 32) -> List[str]:
+        """``merge_from_list`` options selecting this variant in ``placement``'s YAML
+        (``subsample`` and ``crop`` size the cheap penalty, see :func:`cheap_penalty`)."""
         if self.rule is None:
             return []
-        return ["MODEL.CRBP.GRAD", self.rule, "MODEL.CRBP.STEPS", str(self.steps),
-                "MODEL.CRBP.LCP_SUBSAMPLE", str(self.subsample)]
+        penalty = cheap_penalty(placement, subsample, crop) if self.cheap else EXACT_PENALTY
+        return ["MODEL.CRBP.GRAD", self.rule, "MODEL.CRBP.STEPS", str(self.steps), *penalty]
 
 
 FF = Variant("FF", None, 0)
@@ -141,11 +157,11 @@ VARIANTS = [
     Variant("C-RBP-10", "crbp", 10),
     Variant("C-RBP-20", "crbp", 20),
     Variant("C-RBP-40", "crbp", 40),
-    Variant("C-RBP-20-sub", "crbp", 20, SUBSAMPLE),
+    Variant("C-RBP-20-cheap", "crbp", 20, cheap=True),
 ]
 BY_NAME = {v.name: v for v in [FF] + VARIANTS}
 #: Run order: the figures the goals need first, so a run stopped by --time-budget has them.
-PRIORITY = ["C-RBP-20", "BPTT-1", "C-RBP-5", "C-RBP-40", "C-RBP-20-sub", "BPTT-3", "BPTT-5",
+PRIORITY = ["C-RBP-20", "BPTT-1", "C-RBP-5", "C-RBP-40", "C-RBP-20-cheap", "BPTT-3", "BPTT-5",
             "RBP-20", "C-RBP-10"]
 
 
@@ -278,6 +294,28 @@ def peak_rss_mib() -> float:
     return kib / (MIB if sys.platform == "darwin" else 1024)  # macOS counts bytes
 
 
+#: glibc's ``mallopt`` parameter number of the mmap threshold.
+M_MMAP_THRESHOLD = -3
+
+
+def trim_allocator(threshold: int = 128 * 1024) -> bool:
+    """Make the resident set follow the live tensors (glibc only; False elsewhere).
+
+    glibc serves allocations below a moving threshold (up to 32 MiB) from its heap and
+    keeps freed chunks there, so a peak resident set also counts whatever earlier work
+    left behind. Fixing the threshold at ``threshold`` bytes serves every tensor larger
+    than that from its own mapping, returned to the OS when freed; ``malloc_trim(0)``
+    then releases the heap's free pages. Slower allocations: use for a memory pass only.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
+        libc.malloc_trim(0)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
 def reset_peak_rss() -> bool:
     """Reset ``VmHWM`` to the current resident set (Linux >= 4.0); False where unsupported."""
     try:
@@ -345,7 +383,7 @@ def measure(spec: Dict) -> Dict:
         torch.set_num_threads(spec["threads"])
     variant = BY_NAME[spec["variant"]]
     config_file = BASELINE_YAML if variant.rule is None else PLACEMENT_YAMLS[spec["placement"]]
-    opts = list(spec["opts"]) + variant.opts() + list(spec["user_opts"])
+    opts = list(spec["opts"]) + variant.opts(spec["placement"], spec["lcp_subsample"], spec["lcp_crop"]) + list(spec["user_opts"])
     cfg = build_cfg(config_file, opts)
     cuda = cfg.MODEL.DEVICE.startswith("cuda")
     out = {"placement": spec["placement"], "variant": variant.name, "rule": variant.rule,
@@ -378,34 +416,41 @@ def measure(spec: Dict) -> Dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         out["before_mib"] = torch.cuda.memory_allocated() / MIB
-    else:
-        out["before_mib"] = rss_mib()
-        out["peak_reset"] = reset_peak_rss()
     times, cpu_times, losses_seen = [], [], []
     model.train()
+
+    def train_step(storage):
+        losses = model(batch)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        storage.step()
+        losses_seen.append({k: float(v.detach()) for k, v in losses.items()})
+
     try:
         with EventStorage(0) as storage:
             for it in range(spec["warmup"] + spec["iters"]):
                 with _Clock(cuda) as clock:
-                    losses = model(batch)
-                    total = sum(losses.values())
-                    optimizer.zero_grad(set_to_none=True)
-                    total.backward()
-                    optimizer.step()
-                storage.step()
+                    train_step(storage)
                 if it >= spec["warmup"]:
                     times.append(clock.seconds)
                     cpu_times.append(clock.cpu_seconds)
-                losses_seen.append({k: float(v.detach()) for k, v in losses.items()})
-                del losses, total
+            if not cuda:  # memory pass: one more iteration, the resident set following the tensors
+                optimizer.zero_grad(set_to_none=True)
+                gc.collect()
+                # only in a process of its own: the setting lasts for the whole process
+                out["rss_exact"] = trim_allocator() if spec.get("isolated") else False
+                out["before_mib"] = rss_mib()
+                out["peak_reset"] = reset_peak_rss()
+                train_step(storage)
+                out["peak_rss_mib"] = peak_rss_mib()
+                out["train_mib"] = out["peak_rss_mib"] - out["before_mib"]
     except torch.cuda.OutOfMemoryError as e:  # only under the CUDA memory cap
         out["error"] = f"CUDA out of memory under the cap: {str(e).splitlines()[0]}"
     if cuda:
         out["train_mib"] = torch.cuda.max_memory_allocated() / MIB
         out["reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
-    else:
-        out["peak_rss_mib"] = peak_rss_mib()
-        out["train_mib"] = out["peak_rss_mib"] - out["before_mib"]
     out["train_s"] = _median(times)
     out["train_times"] = times
     out["train_cpu_s"] = _median(cpu_times)
@@ -591,11 +636,11 @@ def goal_lines(results: List[Dict], placements: Sequence[str]) -> List[str]:
     lines = []
     for p in placements:
         c5, c20, c40 = (_find(results, p, n) for n in ("C-RBP-5", "C-RBP-20", "C-RBP-40"))
-        b1, sub = _find(results, p, "BPTT-1"), _find(results, p, "C-RBP-20-sub")
+        b1, sub = _find(results, p, "BPTT-1"), _find(results, p, "C-RBP-20-cheap")
         tests = [
             ("C-RBP training memory flat in steps: C-RBP-40 / C-RBP-5", c40, c5, 1.05, "train_mib"),
             ("C-RBP-20 training memory / BPTT-1", c20, b1, 1.10, "train_mib"),
-            ("C-RBP-20-sub (cheap LCP) training memory / BPTT-1", sub, b1, 1.10, "train_mib"),
+            ("C-RBP-20-cheap training memory / BPTT-1", sub, b1, 1.10, "train_mib"),
         ]
         for text, a, b, limit, key in tests:
             if a is None or b is None or not a.get(key) or not b.get(key):
@@ -634,16 +679,19 @@ def markdown(results: List[Dict], machine: Dict, settings: Dict) -> str:
         f"training iterations (SGD, lr {settings['lr']}); inference on one image at a time, "
         f"{settings['infer_warmup']} warm-up + {settings['infer_iters']} timed, "
         f"{(str(settings['detections']) + ' forced detections (score ' + str(DETECTION_SCORE) + ')') if settings['detections'] else 'the random-init detections'} per image; early stopping: TEST_STEPS = STEPS, "
-        f"TEST_TOL = {settings['test_tol']:g} (relative residual); "
+        f"TEST_TOL = {settings['test_tol']:g} (relative residual); penalty exact except in C-RBP-20-cheap "
+        f"(mask head: LCP_SUBSAMPLE {settings.get('lcp_subsample', 0.25):g}; FPN: LCP_CROP "
+        f"{settings.get('lcp_crop', 32)}); "
         f"common options `{' '.join(settings['opts']) or '(none)'}`"
         + (f"; memory cap {settings['mem_cap_mib'] / 1024:.1f} GiB "
            f"(fraction {settings['mem_fraction']:.3f})." if cuda else "."))
     lines.append("")
     mem = ("peak `max_memory_allocated` in training (MiB; all tensors, weights and optimizer "
            "state included)" if cuda else
-           "peak resident set of the configuration's own process in training, above its "
-           "resident set just before the first iteration (MiB; activations, gradients, "
-           "optimizer state, allocator slack)")
+           "growth of the peak resident set of the configuration's own process over one "
+           "training iteration, above the resident set just before it (MiB; activations, "
+           "gradients, temporaries; glibc's mmap threshold fixed at 128 KiB for that "
+           "iteration so that freed tensors leave the resident set)")
     lines.append(f"Train MiB: {mem}. s/iter: median seconds per training iteration. Inference: "
                  "median seconds per image with TEST_STEPS = T (= STEPS), 2T, and early stopping "
                  "(ES; the mean steps used per recurrent solve in brackets). "
@@ -715,7 +763,10 @@ def markdown(results: List[Dict], machine: Dict, settings: Dict) -> str:
                      "the median of few iterations.")
         if any(r.get("peak_reset") is False for r in results):
             notes.append("This kernel could not reset the peak resident set; a configuration's peak "
-                         "then includes its model build.")
+                         "then includes its model build and timed iterations.")
+        if any(r.get("rss_exact") is False for r in results):
+            notes.append("The mmap threshold was not fixed (in-process run, or not glibc): memory "
+                         "figures include allocator slack.")
         if not settings.get("isolated", True):
             notes.append("All configurations ran in one process (--in-process): memory figures are "
                          "only indicative.")
@@ -796,6 +847,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed training iterations first")
     p.add_argument("--infer-iters", type=int, default=3, help="timed images per inference variant")
     p.add_argument("--infer-warmup", type=int, default=1, help="untimed images per inference variant")
+    p.add_argument("--lcp-subsample", type=float, default=0.25,
+                   help="C-RBP-20-cheap, mask head: MODEL.CRBP.LCP_SUBSAMPLE (fraction of the ROIs)")
+    p.add_argument("--lcp-crop", type=int, default=32,
+                   help="C-RBP-20-cheap, FPN: MODEL.CRBP.LCP_CROP (side of the window, positions)")
     p.add_argument("--test-tol", type=float, default=DEFAULT_TEST_TOL,
                    help="MODEL.CRBP.TEST_TOL of the early-stopping inference")
     p.add_argument("--detections", type=int, default=100,
@@ -838,8 +893,8 @@ def main(argv=None) -> List[Dict]:
         return []
     variants = args.variants
     if args.list:
-        for v in [FF] + variants:
-            print(f"{v.name:14s} {v.series:28s} {' '.join(v.opts())}")
+        for placement, v in run_order(args.placements, variants):
+            print(f"{placement:4s} {v.name:14s} {v.series:18s} {' '.join(v.opts(placement, args.lcp_subsample, args.lcp_crop))}")
         return []
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -854,6 +909,7 @@ def main(argv=None) -> List[Dict]:
                 "iters": args.iters, "warmup": args.warmup, "infer_iters": args.infer_iters,
                 "infer_warmup": args.infer_warmup, "test_tol": args.test_tol, "detections": args.detections,
                 "lr": args.lr, "opts": args.opts, "placements": args.placements,
+                "lcp_subsample": args.lcp_subsample, "lcp_crop": args.lcp_crop,
                 "isolated": not (cuda or args.in_process),
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "command": "python tools/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)}
@@ -869,7 +925,7 @@ def main(argv=None) -> List[Dict]:
                  "size": args.size, "batch": args.batch, "instances": args.instances, "iters": args.iters,
                  "warmup": args.warmup, "infer_iters": args.infer_iters, "infer_warmup": args.infer_warmup,
                  "test_tol": args.test_tol, "detections": args.detections, "seed": args.seed,
-                 "threads": args.threads}
+                 "threads": args.threads, "lcp_subsample": args.lcp_subsample, "lcp_crop": args.lcp_crop}
     start = time.perf_counter()
     results: List[Dict] = []
     for placement, variant in run_order(args.placements, variants):
