@@ -1,4 +1,5 @@
 """Test helpers: tiny models from the real YAML configs, and tiny training batches."""
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -72,3 +73,11 @@ def tiny_batch(num_images=2, size=(64, 96), num_classes=3, num_stuff=3, empty=(1
         sem = torch.randint(0, num_stuff, (h, w), generator=g)
         batch.append({"image": image, "instances": inst, "sem_seg": sem, "height": h, "width": w})
     return batch
+
+
+def load_tool(name):
+    """Import ``tools/<name>.py`` (not a package) as a module, for testing its functions."""
+    spec = importlib.util.spec_from_file_location(f"crbp_tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

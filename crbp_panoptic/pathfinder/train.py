@@ -61,18 +61,9 @@ class Settings:
     workers: int = 0
 
     def generator_config(self) -> PathfinderConfig:
-        return PathfinderConfig(
-            size=self.size,
-            path_length=self.path_length,
-            dash_length=self.dash_length,
-            gap=self.gap,
-            curvature=self.curvature,
-            distractors=self.distractors,
-            near_distractors=self.near_distractors,
-            thickness=self.thickness,
-            dot_radius=self.dot_radius,
-            margin=max(3.0, self.dot_radius + 1),
-        )
+        """The generator's parameters: the fields both share, and a margin that fits the dot."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(PathfinderConfig) if hasattr(self, f.name)}
+        return PathfinderConfig(**shared, margin=max(3.0, self.dot_radius + 1))
 
 
 #: Presets. ``cpu``: trains an arm in ~5-15 min on one core of a small machine;

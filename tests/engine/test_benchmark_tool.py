@@ -1,22 +1,14 @@
 """tools/benchmark.py: its pure helpers, and one tiny configuration measured in-process."""
-import importlib.util
 import math
 import sys
 
 import pytest
 import torch
 
-from tests.tiny import REPO, TINY
+from tests.tiny import TINY, load_tool
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("crbp_benchmark_tool", REPO / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_tool()
+bench = load_tool("benchmark")
 
 
 def test_every_issue_configuration_is_listed_and_selectable():
@@ -108,14 +100,18 @@ def test_ratios_table_and_goal_verdicts():
     assert "early stopping ≤ 1.20× FF: 1.25× here (not met; 4.0 steps" in goals
 
 
-def test_one_tiny_configuration_measures_training_and_inference():
-    args = bench.parse_args(["--device", "cpu", "--depth", "18", "--detections", "5"])
-    spec = {"placement": "mask", "variant": "C-RBP-5", "opts": bench.common_opts(args),
-            "user_opts": [str(v) for v in TINY], "device": "cpu", "size": [64, 96], "batch": 2,
-            "instances": 3, "iters": 1, "warmup": 0, "infer_iters": 1, "infer_warmup": 0,
-            "test_tol": 1e-3, "detections": 5, "seed": 0, "threads": 0,
+def _tiny_spec(placement, variant, *, batch, instances, detections, threads=0):
+    """A :func:`measure` spec for a tiny model (tests/tiny.py's TINY options) on 64x96 images."""
+    args = bench.parse_args(["--device", "cpu", "--depth", "18", "--detections", str(detections)])
+    return {"placement": placement, "variant": variant, "opts": bench.common_opts(args),
+            "user_opts": [str(v) for v in TINY], "device": "cpu", "size": [64, 96], "batch": batch,
+            "instances": instances, "iters": 1, "warmup": 0, "infer_iters": 1, "infer_warmup": 0,
+            "test_tol": 1e-3, "detections": detections, "seed": 0, "threads": threads,
             "lcp_subsample": 0.25, "lcp_crop": 32}
-    r = bench.measure(spec)
+
+
+def test_one_tiny_configuration_measures_training_and_inference():
+    r = bench.measure(_tiny_spec("mask", "C-RBP-5", batch=2, instances=3, detections=5))
     assert "error" not in r, r.get("error")
     assert r["steps"] == 3  # TINY's MODEL.CRBP.STEPS comes last and wins
     assert r["train_mib"] >= 0 and r["train_s"] > 0 and not r["nonfinite_loss"]
@@ -130,12 +126,7 @@ def test_one_tiny_configuration_measures_training_and_inference():
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="the child's memory pass fixes glibc's mmap threshold (Linux)")
 def test_child_process_reports_its_own_iteration_memory():
-    args = bench.parse_args(["--device", "cpu", "--depth", "18", "--detections", "3"])
-    spec = {"placement": "fpn", "variant": "BPTT-1", "opts": bench.common_opts(args),
-            "user_opts": [str(v) for v in TINY], "device": "cpu", "size": [64, 96], "batch": 1,
-            "instances": 2, "iters": 1, "warmup": 0, "infer_iters": 1, "infer_warmup": 0,
-            "test_tol": 1e-3, "detections": 3, "seed": 0, "threads": 1,
-            "lcp_subsample": 0.25, "lcp_crop": 32}
+    spec = _tiny_spec("fpn", "BPTT-1", batch=1, instances=2, detections=3, threads=1)
     r = bench.measure_in_child(spec, timeout=300)
     assert "error" not in r, r.get("error")
     assert r["rss_exact"] is True and r["peak_reset"] is True

@@ -1,5 +1,4 @@
 """tools/stability.py: its pure helpers, the residual capture, and the evaluation wiring on a tiny model."""
-import importlib.util
 import json
 
 import pytest
@@ -8,19 +7,12 @@ from torch import nn
 
 from crbp_panoptic.crbp import RecurrentRefiner
 
-from tests.tiny import REPO, tiny_cfg
+from tests.tiny import load_tool, tiny_cfg
 
 CONFIG = "Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_quick.yaml"
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("crbp_stability_tool", REPO / "tools" / "stability.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-stab = _load_tool()
+stab = load_tool("stability")
 
 
 def test_parse_arm_and_args():
