@@ -109,6 +109,24 @@ def test_mask_head_has_fewer_parameters_than_stock():
     assert count(ours) < count(stock)
 
 
+def test_mask_head_readout_sees_a_unit_scale_state():
+    head = _build(MASK_YAML).roi_heads.mask_head
+    seen = {}
+    head.deconv.register_forward_pre_hook(lambda m, args: seen.update(readout=args[0]))
+    x = torch.randn(6, head.deconv.in_channels, 14, 14)
+    with torch.no_grad():
+        state = head.mask_recurrent(x)
+        head.layers(x)
+    assert state.std() < 0.2  # the cell's GroupNorm gains start at 0.1
+    groups = seen["readout"].reshape(6, head.mask_recurrent_norm.num_groups, -1)
+    assert torch.allclose(groups.std(-1), torch.ones(()), atol=0.05)
+
+
+def test_mask_head_without_norm_has_no_readout_norm():
+    head = _build(MASK_YAML, "MODEL.CRBP.NORM", "none").roi_heads.mask_head
+    assert isinstance(head.mask_recurrent_norm, torch.nn.Identity)
+
+
 @pytest.mark.parametrize("grad", GRADS)
 @pytest.mark.parametrize("config_file", [FPN_YAML, MASK_YAML])
 def test_training_step_finite_losses_and_recurrent_gradients(config_file, grad):
