@@ -16,9 +16,9 @@ import sys
 import time
 
 import numpy as np
+import torch
 from PIL import Image
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
@@ -39,8 +39,7 @@ def write_overlays(cfg, weights, out_dir, num_images):
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
     cfg.freeze()
-    predictor = DefaultPredictor(cfg)
-    DetectionCheckpointer(predictor.model).load(weights)
+    predictor = DefaultPredictor(cfg)  # loads cfg.MODEL.WEIGHTS
     dataset = cfg.DATASETS.TEST[0]
     metadata = MetadataCatalog.get(dataset)
     os.makedirs(out_dir, exist_ok=True)
@@ -86,7 +85,7 @@ def main():
     add_crbp_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(train_args.opts)
-    cfg.MODEL.DEVICE = "cpu" if not train_net.torch.cuda.is_available() else cfg.MODEL.DEVICE
+    cfg.MODEL.DEVICE = cfg.MODEL.DEVICE if torch.cuda.is_available() else "cpu"
     overlays = write_overlays(cfg, os.path.join(args.output_dir, "model_final.pth"),
                               os.path.join(args.output_dir, "overlays"), args.num_vis)
 
