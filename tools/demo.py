@@ -65,13 +65,13 @@ def read_final_metrics(path, prefix):
     return {k[len(prefix):]: v for k, v in records[-1].items() if k.startswith(prefix)}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
     parser.add_argument("--output-dir", default="output/demo")
     parser.add_argument("--num-vis", type=int, default=4, help="val images to draw")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     train_args = default_argument_parser().parse_args(
         ["--config-file", args.config_file, "OUTPUT_DIR", args.output_dir, *args.opts]

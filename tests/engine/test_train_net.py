@@ -36,8 +36,9 @@ def datasets(tmp_path_factory):
     return root
 
 
-def _args(output_dir, *opts, train="engine_test_train_separated", extra=()):
-    tiny = [
+def _tiny_opts(output_dir, train="engine_test_train_separated"):
+    """Config overrides: a tiny model, 3 iterations on the 4 tiny training images."""
+    return [
         "OUTPUT_DIR", str(output_dir),
         "DATASETS.TRAIN", f"('{train}',)",
         "DATASETS.TEST", "('engine_test_val_separated',)",
@@ -58,8 +59,11 @@ def _args(output_dir, *opts, train="engine_test_train_separated", extra=()):
         "MODEL.CRBP.NEUMANN_STEPS", "3",
         "SEED", "7",
     ]
+
+
+def _args(output_dir, *opts, train="engine_test_train_separated", extra=()):
     return default_argument_parser().parse_args(
-        ["--config-file", str(REPO / CONFIG), *extra, *tiny, *[str(o) for o in opts]]
+        ["--config-file", str(REPO / CONFIG), *extra, *_tiny_opts(output_dir, train), *[str(o) for o in opts]]
     )
 
 
@@ -167,3 +171,20 @@ def test_missing_coco_files_fail_before_training(datasets, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"coco_2017_val_panoptic_separated.*DETECTRON2_DATASETS"):
         train_net.main(_args(tmp_path, "DATASETS.TEST", "('coco_2017_val_panoptic_separated',)"))
     assert not (tmp_path / "model_final.pth").exists()
+
+
+def test_demo_prints_pq_and_writes_overlays(datasets, tmp_path, capfd):
+    import demo  # tools/demo.py
+
+    demo.main(["--config-file", str(REPO / CONFIG), "--output-dir", str(tmp_path), "--num-vis", "2",
+               *_tiny_opts(tmp_path)[2:]])  # the demo sets OUTPUT_DIR itself
+    out = capfd.readouterr().out
+    table = out[out.index("== crbp_panoptic demo"):]
+    for row in ("All", "Things", "Stuff"):
+        assert row in table
+    overlays = sorted((tmp_path / "overlays").glob("*.png"))
+    assert len(overlays) == 2
+    from PIL import Image
+
+    width, height = Image.open(overlays[0]).size
+    assert (width, height) == (2 * 3 * 64 + 4, 3 * 64)  # ground truth | prediction, scale 3
