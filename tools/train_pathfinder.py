@@ -32,7 +32,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from crbp_panoptic.crbp import MODES  # noqa: E402
 from crbp_panoptic.pathfinder.generator import save_examples  # noqa: E402
 from crbp_panoptic.pathfinder.model import LOSSES  # noqa: E402
-from crbp_panoptic.pathfinder.train import SCALES, Settings, parse_arm, run_arm  # noqa: E402
+from crbp_panoptic.pathfinder.train import (  # noqa: E402
+    INK,
+    SCALES,
+    Settings,
+    all_paths_iou,
+    parse_arm,
+    run_arm,
+)
 
 #: Settings fields that can be overridden from the command line (``--path-length`` etc.).
 _OVERRIDES = [f for f in dataclasses.fields(Settings)]
@@ -84,6 +91,12 @@ def report(out: str) -> str:
         f"{s['distractors']} distractors ({s['near_distractors']} near), C={s['channels']}, hGRU kernel "
         f"{s['kernel_size']}, Gabor {s['gabor_size']}, {s['iters']} iters x batch {s['batch']}, "
         f"{s['n_test']} test images. T = trained steps; IoU/F1 are per-image means."
+    )
+    known = {f.name for f in dataclasses.fields(Settings)}
+    floor = all_paths_iou(Settings(**{k: v for k, v in s.items() if k in known}))
+    lines.append(
+        f"Floor: marking every path (every pixel brighter than {INK}) scores IoU {floor:.3f}; "
+        "a model that traces the contour touching the dot scores well above it."
     )
     table = "\n".join(lines)
     with open(os.path.join(out, "table.md"), "w") as fh:

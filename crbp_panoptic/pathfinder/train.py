@@ -104,6 +104,25 @@ def parse_arm(text: str) -> Tuple[str, int]:
         raise ValueError(f"arm={text!r}; write MODE:STEPS, e.g. bptt:6 or crbp:20") from None
 
 
+#: A pixel brighter than this belongs to some path (or the dot) in a generated image.
+INK = 0.25
+
+
+def held_out_set(s: Settings) -> PathfinderDataset:
+    """The held-out images of ``s`` (a seed stream disjoint from the training one)."""
+    return PathfinderDataset(s.generator_config(), s.n_test, seed=999_000 + s.seed)
+
+
+def all_paths_iou(s: Settings) -> float:
+    """Mean test IoU of the trivial answer "every path": every pixel brighter than :data:`INK`.
+
+    The floor a model must beat to show that it traces the contour touching the dot
+    rather than marking every dash.
+    """
+    ious = [iou_f1(image[None] - INK, target[None])[0] for image, target in held_out_set(s)]
+    return float(torch.cat(ious).mean())
+
+
 def build_model(s: Settings, mode: str, steps: int) -> PathfinderNet:
     return PathfinderNet(
         s.channels,
@@ -188,7 +207,7 @@ def run_arm(s: Settings, mode: str, steps: int, out_dir: str, device: str = "cpu
     device = torch.device(device)
     gcfg = s.generator_config()
     train_ds = PathfinderDataset(gcfg, s.n_train, seed=1000 + s.seed)
-    test_ds = PathfinderDataset(gcfg, s.n_test, seed=999_000 + s.seed)  # disjoint seed stream
+    test_ds = held_out_set(s)
     model = build_model(s, mode, steps).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.iters, pct_start=0.05)
