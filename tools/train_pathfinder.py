@@ -102,10 +102,14 @@ def report(out: str) -> str:
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(table + "\n")
 
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # e.g. a GPU machine without it: table.md and metrics.json still hold everything
+        print("matplotlib is not installed: no plots", file=sys.stderr)
+        return table
 
     for key, fname, ylabel in (
         ("iou", "accuracy_vs_steps.png", "test IoU"),
