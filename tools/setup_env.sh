@@ -42,7 +42,11 @@ fi
 if ! importable detectron2; then
   step "install Detectron2 0.6 (pure Python, from PyPI)" "$PY" tools/install_detectron2.py
 fi
-if ! "$PY" -c "import importlib.util as u, sys; s = u.find_spec('crbp_panoptic'); sys.exit(not (s and s.origin.startswith('$PWD/')))" >/dev/null 2>&1; then
+# Installed (editable, from this checkout)? Look with the current directory off sys.path:
+# `python -c` puts it first, where the source tree alone would pass for an install.
+if ! "$PY" -c "import importlib.util as u, os, sys
+sys.path = [p for p in sys.path if p and os.path.abspath(p) != os.getcwd()]
+s = u.find_spec('crbp_panoptic'); sys.exit(not (s and s.origin.startswith('$PWD/')))" >/dev/null 2>&1; then
   step "install crbp_panoptic (editable)" pip_install --no-deps --no-build-isolation -e .
 fi
 echo "[setup] environment ready: $VENV"
