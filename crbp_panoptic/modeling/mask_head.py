@@ -22,9 +22,9 @@ class CRBPMaskHead(BaseMaskRCNNHead):
     (``mask_fcn1..4``). A GroupNorm (``mask_recurrent_norm``; with ``MODEL.CRBP.NORM``
     "GN", else none) rescales the state for the readout: the cell's own GroupNorm gains
     start at 0.1 for contraction, so the equilibrium starts with a spatial contrast of
-    ~0.05 around a constant, and the deconv and predictor, fed that directly, learned so
-    slowly that the mask loss of the synthetic quick schedule stayed near chance (0.67
-    after 300 iterations, against 0.3 for the stock head).
+    ~0.05 around a constant (``test_mask_head_readout_sees_a_unit_scale_state``), and the
+    deconv and predictor, fed that directly, learned so slowly that the mask loss of the
+    synthetic quick schedule stayed near chance.
     Then, as in ``MaskRCNNConvUpsampleHead``, a 2x2 stride-2
     ``deconv`` + ReLU and a 1x1 ``predictor`` give (R, num_classes, 28, 28) logits; the
     loss and inference contract is :class:`BaseMaskRCNNHead`'s. ``deconv`` and
