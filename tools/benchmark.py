@@ -366,10 +366,13 @@ def measure(spec: Dict) -> Dict:
             (common options; the variant's and then ``user_opts`` follow), ``user_opts``,
             ``device``, ``size``, ``batch``, ``instances``, ``iters``, ``warmup``,
             ``infer_iters``, ``infer_warmup``, ``test_tol``, ``detections``, ``seed``,
-            ``threads`` and, on a CPU, ``isolated`` (a fresh process of its own).
+            ``threads``, ``lcp_subsample`` and ``lcp_crop`` (the cheap penalty of
+            ``C-RBP-20-cheap``) and, on a CPU, ``mem_iters`` (iterations of the memory
+            pass, default 1) and ``isolated`` (a fresh process of its own).
 
     Returns:
-        dict: the spec's names plus ``train_mib`` (the memory figure of the device),
+        dict: the spec's names plus ``train_mib`` (the memory figure of the device; on a
+        CPU the least of ``train_mib_all``, one growth per memory-pass iteration),
         ``train_s`` (median seconds per iteration), ``infer`` (per inference variant:
         ``s_per_img``, ``steps``, ``residual``), ROI counts, losses; or ``error``.
     """
