@@ -7,9 +7,11 @@
 * :mod:`.rbp` -- the RBP adjoint backward (Neumann series with a divergence guard).
 * :mod:`.lcp` -- the Lipschitz-coefficient penalty and its cheap variants (a random
   subset of batch rows: exact per row; a random spatial crop: approximate).
+* :mod:`.arms` -- the one grammar for naming a training arm (``crbp:20``).
 * :class:`HGRUCell` -- the hGRU step; :class:`RecurrentRefiner` runs a cell to
   equilibrium and is shared by every placement (FPN, mask head, Pathfinder).
 """
+from .arms import Arm, parse_arm
 from .equilibrium import MODES, OPTIONS, EquilibriumResult, equilibrium
 from .hgru import NORMS, HGRUCell
 from .lcp import BatchSubsample, SpatialCrop, batch_subsample, lipschitz_penalty, spatial_crop, step_penalty
@@ -18,6 +20,7 @@ from .refiner import RecurrentRefiner
 from .solvers import SOLVERS, SolverInfo, anderson, fixed_point, get_solver
 
 __all__ = [
+    "Arm",
     "MODES",
     "NORMS",
     "OPTIONS",
@@ -34,6 +37,7 @@ __all__ = [
     "fixed_point",
     "get_solver",
     "lipschitz_penalty",
+    "parse_arm",
     "neumann_adjoint",
     "rbp_adjoint",
     "spatial_crop",

@@ -1,0 +1,51 @@
+import pytest
+
+from crbp_panoptic.crbp import Arm, parse_arm
+
+
+@pytest.mark.parametrize(
+    "text, arm, label",
+    [
+        ("ff", Arm("ff"), "feedforward"),
+        ("crbp:20", Arm("crbp", 20), "C-RBP-20"),
+        ("BPTT:3", Arm("bptt", 3), "BPTT-3"),
+        ("crbp:20:sub0.25", Arm("crbp", 20, 0.25), "C-RBP-20 (LCP on 25% of rows)"),
+        ("cbptt:5:sub8", Arm("cbptt", 5, 8), "C-BPTT-5 (LCP on 8 rows)"),
+        ("crbp:20:crop32", Arm("crbp", 20, None, 32), "C-RBP-20 (LCP on a 32x32 crop)"),
+    ],
+)
+def test_parse_arm_round_trips_and_labels(text, arm, label):
+    parsed = parse_arm(text)
+    assert parsed == arm
+    assert parsed.label == label
+    assert parse_arm(parsed.name) == parsed
+
+
+def test_arm_config_opts_select_the_arm():
+    opts = parse_arm("crbp:10:sub0.5").config_opts()
+    assert dict(zip(opts[::2], opts[1::2])) == {
+        "MODEL.CRBP.GRAD": "crbp",
+        "MODEL.CRBP.STEPS": 10,
+        "MODEL.CRBP.LCP_SUBSAMPLE": 0.5,
+        "MODEL.CRBP.LCP_CROP": 0,
+    }
+    assert parse_arm("ff").config_opts() == []
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("crbp", "2 or 3"),
+        ("foo:3", "unknown mode 'foo'"),
+        ("crbp:0", "steps '0'"),
+        ("crbp:x", "steps 'x'"),
+        ("bptt:3:sub0.5", "penalised mode"),
+        ("crbp:3:sub1.5", "option 'sub1.5'"),
+        ("crbp:3:crop0", "option 'crop0'"),
+        ("crbp:3:other", "option 'other'"),
+    ],
+)
+def test_parse_arm_names_the_bad_text(text, words):
+    with pytest.raises(ValueError, match="MODE:STEPS") as err:
+        parse_arm(text)
+    assert words in str(err.value) and repr(text) in str(err.value)
