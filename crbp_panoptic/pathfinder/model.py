@@ -28,6 +28,7 @@ __all__ = [
     "GaborEnergy",
     "PathfinderNet",
     "gabor_bank",
+    "confusion",
     "iou_f1",
     "segmentation_loss",
 ]
@@ -112,24 +113,43 @@ def gabor_bank(
 
 
 class GaborEnergy(nn.Module):
-    """Fixed first layer: ``x = (bank * image)^2``, shape (B, 1, H, W) -> (B, C, H, W).
+    """Fixed first layer: ``x = gain * (bank * image)^2``, shape (B, 1, H, W) -> (B, C, H, W).
 
     The bank is a buffer (saved with the model, never trained). See :func:`gabor_bank`.
+    ``gain`` sets the drive's scale: the bank's squared response to a line or the dot
+    peaks at 1, and a gain of ~10 puts the drive in the tens, where the hGRU's
+    softplus stages pass it on almost linearly (at gain 1 the cell saturates less but
+    the state carries little contrast).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 7, wavelength: float = 4.0, line_width: float = 1.5, dot_radius: float = 2.0):
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 7,
+        wavelength: float = 4.0,
+        line_width: float = 2.0,
+        dot_radius: float = 2.0,
+        gain: float = 1.0,
+    ):
         super().__init__()
-        self.register_buffer("weight", gabor_bank(channels, kernel_size, wavelength, line_width, dot_radius))
+        if not gain > 0:
+            raise ValueError(f"drive gain={gain!r}; must be > 0")
+        self.gain = float(gain)
+        bank = gabor_bank(channels, kernel_size, wavelength, line_width, dot_radius)
+        self.register_buffer("weight", bank)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 4 or image.shape[1] != 1:
             raise ValueError(f"image.shape={tuple(image.shape)}; expected (B, 1, H, W)")
         k = self.weight.shape[-1]
-        return F.conv2d(image, self.weight, padding=k // 2).pow(2)
+        return self.gain * F.conv2d(image, self.weight, padding=k // 2).pow(2)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.weight.shape[0]}, kernel_size={self.weight.shape[-1]}, gain={self.gain}"
 
 
 class PathfinderNet(nn.Module):
-    """Gabor energy -> one hGRU layer run to equilibrium -> 1x1 readout.
+    """Gabor energy -> one hGRU layer run to equilibrium -> norm + 1x1 readout.
 
     Args:
         channels: C, Gabor filters = hGRU channels (the paper: 25).
@@ -141,9 +161,11 @@ class PathfinderNet(nn.Module):
         neumann_steps: Neumann terms K (RBP modes).
         lcp_tau: LCP threshold.
         lcp_subsample: rows for a subsampled LCP (None = exact).
-        num_groups: GroupNorm groups of the hGRU (must divide C).
         wavelength, line_width, dot_radius: Gabor bank tuning (match the generator).
+        drive_gain: scale of the Gabor energy (see :class:`GaborEnergy`).
         prior: initial foreground probability of the readout (bias init), for the sparse target.
+        **cell_kwargs: passed to :class:`~crbp_panoptic.crbp.HGRUCell` through the
+            refiner (``norm``, ``num_groups``, ``norm_gain``, ``variant``, ...).
 
     Shapes: ``forward(image)`` maps (B, 1, H, W) to logits (B, 1, H, W). The
     unweighted LCP of the last training call is ``model.refiner.last_result.lcp``.
@@ -161,16 +183,22 @@ class PathfinderNet(nn.Module):
         neumann_steps: int = 15,
         lcp_tau: float = 0.9,
         lcp_subsample: Union[None, int, float] = None,
-        num_groups: int = 1,
         wavelength: float = 4.0,
-        line_width: float = 1.5,
+        line_width: float = 2.0,
         dot_radius: float = 2.0,
+        drive_gain: float = 10.0,
         prior: float = 0.02,
+        **cell_kwargs,
     ):
         super().__init__()
         if not 0 < prior < 1:
             raise ValueError(f"prior={prior!r}; must lie in (0, 1)")
-        self.frontend = GaborEnergy(channels, gabor_size, wavelength, line_width, dot_radius)
+        self.frontend = GaborEnergy(
+            channels, gabor_size, wavelength, line_width, dot_radius, gain=drive_gain
+        )
+        cell_kwargs.setdefault("norm", "GN")
+        if cell_kwargs["norm"] == "GN":
+            cell_kwargs.setdefault("num_groups", 1)
         self.refiner = RecurrentRefiner(
             channels,
             mode=mode,
@@ -180,12 +208,10 @@ class PathfinderNet(nn.Module):
             lcp_tau=lcp_tau,
             lcp_subsample=lcp_subsample,
             kernel_size=kernel_size,
-            norm="GN",
-            num_groups=num_groups,
+            **cell_kwargs,
         )
-        # GroupNorm before the 1x1 readout: the hGRU's state starts nearly flat (its
-        # GroupNorm weights are 0.1), and normalising it lets the readout see the
-        # spatial structure at unit scale from the first step of training.
+        # A norm before the 1x1 readout lets the readout see the state's spatial
+        # structure at unit scale whatever the state's overall level.
         self.readout_norm = nn.GroupNorm(1, channels)
         self.readout = nn.Conv2d(channels, 1, 1)
         with torch.no_grad():
@@ -297,3 +323,21 @@ def iou_f1(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.0) -
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
     f1 = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
     return iou, f1
+
+
+@torch.no_grad()
+def confusion(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """Per-image true positives, false positives and false negatives, (B, 3) int64.
+
+    Summing the rows over a test set gives the pooled counts behind the authors'
+    F1 (``2 TP / (2 TP + FP + FN)`` over every pixel of the set).
+
+    Args:
+        logits, target: (B, 1, H, W); a pixel is predicted where ``logits > threshold``.
+    """
+    pred = logits > threshold
+    tgt = target > 0.5
+    dims = tuple(range(1, pred.dim()))
+    return torch.stack(
+        [(pred & tgt).sum(dims), (pred & ~tgt).sum(dims), (~pred & tgt).sum(dims)], dim=1
+    )
