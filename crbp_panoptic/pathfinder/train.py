@@ -328,14 +328,12 @@ def _diagnostics(model: PathfinderNet, image: torch.Tensor, s: Settings, steps: 
     except ImportError:
         return {}
     model.eval()
-    x = model.frontend(image)
     with torch.no_grad():
+        x = model.frontend(image)
         h = torch.zeros_like(x)
         for _ in range(steps):
             h = model.cell(x, h)
-    model.train()  # batch-statistics norms behave the same; keep training mode for autograd
     out = cell_diagnostics(model.cell, x, h, s.lcp_tau)
-    model.eval()
     return {k: float(v) for k, v in out.items()}
 
 
