@@ -93,13 +93,13 @@ def _recall_table(summary: dict) -> str:
 
 def collect(out: str, s=None) -> dict:
     """Write ``out/metrics.json``, ``out/table.md`` (and a plot); return the summary dict."""
-    from .train import Settings, at_multiples, floors, test_set
+    from .train import Settings, at_multiples, floors, held_out_data
 
     runs = _load_arms(out)
     if s is None:
         known = {f.name for f in dataclasses.fields(Settings)}
         s = Settings(**{k: v for k, v in runs[0]["settings"].items() if k in known})
-    fl = floors(test_set(s))
+    fl = floors(held_out_data(s))
     summary = {
         "floor": {k: v["iou"] for k, v in fl.items()},
         "floor_f1": {k: v["f1"] for k, v in fl.items()},

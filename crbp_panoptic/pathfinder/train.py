@@ -132,12 +132,12 @@ SCALES: Dict[str, Settings] = {
 }
 
 
-def test_set(s: Settings) -> CachedPathfinder:
+def held_out_data(s: Settings) -> CachedPathfinder:
     """The held-out images of ``s`` (a seed stream disjoint from the training one)."""
     return cached_arrays(s.generator_config(), s.n_test, 999_000 + s.seed, s.data_root, s.data_workers)
 
 
-def train_set(s: Settings) -> CachedPathfinder:
+def training_data(s: Settings) -> CachedPathfinder:
     return cached_arrays(s.generator_config(), s.n_train, 1000 + s.seed, s.data_root, s.data_workers)
 
 
@@ -350,7 +350,7 @@ def run_arm(
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(s.seed)
     device = torch.device(device)
-    train, test = train_set(s), test_set(s)
+    train, test = training_data(s), held_out_data(s)
     model = build_model(s, arm.mode, arm.steps).to(device)
     model.refiner.lcp_subsample = arm.lcp_subsample if arm.lcp_subsample is not None else s.lcp_subsample
     model.refiner.lcp_crop = arm.lcp_crop

@@ -9,7 +9,7 @@ from crbp_panoptic.pathfinder.generator import PathfinderConfig, PathfinderDatas
 from crbp_panoptic.pathfinder.model import GaborEnergy, PathfinderNet, gabor_bank, iou_f1, segmentation_loss
 from crbp_panoptic.pathfinder.train import SCALES, build_model, saved_tensor_bytes
 
-SMALL = dict(channels=6, kernel_size=3, gabor_size=5, num_groups=1)
+SMALL = dict(channels=6, kernel_size=3, gabor_size=5, variant="pathfinder", norm="BN", norm_gain=1.0)
 
 
 def _batch(n=2, size=24):
@@ -29,6 +29,23 @@ def test_gabor_bank_is_zero_mean_and_normalised():
     with pytest.raises(ValueError, match="kernel_size"):
         gabor_bank(8, 4)
     assert not any(p.requires_grad for p in GaborEnergy(8, 5).parameters())
+
+
+def test_drive_gain_scales_the_drive():
+    image, _ = _batch(1)
+    torch.testing.assert_close(GaborEnergy(9, 5, gain=10.0)(image), 10 * GaborEnergy(9, 5)(image))
+    with pytest.raises(ValueError, match="gain"):
+        GaborEnergy(9, 5, gain=0.0)
+
+
+def test_build_model_uses_the_settings_cell():
+    s = dataclasses.replace(SCALES["cpu"], norm_gain=0.7, drive_gain=3.0)
+    net = build_model(s, "crbp", 20)
+    cell = net.cell
+    assert cell.variant == "pathfinder" and isinstance(cell.norm_exc, torch.nn.BatchNorm2d)
+    assert not cell.norm_exc.track_running_stats
+    assert torch.all(cell.norm_exc.weight == 0.7) and net.frontend.gain == 3.0
+    assert cell.kernel_size == s.kernel_size and cell.channels == s.channels
 
 
 def test_readout_shape_and_trajectory_matches_eval_forward():
