@@ -61,11 +61,14 @@ def gabor_bank(
     even (cosine) and an odd (sine) Gabor of the given wavelength, Gaussian
     envelope ``sigma = 0.5 * wavelength`` across and ``1.0 * wavelength`` along
     the orientation (elongated, so orientation tuning is sharp); the remaining
-    one or two filters are difference-of-Gaussians blob detectors tuned to the
-    marker dot (centre sigma ``dot_radius / sqrt 2``, surround twice that). Every
-    filter has zero mean (flat regions give 0) and is scaled so that its
-    *squared* response to its preferred stimulus (a line of ``line_width``
-    through the centre at ``theta_j``; a disk of ``dot_radius``) peaks at 1.
+    one or two filters are difference-of-Gaussians blob detectors for the
+    marker dot (centre sigma ``dot_radius / sqrt 2`` and 1.5 times that,
+    surround twice the centre). Every filter has zero mean (flat regions give 0)
+    and is scaled so that its *squared* response to its stimulus (a line of
+    ``line_width`` through the centre at ``theta_j``; for every blob filter, the
+    dot itself) is 1. Use a kernel that holds the dot's surround (``k >= 7`` for
+    a dot of radius 2.5 on lines 2 px wide): a truncated surround makes the blob
+    filters answer lines nearly as strongly as the dot.
 
     Args:
         channels: C >= 3.
@@ -104,7 +107,7 @@ def gabor_bank(
         g2 = torch.exp(-0.5 * r2 / (2 * s1) ** 2)
         dog = g1 / g1.sum() - g2 / g2.sum()
         filters.append(dog - dog.mean())
-        probes.append(_disk_image(k, dot_radius * (1.5**b)))
+        probes.append(_disk_image(k, dot_radius))  # every blob filter is scaled on the dot itself
     out = []
     for g, p in zip(filters, probes):
         resp = (g * p).sum().abs()

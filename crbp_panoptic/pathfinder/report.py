@@ -66,8 +66,25 @@ def table(summary: dict) -> str:
         f"{s['n_test']} test images. T = training steps. IoU: mean over images; F1: pooled over "
         "all test pixels. Floors are scored on the same images.",
     ]
-    lines += ["", _recall_table(summary)]
+    lines += ["", _recall_table(summary), "", _colsum_table(summary)]
     return "\n".join(lines)
+
+
+def _colsum_table(summary: dict) -> str:
+    """Jacobian column sums ``1^T dF/dh`` at the state after T steps, at init and trained."""
+    keys = ("colsum_p10", "colsum_p50", "colsum_p90", "colsum_max", "frac_above_tau", "contrast")
+    rows = []
+    for name, a in summary["arms"].items():
+        for when in ("init", "trained"):
+            d = a.get("colsum", {}).get(when)
+            if d:
+                rows.append(f"| {a['label']} {when} | " + " | ".join(f"{d[k]:.3f}" for k in keys) + " |")
+    if not rows:
+        return ""
+    tau = summary["settings"]["lcp_tau"]
+    head = ("| Jacobian column sums at the state after T steps (8 test images) | p10 | p50 | p90 "
+            f"| max | share > tau={tau:g} | state contrast |\n|---|---|---|---|---|---|---|")
+    return head + "\n" + "\n".join(rows)
 
 
 def _recall_table(summary: dict) -> str:

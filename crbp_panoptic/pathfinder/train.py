@@ -62,18 +62,19 @@ class Settings:
     curvature: float = math.pi / 7
     distractors: int = 2
     thickness: float = 2.0
-    dot_radius: float = 2.0
+    dot_radius: float = 2.5
     min_separation: float = 4.0
     dot_clearance: float = 6.0
     # model
     channels: int = 10
     kernel_size: int = 5
-    gabor_size: int = 5
+    gabor_size: int = 7
     drive_gain: float = 10.0
     variant: str = "pathfinder"
     norm: str = "BN"
     norm_gain: float = 1.0
     num_groups: int = 1
+    gate_bias_hi: float = 0.0
     # engine
     neumann_steps: int = 15
     lcp_tau: float = 0.9
@@ -104,6 +105,8 @@ class Settings:
         kw = {"variant": self.variant, "norm": self.norm, "norm_gain": self.norm_gain}
         if self.norm == "GN":
             kw["num_groups"] = self.num_groups
+        if self.gate_bias_hi > 0:  # else the refiner's default, (1, T - 1)
+            kw["gate_bias_range"] = (1.0, max(1.0, self.gate_bias_hi))
         return kw
 
 

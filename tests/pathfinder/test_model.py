@@ -113,3 +113,22 @@ def test_saved_memory_grows_with_bptt_steps_but_not_crbp():
     assert mem["bptt", 6] > 2 * mem["bptt", 2]
     assert mem["crbp", 6] == mem["crbp", 2]
     assert mem["crbp", 6] < mem["bptt", 6]
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_blob_channels_make_the_dot_stand_out_from_the_lines(scale):
+    s = SCALES[scale]
+    front = GaborEnergy(s.channels, s.gabor_size, line_width=s.thickness, dot_radius=s.dot_radius)
+    blobs = slice(2 * ((s.channels - 1) // 2), s.channels)
+    cfg = dataclasses.replace(s, size=min(s.size, 64), path_length=4).generator_config()
+    ds = PathfinderDataset(cfg, 4, seed=3)
+    for i in range(len(ds)):
+        smp = ds.sample(i)
+        x = front(torch.from_numpy(smp.image)[None, None])[0, blobs]
+        cx, cy = (int(round(v)) for v in smp.dot)
+        far = torch.from_numpy(smp.image >= 0.5)
+        yy, xx = torch.meshgrid(torch.arange(cfg.size), torch.arange(cfg.size), indexing="ij")
+        far &= torch.hypot((xx - cx).float(), (yy - cy).float()) > s.dot_radius + 3
+        at_dot = x[:, cy - 1 : cy + 2, cx - 1 : cx + 2].amax(dim=(1, 2))
+        assert torch.all(at_dot > 1.5 * x[:, far].amax(dim=1)), (i, at_dot, x[:, far].amax(dim=1))
+        assert torch.all(at_dot < 1.01)  # scaled on the dot: its squared response peaks at 1
