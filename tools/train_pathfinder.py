@@ -19,6 +19,7 @@ Examples::
     python tools/train_pathfinder.py --scale gpu --path-length 25 --device cuda --out out/L25
     python tools/train_pathfinder.py --out output/pathfinder --report-only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(Settings):
         kind = f.type if isinstance(f.type, type) else _TYPES.get(str(f.type), str)
         p.add_argument(
-            "--" + f.name.replace("_", "-"), type=kind, default=None,
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=None,
             help=f"override the preset's {f.name}",
         )
     return p

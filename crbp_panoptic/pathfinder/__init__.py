@@ -9,6 +9,7 @@
 * :mod:`.train` -- train / evaluate arms against the floors; :mod:`.report` -- the
   summary ``metrics.json`` and table (``tools/train_pathfinder.py`` is the CLI).
 """
+
 from .generator import (
     INK,
     CachedPathfinder,

@@ -26,6 +26,7 @@ made on the fly in any order and on any worker. :func:`cached_arrays` generates 
 whole set once and keeps it on disk under a folder named by the hash of the
 generator's parameters, so a changed config gets fresh data.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,7 +98,8 @@ class PathfinderConfig:
             raise ValueError(f"path_length={self.path_length!r}; must be >= 1")
         if self.dash_length <= 0 or self.gap < 0:
             raise ValueError(
-                f"dash_length={self.dash_length!r}, gap={self.gap!r}; need dash_length > 0, gap >= 0"
+                f"dash_length={self.dash_length!r}, gap={self.gap!r}; "
+                "need dash_length > 0, gap >= 0"
             )
         if not 0 <= self.curvature <= math.pi:
             raise ValueError(f"curvature={self.curvature!r}; must lie in [0, pi]")
@@ -265,8 +267,14 @@ def _draw_segment(canvas: np.ndarray, a: np.ndarray, b: np.ndarray, width: float
     """Max-composite an anti-aliased segment of ``width`` pixels onto ``canvas`` (in place)."""
     size = canvas.shape[0]
     r = width / 2 + 1
-    x0, x1 = int(max(0, math.floor(min(a[0], b[0]) - r))), int(min(size - 1, math.ceil(max(a[0], b[0]) + r)))
-    y0, y1 = int(max(0, math.floor(min(a[1], b[1]) - r))), int(min(size - 1, math.ceil(max(a[1], b[1]) + r)))
+    x0, x1 = (
+        int(max(0, math.floor(min(a[0], b[0]) - r))),
+        int(min(size - 1, math.ceil(max(a[0], b[0]) + r))),
+    )
+    y0, y1 = (
+        int(max(0, math.floor(min(a[1], b[1]) - r))),
+        int(min(size - 1, math.ceil(max(a[1], b[1]) + r))),
+    )
     if x1 < x0 or y1 < y0:
         return
     ys, xs = np.mgrid[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
@@ -447,7 +455,11 @@ class CachedPathfinder:
 
 
 def cached_arrays(
-    cfg: PathfinderConfig, length: int, seed: int, root: str = "datasets/pathfinder", workers: int = 0
+    cfg: PathfinderConfig,
+    length: int,
+    seed: int,
+    root: str = "datasets/pathfinder",
+    workers: int = 0,
 ) -> CachedPathfinder:
     """The set ``PathfinderDataset(cfg, length, seed)``, generated once and kept on disk.
 
@@ -467,7 +479,9 @@ def cached_arrays(
     return CachedPathfinder(path)
 
 
-def save_examples(cfg: PathfinderConfig, path: str, n: int = 4, seed: int = 0, scale: int = 2) -> str:
+def save_examples(
+    cfg: PathfinderConfig, path: str, n: int = 4, seed: int = 0, scale: int = 2
+) -> str:
     """Render ``n`` examples as one PNG: image on top, target mask (red) over it below.
 
     Args:
@@ -493,7 +507,9 @@ def save_examples(cfg: PathfinderConfig, path: str, n: int = 4, seed: int = 0, s
         over = np.repeat((grey // 3)[..., None], 3, axis=-1)
         over[smp.mask] = (255, 60, 60)
         canvas[2 * pad + s : 2 * pad + 2 * s, x0 : x0 + s] = over
-    img = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    img = Image.fromarray(canvas).resize(
+        (canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST
+    )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img.save(path, optimize=True)
     return path

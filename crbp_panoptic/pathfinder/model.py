@@ -12,6 +12,7 @@
 The whole model has only the hGRU and the readout to learn, so whatever groups
 the contour has to happen in the recurrence.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,16 +36,24 @@ __all__ = [
 
 
 def _line_image(size: int, theta: float, width: float, offset: float = 0.0) -> torch.Tensor:
-    """An anti-aliased infinite line at angle ``theta``, ``offset`` pixels across from the centre, (size, size) float64."""
+    """An anti-aliased infinite line at angle ``theta``, ``offset`` px off centre, (size, size)."""
     c = (size - 1) / 2
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64),
+        torch.arange(size, dtype=torch.float64),
+        indexing="ij",
+    )
     dist = (-(xs - c) * math.sin(theta) + (ys - c) * math.cos(theta) - offset).abs()
     return (width / 2 + 0.5 - dist).clamp(0, 1)
 
 
 def _disk_image(size: int, radius: float) -> torch.Tensor:
     c = (size - 1) / 2
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64),
+        torch.arange(size, dtype=torch.float64),
+        indexing="ij",
+    )
     return (radius + 0.5 - torch.hypot(xs - c, ys - c)).clamp(0, 1)
 
 
@@ -78,14 +87,25 @@ def gabor_bank(
         dot_radius: radius of the dot the blob filters are tuned to.
     """
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 3:
-        raise ValueError(f"channels={channels!r}; need an int >= 3 (one orientation pair + one blob filter)")
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
+        raise ValueError(
+            f"channels={channels!r}; need an int >= 3 (one orientation pair + one blob filter)"
+        )
+    if (
+        isinstance(kernel_size, bool)
+        or not isinstance(kernel_size, int)
+        or kernel_size < 3
+        or kernel_size % 2 == 0
+    ):
         raise ValueError(f"kernel_size={kernel_size!r}; must be an odd int >= 3")
     k = kernel_size
     n_orient = (channels - 1) // 2
     n_blob = channels - 2 * n_orient
     c = (k - 1) / 2
-    ys, xs = torch.meshgrid(torch.arange(k, dtype=torch.float64) - c, torch.arange(k, dtype=torch.float64) - c, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(k, dtype=torch.float64) - c,
+        torch.arange(k, dtype=torch.float64) - c,
+        indexing="ij",
+    )
     filters, probes = [], []
     sig_across, sig_along = 0.5 * wavelength, 1.0 * wavelength
     for j in range(n_orient):
@@ -97,7 +117,8 @@ def gabor_bank(
             g = env * torch.cos(2 * math.pi * across / wavelength + phase)
             g = g - g.sum() / env.sum() * env  # zero mean, keeping the envelope's shape
             filters.append(g)
-            # The odd filter peaks on the line's edge: probe it with the line shifted by a quarter wavelength.
+            # The odd filter peaks on the line's edge: probe it with the line shifted
+            # by a quarter wavelength.
             shift = wavelength / 4 if phase else 0.0
             probes.append(_line_image(k, th, line_width, shift))
     for b in range(n_blob):
@@ -148,7 +169,8 @@ class GaborEnergy(nn.Module):
         return self.gain * F.conv2d(image, self.weight, padding=k // 2).pow(2)
 
     def extra_repr(self) -> str:
-        return f"channels={self.weight.shape[0]}, kernel_size={self.weight.shape[-1]}, gain={self.gain}"
+        c, k = self.weight.shape[0], self.weight.shape[-1]
+        return f"channels={c}, kernel_size={k}, gain={self.gain}"
 
 
 class PathfinderNet(nn.Module):
@@ -241,7 +263,9 @@ class PathfinderNet(nn.Module):
         return res.lcp
 
     @torch.no_grad()
-    def trajectory(self, image: torch.Tensor, steps: int) -> Iterator[Tuple[int, torch.Tensor, float]]:
+    def trajectory(
+        self, image: torch.Tensor, steps: int
+    ) -> Iterator[Tuple[int, torch.Tensor, float]]:
         """Evaluation only: step the cell from ``h0 = 0`` and read out after every step.
 
         Plain iteration under ``no_grad`` is exactly what the refiner does in eval
@@ -270,7 +294,13 @@ def _dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * inter + 1) / (prob.sum(dims) + target.sum(dims) + 1)).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce_dice", gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    kind: str = "bce_dice",
+    gamma: float = 2.0,
+    alpha: float = 0.75,
+) -> torch.Tensor:
     """Loss for a sparse binary mask (the target covers ~2% of the pixels).
 
     Args:
@@ -286,10 +316,14 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "b
         0-dim loss.
     """
     if logits.shape != target.shape:
-        raise ValueError(f"logits.shape={tuple(logits.shape)} != target.shape={tuple(target.shape)}")
+        raise ValueError(
+            f"logits.shape={tuple(logits.shape)} != target.shape={tuple(target.shape)}"
+        )
     target = target.to(logits.dtype)
     if kind == "bce_dice":
-        return F.binary_cross_entropy_with_logits(logits, target) + _dice(torch.sigmoid(logits), target)
+        return F.binary_cross_entropy_with_logits(logits, target) + _dice(
+            torch.sigmoid(logits), target
+        )
     if kind == "focal":
         ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         p = torch.sigmoid(logits)
@@ -308,7 +342,9 @@ LOSSES = ("bce_dice", "focal", "wbce")
 
 
 @torch.no_grad()
-def iou_f1(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+def iou_f1(
+    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-image IoU and F1 of the thresholded prediction (logit > ``threshold``).
 
     Args:

@@ -9,6 +9,7 @@ held-out set, and writes ``out/metrics.json``::
 
 plus ``out/table.md`` and, where matplotlib is installed, ``accuracy_vs_steps.png``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,7 @@ import glob
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List
 
 __all__ = ["collect", "table"]
 
@@ -41,12 +42,16 @@ def table(summary: dict) -> str:
         "| saved tensors MiB | train min |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
-    names = {"all_paths": "floor: every path (ink >= 0.5)",
-             "connectivity_oracle": "oracle: ink connected to the dot"}
+    names = {
+        "all_paths": "floor: every path (ink >= 0.5)",
+        "connectivity_oracle": "oracle: ink connected to the dot",
+    }
     for key, label in names.items():
         i, f = summary["floor"][key], summary["floor_f1"][key]
-        lines.append(f"| {label} | {i:.3f} | {i:.3f} | {i:.3f} | {f:.3f} | {f:.3f} | {f:.3f} "
-                     "| - | - | - | - |")
+        lines.append(
+            f"| {label} | {i:.3f} | {i:.3f} | {i:.3f} | {f:.3f} | {f:.3f} | {f:.3f} "
+            "| - | - | - | - |"
+        )
     for name, a in summary["arms"].items():
         iou, f1, res = a["iou"], a["f1"], a["residual"]
         lines.append(
@@ -78,12 +83,16 @@ def _colsum_table(summary: dict) -> str:
         for when in ("init", "trained"):
             d = a.get("colsum", {}).get(when)
             if d:
-                rows.append(f"| {a['label']} {when} | " + " | ".join(f"{d[k]:.3f}" for k in keys) + " |")
+                rows.append(
+                    f"| {a['label']} {when} | " + " | ".join(f"{d[k]:.3f}" for k in keys) + " |"
+                )
     if not rows:
         return ""
     tau = summary["settings"]["lcp_tau"]
-    head = ("| Jacobian column sums at the state after T steps (8 test images) | p10 | p50 | p90 "
-            f"| max | share > tau={tau:g} | state contrast |\n|---|---|---|---|---|---|---|")
+    head = (
+        "| Jacobian column sums at the state after T steps (8 test images) | p10 | p50 | p90 "
+        f"| max | share > tau={tau:g} | state contrast |\n|---|---|---|---|---|---|---|"
+    )
     return head + "\n" + "\n".join(rows)
 
 
@@ -97,14 +106,20 @@ def _recall_table(summary: dict) -> str:
         keep = [j for j in range(len(bins) - 1) if pixels[j] > 0]
         if not rows:
             labels = [f"{bins[j]}-{bins[j + 1] - 1}" for j in keep]
-            rows.append("| recall of target pixels at distance (steps along the target) | "
-                        + " | ".join(labels) + " |")
+            rows.append(
+                "| recall of target pixels at distance (steps along the target) | "
+                + " | ".join(labels)
+                + " |"
+            )
             rows.append("|---" * (len(keep) + 1) + "|")
         for t, vals in prof.items():
             if t in ("bins", "pixels"):
                 continue
-            rows.append(f"| {a['label']} at {t} steps | "
-                        + " | ".join(f"{vals[j]:.2f}" for j in keep) + " |")
+            rows.append(
+                f"| {a['label']} at {t} steps | "
+                + " | ".join(f"{vals[j]:.2f}" for j in keep)
+                + " |"
+            )
     return "\n".join(rows)
 
 
@@ -127,11 +142,16 @@ def collect(out: str, s=None) -> dict:
     for r in runs:
         tr = r["trajectory"]
         summary["arms"][r["arm"]] = {
-            "label": r["label"], "iou": r["iou"], "f1": r["f1"],
+            "label": r["label"],
+            "iou": r["iou"],
+            "f1": r["f1"],
             "residual": at_multiples(tr, r["steps"], "residual"),
-            "best_iou": max(tr["iou"]), "best_step": 1 + tr["iou"].index(max(tr["iou"])),
-            "train_time_s": r["train_time_s"], "saved_tensor_bytes": r["saved_tensor_bytes"],
-            "peak_rss_mb": r["peak_rss_mb"], "colsum": r.get("colsum", {}),
+            "best_iou": max(tr["iou"]),
+            "best_step": 1 + tr["iou"].index(max(tr["iou"])),
+            "train_time_s": r["train_time_s"],
+            "saved_tensor_bytes": r["saved_tensor_bytes"],
+            "peak_rss_mb": r["peak_rss_mb"],
+            "colsum": r.get("colsum", {}),
             "recall_by_distance": tr.get("recall_by_distance"),
         }
     with open(os.path.join(out, "metrics.json"), "w") as fh:

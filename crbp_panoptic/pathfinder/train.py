@@ -18,6 +18,7 @@ Floors, scored the same way:
 * ``connectivity_oracle``: the ink 8-connected to the dot -- since paths never touch,
   this is the task's exact answer (IoU 1 up to rounding of the stored images).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -137,11 +138,15 @@ SCALES: Dict[str, Settings] = {
 
 def held_out_data(s: Settings) -> CachedPathfinder:
     """The held-out images of ``s`` (a seed stream disjoint from the training one)."""
-    return cached_arrays(s.generator_config(), s.n_test, 999_000 + s.seed, s.data_root, s.data_workers)
+    return cached_arrays(
+        s.generator_config(), s.n_test, 999_000 + s.seed, s.data_root, s.data_workers
+    )
 
 
 def training_data(s: Settings) -> CachedPathfinder:
-    return cached_arrays(s.generator_config(), s.n_train, 1000 + s.seed, s.data_root, s.data_workers)
+    return cached_arrays(
+        s.generator_config(), s.n_train, 1000 + s.seed, s.data_root, s.data_workers
+    )
 
 
 def _scores(masks: np.ndarray, preds: np.ndarray) -> Dict[str, float]:
@@ -158,7 +163,10 @@ def floors(data: CachedPathfinder) -> Dict[str, Dict[str, float]]:
     images = data.images.astype(np.float32) / 255.0
     ink = images >= INK
     oracle = np.stack([connected_to_dot(im, tuple(d)) for im, d in zip(images, data.dots)])
-    return {"all_paths": _scores(data.masks, ink), "connectivity_oracle": _scores(data.masks, oracle)}
+    return {
+        "all_paths": _scores(data.masks, ink),
+        "connectivity_oracle": _scores(data.masks, oracle),
+    }
 
 
 def geodesic_distance(mask: np.ndarray, dot: Sequence[float], limit: int = 512) -> np.ndarray:
@@ -287,7 +295,9 @@ def evaluate_trajectory(
 
 def _train(model, s: Settings, arm: Arm, data: CachedPathfinder, device, log) -> List[dict]:
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.iters, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=s.lr, total_steps=s.iters, pct_start=0.05
+    )
     rng = np.random.default_rng(s.seed)
     history, perm, cursor, t0 = [], rng.permutation(len(data)), 0, time.time()
     model.train()
@@ -308,9 +318,14 @@ def _train(model, s: Settings, arm: Arm, data: CachedPathfinder, device, log) ->
             with torch.no_grad():
                 train_iou = float(iou_f1(model.read(r.state), mask)[0].mean())
             rec = {
-                "iter": it, "loss": seg.item(), "lcp": lcp.item(), "train_iou": train_iou,
-                "residual": r.residual, "neumann": r.backward_info.get("neumann_terms"),
-                "neumann_cut": r.backward_info.get("neumann_cut"), "time": time.time() - t0,
+                "iter": it,
+                "loss": seg.item(),
+                "lcp": lcp.item(),
+                "train_iou": train_iou,
+                "residual": r.residual,
+                "neumann": r.backward_info.get("neumann_terms"),
+                "neumann_cut": r.backward_info.get("neumann_cut"),
+                "time": time.time() - t0,
             }
             history.append(rec)
             log(
@@ -355,7 +370,9 @@ def run_arm(
     device = torch.device(device)
     train, test = training_data(s), held_out_data(s)
     model = build_model(s, arm.mode, arm.steps).to(device)
-    model.refiner.lcp_subsample = arm.lcp_subsample if arm.lcp_subsample is not None else s.lcp_subsample
+    model.refiner.lcp_subsample = (
+        arm.lcp_subsample if arm.lcp_subsample is not None else s.lcp_subsample
+    )
     model.refiner.lcp_crop = arm.lcp_crop
     probe, probe_mask = _batch(test, np.arange(min(8, len(test))), device)
     diag_init = _diagnostics(model, probe, s, arm.steps)
@@ -372,16 +389,30 @@ def run_arm(
     t1 = time.time()
     steps = arm.steps
     traj = evaluate_trajectory(
-        model, test, s.test_multiple * steps, s.batch, device, profile_at=(steps, s.test_multiple * steps)
+        model,
+        test,
+        s.test_multiple * steps,
+        s.batch,
+        device,
+        profile_at=(steps, s.test_multiple * steps),
     )
     at = {k: at_multiples(traj, steps, k) for k in ("iou", "f1")}
     log(f"[{arm.name}] eval {time.time() - t1:.0f}s: IoU {at['iou']}, F1 {at['f1']}")
     metrics = {
-        "arm": arm.name, "label": arm.label, "mode": arm.mode, "steps": steps, **at,
-        "settings": dataclasses.asdict(s), "device": _device_name(device),
-        "saved_tensor_bytes": saved, "peak_rss_mb": _peak_rss_mb(), "train_time_s": train_time,
-        "threads": torch.get_num_threads(), "colsum": {"init": diag_init, "trained": diag_trained},
-        "history": history, "trajectory": traj,
+        "arm": arm.name,
+        "label": arm.label,
+        "mode": arm.mode,
+        "steps": steps,
+        **at,
+        "settings": dataclasses.asdict(s),
+        "device": _device_name(device),
+        "saved_tensor_bytes": saved,
+        "peak_rss_mb": _peak_rss_mb(),
+        "train_time_s": train_time,
+        "threads": torch.get_num_threads(),
+        "colsum": {"init": diag_init, "trained": diag_trained},
+        "history": history,
+        "trajectory": traj,
     }
     with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
         json.dump(metrics, fh, indent=1)

@@ -1,4 +1,5 @@
 """Tests of the Pathfinder generator: determinism, geometry, separation, oracle, caching."""
+
 import math
 
 import numpy as np
@@ -41,11 +42,15 @@ def test_paths_are_connected_smooth_chains_inside_the_image(cfg):
             assert path.shape == (cfg.path_length, 2, 2)
             vec = path[:, 1] - path[:, 0]
             np.testing.assert_allclose(np.linalg.norm(vec, axis=1), cfg.dash_length, rtol=1e-9)
-            np.testing.assert_allclose(np.linalg.norm(path[1:, 0] - path[:-1, 1], axis=1), cfg.gap, rtol=1e-9)
+            np.testing.assert_allclose(
+                np.linalg.norm(path[1:, 0] - path[:-1, 1], axis=1), cfg.gap, rtol=1e-9
+            )
             heading = np.arctan2(vec[:, 1], vec[:, 0])
             turn = np.angle(np.exp(1j * np.diff(heading)))
             assert np.all(np.abs(turn) <= cfg.curvature + 1e-9)
-            assert path.min() >= cfg.margin - 1e-9 and path.max() <= cfg.size - 1 - cfg.margin + 1e-9
+            assert (
+                path.min() >= cfg.margin - 1e-9 and path.max() <= cfg.size - 1 - cfg.margin + 1e-9
+            )
 
 
 def test_target_is_one_contour_touching_the_dot():
@@ -54,7 +59,7 @@ def test_target_is_one_contour_touching_the_dot():
         s = ds.sample(i)
         x, y = (int(round(v)) for v in s.dot)
         assert s.mask[y, x] and s.image[y, x] == pytest.approx(1.0)
-        # Dashes are separated by gaps; closing the gaps must leave one component that holds the dot.
+        # Closing the gaps between dashes must leave one component that holds the dot.
         closed = ndimage.binary_dilation(s.mask, iterations=int(math.ceil(CFG.gap / 2)) + 1)
         labels, n = ndimage.label(closed, structure=np.ones((3, 3)))
         assert n == 1 and labels[y, x] == 1
@@ -92,8 +97,14 @@ def test_nothing_written_without_asking(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(size=4), dict(path_length=0), dict(dash_length=0), dict(curvature=4.0), dict(distractors=-1),
-     dict(min_separation=-1.0)],
+    [
+        dict(size=4),
+        dict(path_length=0),
+        dict(dash_length=0),
+        dict(curvature=4.0),
+        dict(distractors=-1),
+        dict(min_separation=-1.0),
+    ],
 )
 def test_invalid_config_is_named(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -103,7 +114,9 @@ def test_invalid_config_is_named(kwargs):
 @pytest.mark.parametrize(
     "cfg",
     [
-        PathfinderConfig(size=16, path_length=60, dash_length=6, gap=4, curvature=0.01, max_tries=5),
+        PathfinderConfig(
+            size=16, path_length=60, dash_length=6, gap=4, curvature=0.01, max_tries=5
+        ),
         # a target fits, but no distractor can keep 20 px from it in a 24 px image
         PathfinderConfig(size=24, path_length=2, distractors=1, min_separation=20.0, max_tries=3),
     ],
@@ -126,15 +139,20 @@ def _centre_segments(path):
 
 
 def test_paths_keep_their_distance_from_each_other_and_the_dot():
-    cfg = PathfinderConfig(size=48, path_length=7, distractors=2, min_separation=4.0, dot_clearance=6.0)
+    cfg = PathfinderConfig(
+        size=48, path_length=7, distractors=2, min_separation=4.0, dot_clearance=6.0
+    )
     ds = PathfinderDataset(cfg, 8, seed=5)
     for i in range(len(ds)):
         s = ds.sample(i)
         dot = np.asarray(s.dot)
         for j, path in enumerate(s.paths):
             for k in range(j):
-                d = min(_segment_distance(p, q, a, b) for p, q in _centre_segments(path)
-                        for a, b in _centre_segments(s.paths[k]))
+                d = min(
+                    _segment_distance(p, q, a, b)
+                    for p, q in _centre_segments(path)
+                    for a, b in _centre_segments(s.paths[k])
+                )
                 assert d >= cfg.min_separation - 0.3, (i, j, k, d)
             if j:
                 pts = np.concatenate([np.linspace(a, b, 50) for a, b in _centre_segments(path)])

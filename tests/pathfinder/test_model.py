@@ -1,4 +1,5 @@
 """Tests of the Pathfinder model: front end, readout shape, loss, a training step per mode."""
+
 import dataclasses
 
 import pytest
@@ -6,10 +7,18 @@ import torch
 
 from crbp_panoptic.crbp import MODES
 from crbp_panoptic.pathfinder.generator import PathfinderConfig, PathfinderDataset
-from crbp_panoptic.pathfinder.model import GaborEnergy, PathfinderNet, gabor_bank, iou_f1, segmentation_loss
+from crbp_panoptic.pathfinder.model import (
+    GaborEnergy,
+    PathfinderNet,
+    gabor_bank,
+    iou_f1,
+    segmentation_loss,
+)
 from crbp_panoptic.pathfinder.train import SCALES, build_model, saved_tensor_bytes
 
-SMALL = dict(channels=6, kernel_size=3, gabor_size=5, variant="pathfinder", norm="BN", norm_gain=1.0)
+SMALL = dict(
+    channels=6, kernel_size=3, gabor_size=5, variant="pathfinder", norm="BN", norm_gain=1.0
+)
 
 
 def _batch(n=2, size=24):
@@ -87,9 +96,11 @@ def test_loss_prefers_the_right_mask_for_every_kind():
     for kind in ("bce_dice", "focal", "wbce"):
         lg, lb = segmentation_loss(good, target, kind), segmentation_loss(bad, target, kind)
         assert lg.dim() == 0 and 0 <= lg < lb, kind
-    # Sparse target, all-background guess: weighted BCE counts the missed positives more than plain BCE.
+    # Sparse target, all-background guess: weighted BCE counts the missed positives more.
     flat = torch.full_like(target, -3.0)
-    assert segmentation_loss(flat, target, "wbce") > torch.nn.functional.binary_cross_entropy_with_logits(flat, target)
+    assert segmentation_loss(
+        flat, target, "wbce"
+    ) > torch.nn.functional.binary_cross_entropy_with_logits(flat, target)
     with pytest.raises(ValueError, match="kind"):
         segmentation_loss(good, target, "dice")
     with pytest.raises(ValueError, match="shape"):
@@ -109,7 +120,11 @@ def test_iou_f1():
 def test_saved_memory_grows_with_bptt_steps_but_not_crbp():
     s = dataclasses.replace(SCALES["cpu"], size=24, channels=6, kernel_size=3, gabor_size=5)
     image, mask = _batch(2)
-    mem = {(m, t): saved_tensor_bytes(build_model(s, m, t), s, image, mask) for m in ("bptt", "crbp") for t in (2, 6)}
+    mem = {
+        (m, t): saved_tensor_bytes(build_model(s, m, t), s, image, mask)
+        for m in ("bptt", "crbp")
+        for t in (2, 6)
+    }
     assert mem["bptt", 6] > 2 * mem["bptt", 2]
     assert mem["crbp", 6] == mem["crbp", 2]
     assert mem["crbp", 6] < mem["bptt", 6]

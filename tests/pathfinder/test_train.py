@@ -1,4 +1,5 @@
 """crbp_panoptic.pathfinder.train / report: floors, metrics, the metrics.json contract."""
+
 import dataclasses
 import json
 
@@ -7,10 +8,27 @@ import pytest
 import torch
 
 from crbp_panoptic.pathfinder.model import confusion
-from crbp_panoptic.pathfinder.train import SCALES, floors, geodesic_distance, run_experiment, held_out_data
+from crbp_panoptic.pathfinder.train import (
+    SCALES,
+    floors,
+    geodesic_distance,
+    held_out_data,
+    run_experiment,
+)
 
-TINY = dict(size=32, path_length=4, distractors=1, channels=5, kernel_size=3, gabor_size=5,
-            iters=2, batch=2, n_train=4, n_test=4, log_every=1)
+TINY = dict(
+    size=32,
+    path_length=4,
+    distractors=1,
+    channels=5,
+    kernel_size=3,
+    gabor_size=5,
+    iters=2,
+    batch=2,
+    n_train=4,
+    n_test=4,
+    log_every=1,
+)
 
 
 def _tiny(tmp_path, **kw):
@@ -63,7 +81,9 @@ def test_metrics_json_contract(tmp_path):
     assert set(m["arms"]) == {"crbp:3", "bptt:2"}
     for arm in m["arms"].values():
         for key in ("iou", "f1"):
-            assert set(arm[key]) == {"T", "2T", "3T"} and all(0 <= v <= 1 for v in arm[key].values())
+            assert set(arm[key]) == {"T", "2T", "3T"} and all(
+                0 <= v <= 1 for v in arm[key].values()
+            )
     table = (out / "table.md").read_text()
     assert "every path" in table and "oracle" in table and "C-RBP-3" in table
     assert (out / "crbp_3" / "model.pt").exists()
