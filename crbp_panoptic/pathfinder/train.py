@@ -75,15 +75,15 @@ class Settings:
     norm: str = "BN"
     norm_gain: float = 1.0
     num_groups: int = 1
-    gate_bias_hi: float = 0.0
+    gate_bias_hi: float = 5.0
     # engine
     neumann_steps: int = 15
     lcp_tau: float = 0.9
-    lcp_weight: float = 1.0
+    lcp_weight: float = 10.0
     lcp_subsample: Optional[float] = None
     # training
     loss: str = "bce_dice"
-    iters: int = 600
+    iters: int = 700
     batch: int = 16
     lr: float = 1e-2
     grad_clip: float = 1.0
