@@ -391,7 +391,8 @@ def _sample_arrays(args) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float]]:
 
 def _generate_arrays(dataset: PathfinderDataset, workers: int = 0) -> dict:
     jobs = [(dataset.cfg, dataset.seed, i) for i in range(len(dataset))]
-    if workers > 1 and len(jobs) > 1:
+    workers = min(workers, len(jobs))
+    if workers > 1:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(workers) as pool:

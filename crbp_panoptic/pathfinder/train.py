@@ -374,7 +374,7 @@ def run_arm(
         arm.lcp_subsample if arm.lcp_subsample is not None else s.lcp_subsample
     )
     model.refiner.lcp_crop = arm.lcp_crop
-    probe, probe_mask = _batch(test, np.arange(min(8, len(test))), device)
+    probe, _ = _batch(test, np.arange(min(8, len(test))), device)
     diag_init = _diagnostics(model, probe, s, arm.steps)
     saved = saved_tensor_bytes(model, s, *_batch(train, np.arange(s.batch) % len(train), device))
     log(f"[{arm.name}] saved tensors per training step: {saved / 2**20:.1f} MiB")
