@@ -74,6 +74,13 @@ def table(summary: dict) -> str:
         "IoU over test steps 1..3T, picked with the test labels (not a fair score; it shows "
         "what the dynamics pass through)."
     )
+    peaks = [
+        f"{a['label']} {a['cuda_peak_bytes'] / 2**20:.0f} MiB"
+        for a in summary["arms"].values()
+        if a.get("cuda_peak_bytes")
+    ]
+    if peaks:
+        note += " CUDA peak memory in training: " + ", ".join(peaks) + "."
     lines += ["", note, "", _recall_table(summary), "", _colsum_table(summary)]
     return "\n".join(lines)
 
@@ -154,6 +161,7 @@ def collect(out: str, s=None) -> dict:
             "train_time_s": r["train_time_s"],
             "saved_tensor_bytes": r["saved_tensor_bytes"],
             "peak_rss_mb": r["peak_rss_mb"],
+            "cuda_peak_bytes": r.get("cuda_peak_bytes"),
             "colsum": r.get("colsum", {}),
             "recall_by_distance": tr.get("recall_by_distance"),
         }

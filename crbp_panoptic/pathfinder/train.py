@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..crbp import Arm, parse_arm
+from ..crbp import Arm, cell_diagnostics, parse_arm
 from ..crbp.memory import SavedTensorBytes
 from .generator import INK, CachedPathfinder, PathfinderConfig, cached_arrays, connected_to_dot
 from .model import PathfinderNet, confusion, iou_f1, segmentation_loss
@@ -111,9 +111,9 @@ class Settings:
         return kw
 
 
-#: Presets. ``cpu``: an arm trains in ~15 min on one shared core; paths (7 dashes,
-#: 34 px along the contour) reach beyond what 6 steps of a 5x5 kernel can carry
-#: from the dot. ``gpu``: the paper's setting (150x150, 25 channels, 15x15 kernels;
+#: Presets. ``cpu``: C-RBP-20 trains in ~9 min and BPTT-6 in ~4 min on one shared
+#: core; paths (7 dashes, 34 px along the contour) reach beyond what 6 steps of a
+#: 5x5 kernel carry from the dot. ``gpu``: the paper's setting (150x150, 25 channels, 15x15 kernels;
 #: path length set per run: 9, 14, 20 or 25 dashes).
 SCALES: Dict[str, Settings] = {
     "cpu": Settings(),
@@ -340,11 +340,7 @@ def _train(model, s: Settings, arm: Arm, data: CachedPathfinder, device, log) ->
 
 
 def _diagnostics(model: PathfinderNet, image: torch.Tensor, s: Settings, steps: int) -> dict:
-    """Jacobian column-sum statistics of the cell at its state after ``steps`` (if available)."""
-    try:
-        from ..crbp import cell_diagnostics
-    except ImportError:
-        return {}
+    """Jacobian column-sum statistics of the cell at its state after ``steps``."""
     model.eval()
     with torch.no_grad():
         x = model.frontend(image)
@@ -378,9 +374,12 @@ def run_arm(
     diag_init = _diagnostics(model, probe, s, arm.steps)
     saved = saved_tensor_bytes(model, s, *_batch(train, np.arange(s.batch) % len(train), device))
     log(f"[{arm.name}] saved tensors per training step: {saved / 2**20:.1f} MiB")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.time()
     history = _train(model, s, arm, train, device, log)
     train_time = time.time() - t0
+    cuda_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     torch.save(
         {"state_dict": model.state_dict(), "settings": dataclasses.asdict(s), "arm": arm.name},
         os.path.join(out_dir, "model.pt"),
@@ -407,6 +406,7 @@ def run_arm(
         "settings": dataclasses.asdict(s),
         "device": _device_name(device),
         "saved_tensor_bytes": saved,
+        "cuda_peak_bytes": cuda_peak,
         "peak_rss_mb": _peak_rss_mb(),
         "train_time_s": train_time,
         "threads": torch.get_num_threads(),
