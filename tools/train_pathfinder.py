@@ -29,6 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crbp_panoptic.crbp import parse_arm  # noqa: E402
 from crbp_panoptic.pathfinder.generator import save_examples  # noqa: E402
 from crbp_panoptic.pathfinder.model import LOSSES  # noqa: E402
 from crbp_panoptic.pathfinder.report import table  # noqa: E402
@@ -82,16 +83,19 @@ def main(argv=None):
         if not torch.cuda.is_available():
             raise SystemExit(f"--device={a.device!r} but torch sees no CUDA device")
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
+    for arm in arms:  # bad arms fail here, before any data is generated
+        try:
+            if not parse_arm(arm).recurrent:
+                raise ValueError(f"arm={arm!r}; Pathfinder arms are MODE:STEPS, e.g. crbp:20")
+        except ValueError as err:
+            raise SystemExit(f"--arms: {err}") from None
     os.makedirs(a.out, exist_ok=True)
     if a.examples:
         scale = 2 if settings.size < 100 else 1
         save_examples(settings.generator_config(), a.examples, n=4, seed=settings.seed, scale=scale)
-    try:
-        summary = run_experiment(
-            settings, arms, a.out, device=a.device, log=lambda m: print(m, flush=True)
-        )
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    summary = run_experiment(
+        settings, arms, a.out, device=a.device, log=lambda m: print(m, flush=True)
+    )
     print(table(summary))
 
 

@@ -92,3 +92,40 @@ def test_metrics_json_contract(tmp_path):
 def test_bad_arm_is_named(tmp_path):
     with pytest.raises(ValueError, match="arm"):
         run_experiment(_tiny(tmp_path), ["ff"], str(tmp_path / "x"), log=lambda m: None)
+
+
+def test_cli_writes_the_contract_and_names_bad_input(tmp_path, capsys):
+    from tests.tiny import load_tool
+
+    tool = load_tool("train_pathfinder")
+    flags = [
+        "--size",
+        "32",
+        "--path-length",
+        "4",
+        "--distractors",
+        "1",
+        "--channels",
+        "5",
+        "--kernel-size",
+        "3",
+        "--gabor-size",
+        "5",
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--n-train",
+        "4",
+        "--n-test",
+        "4",
+        "--data-root",
+        str(tmp_path / "data"),
+    ]
+    tool.main(["--scale", "cpu", "--arms", "crbp:2", "--out", str(tmp_path / "o"), *flags])
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert set(m["floor"]) == {"all_paths", "connectivity_oracle"} and "crbp:2" in m["arms"]
+    assert m["settings"]["size"] == 32 and m["settings"]["kernel_size"] == 3
+    assert "every path" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="arm"):
+        tool.main(["--arms", "crbp", "--out", str(tmp_path / "x"), *flags])
