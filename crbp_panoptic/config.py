@@ -66,3 +66,6 @@ def add_crbp_config(cfg):
     crbp.DIAGNOSTICS_PERIOD = 20
     # Recurrent FPN backbone: the FPN levels whose lateral feature is refined to equilibrium.
     crbp.FPN_LEVELS = ["p2", "p3", "p4", "p5"]
+    # Recurrent FPN backbone: hGRU channels; other than MODEL.FPN.OUT_CHANNELS adds 1x1
+    # projections in and out (a bottleneck: a step costs ~(this / OUT_CHANNELS)^2); 0 = same.
+    crbp.FPN_CHANNELS = 0

@@ -7,7 +7,7 @@ model is built.
 """
 from crbp_panoptic.crbp.options import check_refiner_args
 
-__all__ = ["diagnostics_period", "fpn_levels", "lcp_weight", "refiner_args"]
+__all__ = ["diagnostics_period", "fpn_channels", "fpn_levels", "lcp_weight", "refiner_args"]
 
 #: Refiner / cell keyword argument -> the MODEL.CRBP key it comes from.
 KEYS = {
@@ -96,3 +96,11 @@ def fpn_levels(cfg, available):
     if unknown or not levels or len(set(levels)) != len(levels):
         _fail("FPN_LEVELS", levels, f"expected distinct levels from {list(available)}")
     return levels
+
+
+def fpn_channels(cfg, out_channels):
+    """The recurrent FPN's hGRU channels: ``MODEL.CRBP.FPN_CHANNELS``, or the FPN's own."""
+    value = cfg.MODEL.CRBP.FPN_CHANNELS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail("FPN_CHANNELS", value, "expected an integer >= 0 (0 = MODEL.FPN.OUT_CHANNELS)")
+    return value or out_channels

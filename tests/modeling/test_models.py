@@ -103,6 +103,23 @@ def test_recurrent_fpn_runs_detectron2s_own_forward():
     assert out["p3"].shape[-2:] == (8, 8)
 
 
+def test_fpn_bottleneck_projects_into_and_out_of_a_narrower_hgru():
+    model = _build(FPN_YAML, "MODEL.CRBP.FPN_CHANNELS", 16, "MODEL.CRBP.NUM_GROUPS", 4)
+    for name, refiner in recurrent_modules(model):
+        assert refiner.cell.channels == 16, name
+    lateral = model.backbone.fpn_lateral4
+    assert lateral.recurrent_in.weight.shape[:2] == (16, 32)
+    assert lateral.recurrent_out.weight.shape[:2] == (32, 16)
+    model.eval()
+    with torch.no_grad():
+        out = model.backbone(torch.randn(1, 3, 64, 64))
+    assert out["p4"].shape == (1, 32, 4, 4)
+    plain = _build(FPN_YAML).backbone.fpn_lateral4
+    assert plain.recurrent_in is None and plain.recurrent.cell.channels == 32
+    with pytest.raises(ValueError, match="MODEL.CRBP.FPN_CHANNELS=-1"):
+        _build(FPN_YAML, "MODEL.CRBP.FPN_CHANNELS", -1)
+
+
 @pytest.mark.parametrize("config_file,replaced", [(FPN_YAML, ()), (MASK_YAML, ("mask_fcn",))])
 def test_stock_checkpoint_loads_into_every_part_that_is_not_new(config_file, replaced):
     stock = _build(STOCK_YAML).state_dict()
