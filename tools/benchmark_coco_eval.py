@@ -6,6 +6,7 @@ truth, evaluates them with each installed backend and prints (or writes) a Markd
 
     python tools/benchmark_coco_eval.py [--images 300] [--size 256] [--repeats 3] [--out FILE]
 """
+
 import argparse
 import json
 import os
@@ -14,7 +15,11 @@ import sys
 
 from crbp_panoptic.data.synthetic import ensure_split, split_paths
 from crbp_panoptic.evaluation import BACKENDS, has_detectron2_cocoeval, has_faster_coco_eval
-from crbp_panoptic.evaluation.benchmark import benchmark_backends, format_report, perturbed_detections
+from crbp_panoptic.evaluation.benchmark import (
+    benchmark_backends,
+    format_report,
+    perturbed_detections,
+)
 
 
 def main(argv=None):
@@ -22,10 +27,16 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=300, help="synthetic val images")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per backend (best kept)")
-    parser.add_argument("--false-positives", type=float, default=20.0,
-                        help="expected false positives per image (a detector outputs up to 100)")
+    parser.add_argument(
+        "--false-positives",
+        type=float,
+        default=20.0,
+        help="expected false positives per image (a detector outputs up to 100)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the detections' perturbations")
-    parser.add_argument("--data-dir", default="output/coco_eval_benchmark", help="where the split is cached")
+    parser.add_argument(
+        "--data-dir", default="output/coco_eval_benchmark", help="where the split is cached"
+    )
     parser.add_argument("--out", help="write the Markdown report here (default: print it)")
     args = parser.parse_args(argv)
     if not has_faster_coco_eval():
@@ -38,9 +49,16 @@ def main(argv=None):
     results = perturbed_detections(coco_json, seed=args.seed, false_positive=args.false_positives)
     backends = [b for b in BACKENDS if b != "detectron2" or has_detectron2_cocoeval()]
     report = benchmark_backends(coco_json, results, backends[::-1], repeats=args.repeats)
-    command = "python tools/benchmark_coco_eval.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    text = format_report(report, command.strip(), f"synthetic val split, {args.images} images of "
-                         f"{args.size}x{args.size}, {len(coco_json['annotations'])} objects", len(results))
+    command = "python tools/benchmark_coco_eval.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    text = format_report(
+        report,
+        command.strip(),
+        f"synthetic val split, {args.images} images of "
+        f"{args.size}x{args.size}, {len(coco_json['annotations'])} objects",
+        len(results),
+    )
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

@@ -12,6 +12,7 @@ returns the raw detections and semantic logits (see crbp_panoptic/engine/export.
 the script checks them against the eager model on the sample image (default: a
 synthetic one of INPUT.MIN_SIZE_TEST pixels).
 """
+
 import argparse
 import os
 import sys
@@ -58,8 +59,12 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--format", choices=["torchscript"], default="torchscript")
-    parser.add_argument("--export-method", choices=["tracing"], default="tracing",
-                        help="scripting is not supported yet (see README)")
+    parser.add_argument(
+        "--export-method",
+        choices=["tracing"],
+        default="tracing",
+        help="scripting is not supported yet (see README)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="recurrent steps in the trace")
     parser.add_argument("--sample-image", help="image to trace with (default: synthetic)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -86,7 +91,9 @@ def main(argv=None):
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, "model.ts")
     traced.save(path)
-    diff = max_difference(eager_raw_outputs(model, image, args.steps), traced_outputs(traced, adapter, image))
+    diff = max_difference(
+        eager_raw_outputs(model, image, args.steps), traced_outputs(traced, adapter, image)
+    )
     print(f"exported {path}; traced vs eager on the sample image: max |difference| {diff:.3g}")
     return path, diff
 

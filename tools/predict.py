@@ -9,6 +9,7 @@ checked before anything is written. For each image NAME, DIR gets NAME.png (over
 NAME_panoptic.png (segment ids, panopticapi RGB encoding) and NAME.json (segments);
 DIR/predictions.json holds all of them in the COCO panoptic results format.
 """
+
 import argparse
 import sys
 
@@ -19,8 +20,13 @@ from crbp_panoptic.engine.predictor import predict_to_files, setup_predict_cfg
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="image files, glob patterns or directories")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="image files, glob patterns or directories",
+    )
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")

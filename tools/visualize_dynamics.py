@@ -11,6 +11,7 @@ residuals.json (||h_t - h_{t-1}|| / ||h_t|| per step). --steps N runs the cells 
 steps (default: the trained test steps), also past them; the prediction itself is the
 trained model's.
 """
+
 import argparse
 import sys
 
@@ -25,8 +26,12 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", required=True, metavar="IMAGE", help="one image file")
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps to run each cell (default: its trained test steps)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps to run each cell (default: its trained test steps)",
+    )
     parser.add_argument("--top", type=int, default=4, help="detections shown for the mask head")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -50,7 +55,9 @@ def main(argv=None):
             outputs = predictor(image)
     except ValueError as e:  # a model without recurrent modules
         sys.exit(f"visualize_dynamics.py: {e}")
-    summary = save_dynamics(records, predictor.model, args.output, outputs.get("instances"), args.top)
+    summary = save_dynamics(
+        records, predictor.model, args.output, outputs.get("instances"), args.top
+    )
     for name, info in summary.items():
         res = info["residuals"]
         where = info.get("skipped") or f"{info['grid']}, {info['gif']} ({info['frames']} frames)"

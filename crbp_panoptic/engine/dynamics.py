@@ -8,11 +8,11 @@ is untouched (the refiner still runs its own ``test_steps``). The recorded state
 read out for display: a channel summary for FPN levels, the mask logits of the top
 detections for the recurrent mask head (:func:`mask_head_readout`).
 """
+
 import contextlib
 import dataclasses
 from typing import Callable, Dict, Iterator, List, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -71,7 +71,9 @@ def run_cell(cell: nn.Module, x: torch.Tensor, steps: int) -> List[torch.Tensor]
 
 
 @contextlib.contextmanager
-def record_dynamics(model: nn.Module, steps: Optional[int] = None) -> Iterator[Dict[str, List[Trajectory]]]:
+def record_dynamics(
+    model: nn.Module, steps: Optional[int] = None
+) -> Iterator[Dict[str, List[Trajectory]]]:
     """Record every recurrent module's trajectory while the block runs.
 
     Args:
@@ -99,7 +101,9 @@ def record_dynamics(model: nn.Module, steps: Optional[int] = None) -> Iterator[D
                 return
             n = steps or trained_steps(module)
             states = run_cell(module.cell, args[0], n)
-            records[name].append(Trajectory(name, states, relative_residuals(states), trained_steps(module)))
+            records[name].append(
+                Trajectory(name, states, relative_residuals(states), trained_steps(module))
+            )
 
         return hook
 
@@ -123,6 +127,7 @@ def mask_head_readout(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
         a function: state (R, C, S, S) -> mask logits (R, num_classes, 2S, 2S), as
         ``CRBPMaskHead.layers`` computes them from the equilibrium.
     """
+
     @torch.no_grad()
     def readout(h: torch.Tensor) -> torch.Tensor:
         param = next(head.parameters())

@@ -3,6 +3,7 @@
 Input: the :class:`~crbp_panoptic.engine.dynamics.Trajectory` objects that
 :func:`~crbp_panoptic.engine.dynamics.record_dynamics` collected during one prediction.
 """
+
 import json
 import os
 from typing import Dict, List, Sequence
@@ -19,8 +20,9 @@ _GAP = 2  # pixels between tiles
 _HEADER = 14  # pixels of the step-number row above a grid
 
 
-def module_frames(trajectory: Trajectory, model: torch.nn.Module, instances=None,
-                  top: int = 4) -> np.ndarray:
+def module_frames(
+    trajectory: Trajectory, model: torch.nn.Module, instances=None, top: int = 4
+) -> np.ndarray:
     """The maps to display for each recorded step of one refiner.
 
     For a recurrent mask head (the refiner's parent is a ``CRBPMaskHead``): the mask
@@ -77,7 +79,9 @@ def render_grid(frames: np.ndarray, tile: int = 48) -> Image.Image:
     """One image: a column per step (numbered), a row per displayed map."""
     tiles = _colorize(frames, tile)
     steps, rows, th, tw, _ = tiles.shape
-    grid = Image.new("RGB", (steps * (tw + _GAP) + _GAP, _HEADER + rows * (th + _GAP) + _GAP), "white")
+    grid = Image.new(
+        "RGB", (steps * (tw + _GAP) + _GAP, _HEADER + rows * (th + _GAP) + _GAP), "white"
+    )
     draw = ImageDraw.Draw(grid)
     for t in range(steps):
         x = _GAP + t * (tw + _GAP)
@@ -92,13 +96,19 @@ def save_gif(frames: np.ndarray, path: str, tile: int = 96, duration_ms: int = 2
     tiles = _colorize(frames, tile)
     images = []
     for t in range(tiles.shape[0]):
-        row = np.concatenate([np.pad(tiles[t, r], ((0, 0), (0, _GAP), (0, 0)), constant_values=255)
-                              for r in range(tiles.shape[1])], axis=1)
+        row = np.concatenate(
+            [
+                np.pad(tiles[t, r], ((0, 0), (0, _GAP), (0, 0)), constant_values=255)
+                for r in range(tiles.shape[1])
+            ],
+            axis=1,
+        )
         image = Image.fromarray(row)
         ImageDraw.Draw(image).text((2, 1), f"t={t + 1}", fill="white")
         images.append(image)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0,
-                   disposal=2)
+    images[0].save(
+        path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, disposal=2
+    )
     return len(images)
 
 
@@ -125,8 +135,13 @@ def plot_residuals(trajectories: Sequence[Trajectory], path: str) -> None:
     plt.close(fig)
 
 
-def save_dynamics(records: Dict[str, List[Trajectory]], model: torch.nn.Module, out_dir: str,
-                  instances=None, top: int = 4) -> Dict[str, dict]:
+def save_dynamics(
+    records: Dict[str, List[Trajectory]],
+    model: torch.nn.Module,
+    out_dir: str,
+    instances=None,
+    top: int = 4,
+) -> Dict[str, dict]:
     """Write ``<module>_steps.png``, ``<module>.gif``, ``residuals.png``/``.json`` to ``out_dir``.
 
     Uses each module's first recorded call. Returns: module -> {"grid", "gif", "frames",
@@ -143,17 +158,31 @@ def save_dynamics(records: Dict[str, List[Trajectory]], model: torch.nn.Module, 
         try:
             frames = module_frames(tr, model, instances, top)
         except ValueError as e:  # e.g. a mask head without detections
-            summary[name] = {"skipped": str(e), "residuals": tr.residuals,
-                             "trained_steps": tr.trained_steps}
+            summary[name] = {
+                "skipped": str(e),
+                "residuals": tr.residuals,
+                "trained_steps": tr.trained_steps,
+            }
             continue
         grid, gif = os.path.join(out_dir, f"{name}_steps.png"), os.path.join(out_dir, f"{name}.gif")
         render_grid(frames).save(grid)
-        summary[name] = {"grid": grid, "gif": gif, "frames": save_gif(frames, gif),
-                         "residuals": tr.residuals, "trained_steps": tr.trained_steps}
+        summary[name] = {
+            "grid": grid,
+            "gif": gif,
+            "frames": save_gif(frames, gif),
+            "residuals": tr.residuals,
+            "trained_steps": tr.trained_steps,
+        }
     if not first:
         raise ValueError("no recurrent module ran in eval mode; nothing was recorded")
     plot_residuals(first, os.path.join(out_dir, "residuals.png"))
     with open(os.path.join(out_dir, "residuals.json"), "w") as f:
-        json.dump({k: {"residuals": v["residuals"], "trained_steps": v["trained_steps"]}
-                   for k, v in summary.items()}, f, indent=1)
+        json.dump(
+            {
+                k: {"residuals": v["residuals"], "trained_steps": v["trained_steps"]}
+                for k, v in summary.items()
+            },
+            f,
+            indent=1,
+        )
     return summary

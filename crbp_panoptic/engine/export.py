@@ -11,6 +11,7 @@ Resizing back and combining them into a panoptic map
 (``detector_postprocess``, ``sem_seg_postprocess``,
 ``combine_semantic_and_instance_outputs``) stay in Python, as in Detectron2's own export.
 """
+
 import contextlib
 from typing import Dict, Iterator, Optional
 

@@ -1,4 +1,5 @@
 """Image inputs of the command-line tools: files, globs and directories, checked up front."""
+
 import glob
 import os
 from typing import Iterable, List, Sequence, Tuple
@@ -28,12 +29,14 @@ def _check_image(path: str) -> None:
 def _expand(pattern: str) -> List[str]:
     if os.path.isdir(pattern):
         found = sorted(
-            os.path.join(pattern, f) for f in os.listdir(pattern)
+            os.path.join(pattern, f)
+            for f in os.listdir(pattern)
             if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(pattern, f))
         )
         if not found:
             raise InputError(
-                f"input directory {pattern!r} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
+                f"input directory {pattern!r} has no images "
+                f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
             )
         return found
     if glob.has_magic(pattern) and not os.path.exists(pattern):
@@ -82,7 +85,9 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
     return paths
 
 
-def split_inputs_and_opts(tokens: Iterable[str], config_keys: Iterable[str]) -> Tuple[List[str], List[str]]:
+def split_inputs_and_opts(
+    tokens: Iterable[str], config_keys: Iterable[str]
+) -> Tuple[List[str], List[str]]:
     """Split ``--input A B KEY VALUE ...`` into input paths and config overrides.
 
     The overrides start at the first token that is not an existing path and whose part

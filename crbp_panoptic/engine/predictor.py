@@ -7,6 +7,7 @@ For each image ``NAME``: ``NAME.png`` (the prediction drawn by Detectron2's Visu
 Category ids in the written files are the dataset's (COCO) ids, mapped back from the
 model's contiguous ids as Detectron2's ``COCOPanopticEvaluator`` does.
 """
+
 import json
 import logging
 import os
@@ -70,8 +71,10 @@ class PanopticCategories:
         self.metadata = metadata
         self._names = {True: metadata.thing_classes, False: metadata.stuff_classes}
         self._to_dataset = {}
-        for isthing, key in ((True, "thing_dataset_id_to_contiguous_id"),
-                             (False, "stuff_dataset_id_to_contiguous_id")):
+        for isthing, key in (
+            (True, "thing_dataset_id_to_contiguous_id"),
+            (False, "stuff_dataset_id_to_contiguous_id"),
+        ):
             mapping = metadata.get(key) or {}
             self._to_dataset[isthing] = {v: k for k, v in mapping.items()}
 
@@ -82,8 +85,9 @@ class PanopticCategories:
         return int(self._to_dataset[isthing].get(contiguous_id, contiguous_id))
 
 
-def segments_record(panoptic_seg: np.ndarray, segments_info: List[dict],
-                    categories: PanopticCategories) -> List[dict]:
+def segments_record(
+    panoptic_seg: np.ndarray, segments_info: List[dict], categories: PanopticCategories
+) -> List[dict]:
     """The segments of one prediction with dataset category ids, names and exact areas.
 
     Args:
@@ -102,14 +106,16 @@ def segments_record(panoptic_seg: np.ndarray, segments_info: List[dict],
     out = []
     for s in segments_info:
         isthing = bool(s["isthing"])
-        out.append({
-            "id": int(s["id"]),
-            "category_id": categories.dataset_id(int(s["category_id"]), isthing),
-            "category": categories.name(int(s["category_id"]), isthing),
-            "isthing": isthing,
-            "area": int(areas.get(int(s["id"]), 0)),
-            "score": float(s["score"]) if isthing and "score" in s else None,
-        })
+        out.append(
+            {
+                "id": int(s["id"]),
+                "category_id": categories.dataset_id(int(s["category_id"]), isthing),
+                "category": categories.name(int(s["category_id"]), isthing),
+                "isthing": isthing,
+                "area": int(areas.get(int(s["id"]), 0)),
+                "score": float(s["score"]) if isthing and "score" in s else None,
+            }
+        )
     return out
 
 
@@ -137,8 +143,14 @@ def _save_json(obj, path: str) -> None:
     _replace_into(path, write)
 
 
-def write_image_outputs(out_dir: str, name: str, image_rgb: np.ndarray, panoptic_seg: torch.Tensor,
-                        segments_info: List[dict], categories: PanopticCategories) -> dict:
+def write_image_outputs(
+    out_dir: str,
+    name: str,
+    image_rgb: np.ndarray,
+    panoptic_seg: torch.Tensor,
+    segments_info: List[dict],
+    categories: PanopticCategories,
+) -> dict:
     """Write ``NAME.png``, ``NAME_panoptic.png`` and ``NAME.json``; return the COCO annotation."""
     from detectron2.utils.visualizer import Visualizer
     from panopticapi.utils import id2rgb
@@ -151,13 +163,22 @@ def write_image_outputs(out_dir: str, name: str, image_rgb: np.ndarray, panoptic
     _save_png(overlay.get_image(), os.path.join(out_dir, f"{name}.png"))
     _save_png(id2rgb(seg_np).astype(np.uint8), os.path.join(out_dir, png_name))
     h, w = seg_np.shape
-    _save_json({"height": h, "width": w, "segments_info": segments}, os.path.join(out_dir, f"{name}.json"))
-    coco_segments = [{k: s[k] for k in ("id", "category_id", "isthing", "area", "score")} for s in segments]
+    _save_json(
+        {"height": h, "width": w, "segments_info": segments}, os.path.join(out_dir, f"{name}.json")
+    )
+    coco_segments = [
+        {k: s[k] for k in ("id", "category_id", "isthing", "area", "score")} for s in segments
+    ]
     return {"image_id": name, "file_name": png_name, "segments_info": coco_segments}
 
 
-def predict_to_files(cfg, paths: Sequence[str], out_dir: str, progress: bool = True,
-                     predictor: Optional[Callable] = None) -> Dict[str, object]:
+def predict_to_files(
+    cfg,
+    paths: Sequence[str],
+    out_dir: str,
+    progress: bool = True,
+    predictor: Optional[Callable] = None,
+) -> Dict[str, object]:
     """Run ``DefaultPredictor(cfg)`` on checked image paths and write every output.
 
     Args:
@@ -187,10 +208,14 @@ def predict_to_files(cfg, paths: Sequence[str], out_dir: str, progress: bool = T
         model_input = image_rgb[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image_rgb
         outputs = predictor(np.ascontiguousarray(model_input))
         if "panoptic_seg" not in outputs:
-            raise ValueError(f"{cfg.MODEL.META_ARCHITECTURE} gives no 'panoptic_seg'; use a panoptic config")
+            raise ValueError(
+                f"{cfg.MODEL.META_ARCHITECTURE} gives no 'panoptic_seg'; use a panoptic config"
+            )
         seg, segments_info = outputs["panoptic_seg"]
         name = os.path.splitext(os.path.basename(path))[0]
-        annotations.append(write_image_outputs(out_dir, name, image_rgb, seg, segments_info, categories))
+        annotations.append(
+            write_image_outputs(out_dir, name, image_rgb, seg, segments_info, categories)
+        )
     result = {"annotations": annotations}
     _save_json(result, os.path.join(out_dir, "predictions.json"))
     return result

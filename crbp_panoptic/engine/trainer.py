@@ -4,11 +4,10 @@ import random
 
 import numpy as np
 import torch
-
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, HookBase
-from detectron2.utils import comm
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.utils import comm
 
 from crbp_panoptic.data.checks import prepare_dataset
 from crbp_panoptic.evaluation import CRBPCOCOEvaluator, has_detectron2_cocoeval

@@ -1,4 +1,5 @@
 """Evaluation helpers: COCO box/mask AP with the fastest COCOeval that is installed."""
+
 from .coco_eval import (
     BACKENDS,
     CRBPCOCOEvaluator,

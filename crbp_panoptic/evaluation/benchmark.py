@@ -4,6 +4,7 @@
 object found with a jittered box and a shifted mask, some missed, some duplicated, some
 false positives -- so AP is neither 0 nor 1 and every branch of COCOeval's matching runs.
 """
+
 import os
 import time
 from typing import Dict, List, Sequence
@@ -30,14 +31,32 @@ def _detection(image_id, category_id, mask, score, rng, max_shift):
     if not mask.any():
         return None
     ys, xs = np.nonzero(mask)
-    box = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-    box = [v + float(rng.normal(0, 1.0)) for v in box[:2]] + [max(1.0, v + float(rng.normal(0, 1.5))) for v in box[2:]]
-    return {"image_id": int(image_id), "category_id": int(category_id), "score": float(score),
-            "bbox": box, "segmentation": _encode(mask)}
+    box = [
+        float(xs.min()),
+        float(ys.min()),
+        float(xs.max() - xs.min() + 1),
+        float(ys.max() - ys.min() + 1),
+    ]
+    box = [v + float(rng.normal(0, 1.0)) for v in box[:2]] + [
+        max(1.0, v + float(rng.normal(0, 1.5))) for v in box[2:]
+    ]
+    return {
+        "image_id": int(image_id),
+        "category_id": int(category_id),
+        "score": float(score),
+        "bbox": box,
+        "segmentation": _encode(mask),
+    }
 
 
-def perturbed_detections(coco_json: dict, seed: int = 0, miss: float = 0.1, duplicate: float = 0.1,
-                         false_positive: float = 0.2, max_shift: int = 3) -> List[dict]:
+def perturbed_detections(
+    coco_json: dict,
+    seed: int = 0,
+    miss: float = 0.1,
+    duplicate: float = 0.1,
+    false_positive: float = 0.2,
+    max_shift: int = 3,
+) -> List[dict]:
     """COCO results derived from ground truth, deterministically.
 
     Args:
@@ -61,23 +80,47 @@ def perturbed_detections(coco_json: dict, seed: int = 0, miss: float = 0.1, dupl
     for ann in annotations:
         mask = rle_to_mask(ann["segmentation"])
         if rng.random() >= miss:
-            out.append(_detection(ann["image_id"], ann["category_id"], mask,
-                                  rng.uniform(0.3, 1.0), rng, max_shift))
+            out.append(
+                _detection(
+                    ann["image_id"], ann["category_id"], mask, rng.uniform(0.3, 1.0), rng, max_shift
+                )
+            )
         if rng.random() < duplicate:
-            out.append(_detection(ann["image_id"], ann["category_id"], mask,
-                                  rng.uniform(0.05, 0.5), rng, 2 * max_shift))
+            out.append(
+                _detection(
+                    ann["image_id"],
+                    ann["category_id"],
+                    mask,
+                    rng.uniform(0.05, 0.5),
+                    rng,
+                    2 * max_shift,
+                )
+            )
     for image in coco_json["images"]:
         for _ in range(rng.poisson(false_positive) if annotations else 0):
             source = annotations[int(rng.integers(len(annotations)))]
             if source["segmentation"]["size"] != [image["height"], image["width"]]:
                 continue
-            out.append(_detection(image["id"], rng.choice(categories), rle_to_mask(source["segmentation"]),
-                                  rng.uniform(0.05, 0.9), rng, max_shift))
+            out.append(
+                _detection(
+                    image["id"],
+                    rng.choice(categories),
+                    rle_to_mask(source["segmentation"]),
+                    rng.uniform(0.05, 0.9),
+                    rng,
+                    max_shift,
+                )
+            )
     return [d for d in out if d is not None]
 
 
-def benchmark_backends(coco_json: dict, results: Sequence[dict], backends: Sequence[str],
-                       iou_types=("bbox", "segm"), repeats: int = 3) -> Dict[str, dict]:
+def benchmark_backends(
+    coco_json: dict,
+    results: Sequence[dict],
+    backends: Sequence[str],
+    iou_types=("bbox", "segm"),
+    repeats: int = 3,
+) -> Dict[str, dict]:
     """Time :func:`evaluate_coco` per backend and IoU type (best of ``repeats``).
 
     The ground truth is loaded once per backend, outside the timing (an evaluator does it
@@ -104,7 +147,9 @@ def benchmark_backends(coco_json: dict, results: Sequence[dict], backends: Seque
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         import platform
 
@@ -136,13 +181,28 @@ def format_report(report: Dict[str, dict], command: str, dataset: str, num_resul
     ]
     for backend in backends:
         sec = report[backend]["seconds"]
-        lines.append(f"| {backend} | " + " | ".join(f"{sec[t]:.3f} | {base[t] / sec[t]:.1f}x" for t in base) + " |")
-    lines += ["", "The 12 summary statistics (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, "
-              "ARs, ARm, ARl):", ""]
+        lines.append(
+            f"| {backend} | "
+            + " | ".join(f"{sec[t]:.3f} | {base[t] / sec[t]:.1f}x" for t in base)
+            + " |"
+        )
+    lines += [
+        "",
+        "The 12 summary statistics (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, "
+        "ARs, ARm, ARl):",
+        "",
+    ]
     for backend in backends:
         for t, stats in report[backend]["stats"].items():
             lines.append(f"- {backend} {t}: " + ", ".join(f"{v:.4f}" for v in stats))
-    same = all(np.allclose(report[b]["stats"][t], report[backends[0]]["stats"][t], rtol=0, atol=1e-12)
-               for b in backends for t in base)
-    lines += ["", f"Identical to {backends[0]} (|difference| <= 1e-12) for every backend: {same}.", ""]
+    same = all(
+        np.allclose(report[b]["stats"][t], report[backends[0]]["stats"][t], rtol=0, atol=1e-12)
+        for b in backends
+        for t in base
+    )
+    lines += [
+        "",
+        f"Identical to {backends[0]} (|difference| <= 1e-12) for every backend: {same}.",
+        "",
+    ]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ All three give the same 12 summary statistics (``tests/evaluation/test_coco_eval
 compares them on the synthetic data). :class:`CRBPCOCOEvaluator` is Detectron2's
 ``COCOEvaluator`` with the implementation chosen by :func:`default_backend`.
 """
+
 import contextlib
 import copy
 import importlib.util
@@ -102,8 +103,14 @@ def load_ground_truth(dataset, backend: str):
         return coco
 
 
-def evaluate_coco(coco_gt, results: Sequence[dict], iou_type: str, backend: str,
-                  img_ids: Optional[Sequence[int]] = None, max_dets=(1, 10, 100)):
+def evaluate_coco(
+    coco_gt,
+    results: Sequence[dict],
+    iou_type: str,
+    backend: str,
+    img_ids: Optional[Sequence[int]] = None,
+    max_dets=(1, 10, 100),
+):
     """Run COCOeval (evaluate, accumulate, summarize) on COCO-format results.
 
     Args:
@@ -167,8 +174,16 @@ class CRBPCOCOEvaluator(COCOEvaluator):
     ``COCOEvaluator``'s. Keypoint tasks are left to ``COCOEvaluator`` itself.
     """
 
-    def __init__(self, dataset_name, tasks=None, distributed=True, output_dir=None, *,
-                 backend: Optional[str] = None, **kwargs):
+    def __init__(
+        self,
+        dataset_name,
+        tasks=None,
+        distributed=True,
+        output_dir=None,
+        *,
+        backend: Optional[str] = None,
+        **kwargs,
+    ):
         """
         Args:
             dataset_name, tasks, distributed, output_dir, kwargs: as ``COCOEvaluator``
@@ -219,8 +234,14 @@ class CRBPCOCOEvaluator(COCOEvaluator):
         for task in sorted(tasks):
             coco_eval = None
             if results:
-                coco_eval = evaluate_coco(self._ground_truth(), results, task, self._backend,
-                                          img_ids=img_ids, max_dets=self._max_dets_per_image)
+                coco_eval = evaluate_coco(
+                    self._ground_truth(),
+                    results,
+                    task,
+                    self._backend,
+                    img_ids=img_ids,
+                    max_dets=self._max_dets_per_image,
+                )
             self._results[task] = self._derive_coco_results(
                 coco_eval, task, class_names=self._metadata.get("thing_classes")
             )

@@ -1,4 +1,5 @@
 """record_dynamics and tools/visualize_dynamics.py: the recorded trajectory is the refiner's own."""
+
 import json
 
 import pytest
@@ -11,7 +12,12 @@ from crbp_panoptic.modeling import recurrent_modules
 from tests.tiny import CONFIGS, TINY, load_tool, tiny_cfg
 
 MASK_CONFIG = "Synthetic-PanopticSegmentation/panoptic_crbp_mask_R_18_quick.yaml"
-BOTH = ["MODEL.BACKBONE.NAME", "build_resnet_crbp_fpn_backbone", "MODEL.CRBP.FPN_LEVELS", "['p3', 'p4']"]
+BOTH = [
+    "MODEL.BACKBONE.NAME",
+    "build_resnet_crbp_fpn_backbone",
+    "MODEL.CRBP.FPN_LEVELS",
+    "['p3', 'p4']",
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +76,22 @@ def test_training_mode_is_not_recorded_and_a_feedforward_model_is_refused():
 def test_tool_writes_grids_and_gifs_with_one_frame_per_step(image_path, tmp_path):
     torch.manual_seed(0)
     out = tmp_path / "dyn"
-    summary = load_tool("visualize_dynamics").main([
-        "--config-file", str(CONFIGS / MASK_CONFIG), "--input", image_path, "--output", str(out),
-        "--steps", "5", "--top", "2", *[str(v) for v in TINY], *BOTH,
-    ])
+    summary = load_tool("visualize_dynamics").main(
+        [
+            "--config-file",
+            str(CONFIGS / MASK_CONFIG),
+            "--input",
+            image_path,
+            "--output",
+            str(out),
+            "--steps",
+            "5",
+            "--top",
+            "2",
+            *[str(v) for v in TINY],
+            *BOTH,
+        ]
+    )
     assert set(summary) == {n for n, _ in recurrent_modules(_model())}
     for name, info in summary.items():
         assert "skipped" not in info, info
@@ -90,7 +108,14 @@ def test_tool_writes_grids_and_gifs_with_one_frame_per_step(image_path, tmp_path
 
 def test_tool_names_a_bad_input(tmp_path):
     with pytest.raises(SystemExit, match="no such file"):
-        load_tool("visualize_dynamics").main([
-            "--config-file", str(CONFIGS / MASK_CONFIG), "--input", str(tmp_path / "nope.png"),
-            "--output", str(tmp_path / "out")])
+        load_tool("visualize_dynamics").main(
+            [
+                "--config-file",
+                str(CONFIGS / MASK_CONFIG),
+                "--input",
+                str(tmp_path / "nope.png"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
     assert not (tmp_path / "out").exists()

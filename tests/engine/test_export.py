@@ -1,4 +1,5 @@
 """TorchScript tracing of both recurrent placements: traced == eager, steps frozen in the trace."""
+
 import sys
 
 import pytest
@@ -36,8 +37,9 @@ def _assert_same(eager, traced):
     assert len(eager["instances"]) > 0
     for key, value in fields.items():
         other = traced["instances"].get(key)
-        torch.testing.assert_close(getattr(other, "tensor", other), getattr(value, "tensor", value),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            getattr(other, "tensor", other), getattr(value, "tensor", value), rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("config", PLACEMENTS)
@@ -67,8 +69,21 @@ def test_tool_writes_a_torchscript_file_that_loads_and_matches(tmp_path):
     torch.manual_seed(0)
     config = str(CONFIGS / "Synthetic-PanopticSegmentation" / PLACEMENTS[0])
     tool = load_tool("export_model")
-    path, diff = tool.main(["--config-file", config, "--output", str(tmp_path), "--format", "torchscript",
-                            "--export-method", "tracing", "--steps", "2", *[str(v) for v in TINY]])
+    path, diff = tool.main(
+        [
+            "--config-file",
+            config,
+            "--output",
+            str(tmp_path),
+            "--format",
+            "torchscript",
+            "--export-method",
+            "tracing",
+            "--steps",
+            "2",
+            *[str(v) for v in TINY],
+        ]
+    )
     assert diff == 0
     loaded = torch.jit.load(path)
     cfg = tiny_cfg(f"Synthetic-PanopticSegmentation/{PLACEMENTS[0]}")

@@ -1,4 +1,5 @@
-"""tools/predict.py and crbp_panoptic.engine.predictor: outputs that decode, inputs checked first."""
+"""tools/predict.py, crbp_panoptic.engine.predictor/inputs: outputs decode, inputs checked first."""
+
 import json
 
 import numpy as np
@@ -19,7 +20,9 @@ TINY_OPTS = [str(v) for v in TINY]
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Three synthetic 64x64 JPEGs."""
-    split_dir = generate_split(str(tmp_path_factory.mktemp("predict") / "val"), "val", 3, (64, 64), 0)
+    split_dir = generate_split(
+        str(tmp_path_factory.mktemp("predict") / "val"), "val", 3, (64, 64), 0
+    )
     return split_dir + "/images"
 
 
@@ -27,8 +30,18 @@ def images(tmp_path_factory):
 def predicted(images, tmp_path_factory):
     out = tmp_path_factory.mktemp("predict_out") / "out"
     torch.manual_seed(0)
-    load_tool("predict").main(["--config-file", CONFIG, "--input", images, "--output", str(out),
-                               "--no-progress", *TINY_OPTS])
+    load_tool("predict").main(
+        [
+            "--config-file",
+            CONFIG,
+            "--input",
+            images,
+            "--output",
+            str(out),
+            "--no-progress",
+            *TINY_OPTS,
+        ]
+    )
     return out
 
 
@@ -58,9 +71,14 @@ def test_predictions_json_is_coco_panoptic_results(predicted):
     assert [a["image_id"] for a in annotations] == ["val_000000", "val_000001", "val_000002"]
     for a in annotations:
         assert set(a) == {"image_id", "file_name", "segments_info"}
-        assert a["file_name"] == f"{a['image_id']}_panoptic.png" and (predicted / a["file_name"]).is_file()
+        assert (
+            a["file_name"] == f"{a['image_id']}_panoptic.png"
+            and (predicted / a["file_name"]).is_file()
+        )
         per_image = json.loads((predicted / f"{a['image_id']}.json").read_text())["segments_info"]
-        assert a["segments_info"] == [{k: v for k, v in s.items() if k != "category"} for s in per_image]
+        assert a["segments_info"] == [
+            {k: v for k, v in s.items() if k != "category"} for s in per_image
+        ]
 
 
 def test_segments_map_contiguous_ids_to_dataset_ids():
@@ -68,11 +86,20 @@ def test_segments_map_contiguous_ids_to_dataset_ids():
 
     meta = Metadata(name="synthetic_meta_test", **synthetic_panoptic_metadata())
     seg = np.array([[1, 1, 2], [0, 2, 2]])
-    info = [{"id": 1, "category_id": 2, "isthing": True, "score": 0.75, "instance_id": 0},
-            {"id": 2, "category_id": 1, "isthing": False, "area": 3}]
+    info = [
+        {"id": 1, "category_id": 2, "isthing": True, "score": 0.75, "instance_id": 0},
+        {"id": 2, "category_id": 1, "isthing": False, "area": 3},
+    ]
     out = segments_record(seg, info, PanopticCategories(meta))
     assert out == [
-        {"id": 1, "category_id": 3, "category": "triangle", "isthing": True, "area": 2, "score": 0.75},
+        {
+            "id": 1,
+            "category_id": 3,
+            "category": "triangle",
+            "isthing": True,
+            "area": 2,
+            "score": 0.75,
+        },
         {"id": 2, "category_id": 92, "category": "sky", "isthing": False, "area": 3, "score": None},
     ]
 
@@ -109,7 +136,9 @@ def test_directory_without_images_and_empty_glob_say_so(tmp_path):
 
 def test_collect_images_expands_globs_directories_and_rejects_clashing_names(images, tmp_path):
     assert collect_images([images]) == [f"{images}/val_00000{i}.jpg" for i in range(3)]
-    assert collect_images([f"{images}/*1.jpg", f"{images}/val_000001.jpg"]) == [f"{images}/val_000001.jpg"]
+    assert collect_images([f"{images}/*1.jpg", f"{images}/val_000001.jpg"]) == [
+        f"{images}/val_000001.jpg"
+    ]
     other = tmp_path / "val_000001.png"
     Image.new("RGB", (8, 8)).save(other)
     with pytest.raises(InputError, match="share the name 'val_000001'"):
@@ -117,6 +146,8 @@ def test_collect_images_expands_globs_directories_and_rejects_clashing_names(ima
 
 
 def test_trailing_overrides_are_split_from_inputs(images):
-    inputs, opts = split_inputs_and_opts([images, "a.jpg", "MODEL.WEIGHTS", "m.pth", "OUTPUT_DIR", "o"],
-                                         ["MODEL", "OUTPUT_DIR", "INPUT"])
+    inputs, opts = split_inputs_and_opts(
+        [images, "a.jpg", "MODEL.WEIGHTS", "m.pth", "OUTPUT_DIR", "o"],
+        ["MODEL", "OUTPUT_DIR", "INPUT"],
+    )
     assert inputs == [images, "a.jpg"] and opts == ["MODEL.WEIGHTS", "m.pth", "OUTPUT_DIR", "o"]

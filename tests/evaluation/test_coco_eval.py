@@ -1,4 +1,5 @@
 """COCOeval backends: identical statistics, backend selection without Detectron2's C++ ops."""
+
 import json
 import sys
 
@@ -25,7 +26,9 @@ from crbp_panoptic.evaluation.coco_eval import load_ground_truth  # noqa: E402
 @pytest.fixture(scope="module")
 def val_json(tmp_path_factory):
     """The synthetic val split's COCO instances (12 images of 128x128, seed 0)."""
-    split_dir = generate_split(str(tmp_path_factory.mktemp("coco") / "val"), "val", 12, (128, 128), 0)
+    split_dir = generate_split(
+        str(tmp_path_factory.mktemp("coco") / "val"), "val", 12, (128, 128), 0
+    )
     with open(split_paths(split_dir).instances_json) as f:
         return json.load(f)
 
@@ -37,7 +40,9 @@ def test_faster_coco_eval_gives_pycocotools_stats(val_json, iou_type, seed):
     results = perturbed_detections(val_json, seed=seed)
     stats = {}
     for backend in ("pycocotools", "faster_coco_eval"):
-        stats[backend] = evaluate_coco(load_ground_truth(val_json, backend), results, iou_type, backend).stats
+        stats[backend] = evaluate_coco(
+            load_ground_truth(val_json, backend), results, iou_type, backend
+        ).stats
     assert len(stats["pycocotools"]) == len(stats["faster_coco_eval"]) == 12
     np.testing.assert_allclose(stats["faster_coco_eval"], stats["pycocotools"], rtol=0, atol=1e-12)
     assert 0.1 < stats["pycocotools"][0] < 0.95  # the perturbations make AP neither 0 nor 1
@@ -45,11 +50,16 @@ def test_faster_coco_eval_gives_pycocotools_stats(val_json, iou_type, seed):
 
 def test_benchmark_reports_time_and_identical_stats(val_json):
     pytest.importorskip("faster_coco_eval")
-    report = benchmark_backends(val_json, perturbed_detections(val_json), ["pycocotools", "faster_coco_eval"],
-                                repeats=1)
+    report = benchmark_backends(
+        val_json, perturbed_detections(val_json), ["pycocotools", "faster_coco_eval"], repeats=1
+    )
     for iou_type in ("bbox", "segm"):
-        np.testing.assert_allclose(report["faster_coco_eval"]["stats"][iou_type],
-                                   report["pycocotools"]["stats"][iou_type], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            report["faster_coco_eval"]["stats"][iou_type],
+            report["pycocotools"]["stats"][iou_type],
+            rtol=0,
+            atol=1e-12,
+        )
         assert all(r["seconds"][iou_type] > 0 for r in report.values())
 
 
@@ -65,7 +75,9 @@ def _to_contiguous(results, metadata):
 def test_evaluator_backends_agree_with_detectron2s_evaluator(tmp_path):
     pytest.importorskip("faster_coco_eval")
     name = f"synthetic_cocoeval_{tmp_path.name}"
-    register_synthetic_panoptic(name, root=str(tmp_path), split="val", num_images=6, image_size=(96, 96))
+    register_synthetic_panoptic(
+        name, root=str(tmp_path), split="val", num_images=6, image_size=(96, 96)
+    )
     try:
         ds = name + "_separated"
         meta = MetadataCatalog.get(ds)
@@ -76,16 +88,22 @@ def test_evaluator_backends_agree_with_detectron2s_evaluator(tmp_path):
         reference._results = {}
         reference._eval_predictions(predictions)
         for backend in ("pycocotools", "faster_coco_eval"):
-            evaluator = CRBPCOCOEvaluator(ds, distributed=False, output_dir=str(tmp_path / backend),
-                                          backend=backend)
+            evaluator = CRBPCOCOEvaluator(
+                ds, distributed=False, output_dir=str(tmp_path / backend), backend=backend
+            )
             evaluator._results = {}
             evaluator._eval_predictions(_to_contiguous(results, meta))
             assert evaluator._results.keys() == reference._results.keys() == {"bbox", "segm"}
             for task, metrics in reference._results.items():
-                assert evaluator._results[task] == pytest.approx(metrics, abs=1e-9, nan_ok=True), (backend, task)
+                assert evaluator._results[task] == pytest.approx(metrics, abs=1e-9, nan_ok=True), (
+                    backend,
+                    task,
+                )
             with open(tmp_path / backend / "coco_instances_results.json") as f:
                 written = json.load(f)
-            assert {r["category_id"] for r in written} <= set(meta.thing_dataset_id_to_contiguous_id)
+            assert {r["category_id"] for r in written} <= set(
+                meta.thing_dataset_id_to_contiguous_id
+            )
         assert reference._results["segm"]["AP"] > 10
     finally:
         unregister_synthetic_panoptic(name)
