@@ -7,6 +7,10 @@ drive ``x`` that a forward pre-hook captures, and keeps every state. The model's
 is untouched (the refiner still runs its own ``test_steps``). The recorded states can be
 read out for display: a channel summary for FPN levels, the mask logits of the top
 detections for the recurrent mask head (:func:`mask_head_readout`).
+
+The recorded trajectory is the plain fixed-point iteration, step by step; it ends at the
+refiner's own output when the refiner runs fixed-point steps without an early stop
+(``test_solver`` "fixed_point", ``test_tol`` 0: the defaults), which the tests check.
 """
 
 import contextlib

@@ -19,8 +19,10 @@ import itertools
 import json
 import logging
 import os
+import time
 from typing import Optional, Sequence
 
+import numpy as np
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 from detectron2.utils.file_io import PathManager
@@ -110,6 +112,7 @@ def evaluate_coco(
     backend: str,
     img_ids: Optional[Sequence[int]] = None,
     max_dets=(1, 10, 100),
+    timings: Optional[dict] = None,
 ):
     """Run COCOeval (evaluate, accumulate, summarize) on COCO-format results.
 
@@ -124,6 +127,8 @@ def evaluate_coco(
         img_ids: evaluate only these images (None: all).
         max_dets: three detection limits; the last one other than 100 selects
             Detectron2's ``COCOevalMaxDets`` (pycocotools) whatever ``backend`` says.
+        timings: if given, filled with the seconds of ``"loadRes"``, ``"evaluate"`` and
+            ``"accumulate"`` (accumulate + summarize).
 
     Returns:
         the COCOeval object; its ``stats`` holds the 12 summary values and ``eval``
@@ -139,8 +144,10 @@ def evaluate_coco(
         for r in results:
             r.pop("bbox", None)
     max_dets = list(max_dets)
+    clock = [time.perf_counter()]
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         coco_dt = coco_gt.loadRes(results)
+        clock.append(time.perf_counter())
         if max_dets[2] != 100:
             coco_eval = COCOevalMaxDets(coco_gt, coco_dt, iou_type)
         elif backend == "faster_coco_eval":
@@ -157,8 +164,12 @@ def evaluate_coco(
         if img_ids is not None:
             coco_eval.params.imgIds = list(img_ids)
         coco_eval.evaluate()
+        clock.append(time.perf_counter())
         coco_eval.accumulate()
         coco_eval.summarize()
+        clock.append(time.perf_counter())
+    if timings is not None:
+        timings.update(zip(("loadRes", "evaluate", "accumulate"), np.diff(clock).tolist()))
     logger.debug("COCOeval (%s, %s):\n%s", backend, iou_type, printed.getvalue())
     coco_eval.stats = coco_eval.stats[:12]  # faster-coco-eval appends extra metrics
     return coco_eval
