@@ -74,13 +74,13 @@ def main(argv=None):
     try:
         if args.sample_image:
             collect_images([args.sample_image])
-    except InputError as e:
+        cfg = setup_predict_cfg(args.config_file, args.opts)
+    except (InputError, FileNotFoundError) as e:
         sys.exit(f"export_model.py: {e}")
 
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    cfg = setup_predict_cfg(args.config_file, args.opts)
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     image = sample_image(cfg, args.sample_image).to(cfg.MODEL.DEVICE)

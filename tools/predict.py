@@ -43,9 +43,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         paths = collect_images(args.input)
-    except InputError as e:
+        cfg = setup_predict_cfg(args.config_file, args.opts)
+    except (InputError, FileNotFoundError) as e:
         sys.exit(f"predict.py: {e}")
-    cfg = setup_predict_cfg(args.config_file, args.opts)
     result = predict_to_files(cfg, paths, args.output, progress=not args.no_progress)
     print(f"{len(result['annotations'])} image(s) -> {args.output}/ (predictions.json)")
     return result

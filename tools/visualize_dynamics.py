@@ -40,14 +40,17 @@ def main(argv=None):
     if args.top < 1:
         parser.error(f"--top {args.top}: must be >= 1")
     try:
-        (path,) = collect_images([args.input])
-    except (InputError, ValueError) as e:
+        paths = collect_images([args.input])
+        if len(paths) != 1:
+            raise InputError(f"--input {args.input!r} gives {len(paths)} images; give one")
+        path = paths[0]
+        cfg = setup_predict_cfg(args.config_file, args.opts)
+    except (InputError, FileNotFoundError) as e:
         sys.exit(f"visualize_dynamics.py: {e}")
 
     from detectron2.data.detection_utils import read_image
     from detectron2.engine import DefaultPredictor
 
-    cfg = setup_predict_cfg(args.config_file, args.opts)
     predictor = DefaultPredictor(cfg)
     image = read_image(path, format=cfg.INPUT.FORMAT)
     try:

@@ -151,3 +151,11 @@ def test_trailing_overrides_are_split_from_inputs(images):
         ["MODEL", "OUTPUT_DIR", "INPUT"],
     )
     assert inputs == [images, "a.jpg"] and opts == ["MODEL.WEIGHTS", "m.pth", "OUTPUT_DIR", "o"]
+
+
+def test_missing_config_file_is_named(images, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--config-file", str(tmp_path / "nope.yaml"), "--input", images, "--output", str(out)]
+    with pytest.raises(SystemExit, match="nope.yaml'?: no such file"):
+        load_tool("predict").main(argv)
+    assert not out.exists()
