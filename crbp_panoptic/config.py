@@ -42,6 +42,8 @@ def add_crbp_config(cfg):
     crbp.LCP_CROP = 0
     # Forward solver: "fixed_point" (plain iteration) or "anderson" (Anderson acceleration).
     crbp.SOLVER = "fixed_point"
+    # Forward solver at inference; "" = SOLVER. "anderson" is allowed here with any GRAD.
+    crbp.TEST_SOLVER = ""
     # Training: stop the forward iteration once ||h_t - h_{t-1}|| / ||h_t|| < this; 0 = run STEPS.
     crbp.FORWARD_TOL = 0.0
     # Inference: the same early stop at test time; 0 = run TEST_STEPS exactly.

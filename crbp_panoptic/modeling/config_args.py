@@ -25,6 +25,7 @@ KEYS = {
     "lcp_subsample": "LCP_SUBSAMPLE",
     "lcp_crop": "LCP_CROP",
     "solver": "SOLVER",
+    "test_solver": "TEST_SOLVER",
     "forward_tol": "FORWARD_TOL",
     "test_tol": "TEST_TOL",
     "neumann_tol": "NEUMANN_TOL",
@@ -82,6 +83,7 @@ def refiner_args(cfg, channels):
     c = cfg.MODEL.CRBP
     kwargs = {arg: c[key] for arg, key in KEYS.items()}
     kwargs["gala"] = bool(kwargs["gala"])
+    kwargs["test_solver"] = kwargs["test_solver"] or None
     kwargs["lcp_subsample"] = _subsample(kwargs["lcp_subsample"])
     kwargs["gate_bias_range"] = _gate_bias_range(kwargs["gate_bias_range"], kwargs["steps"])
     check_refiner_args(_LABELS, channels=channels, **kwargs)

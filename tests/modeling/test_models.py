@@ -219,6 +219,15 @@ def test_diagnostics_reach_event_storage():
     assert refiner.diagnose is False
 
 
+def test_test_solver_is_used_at_inference_only():
+    model = _build(MASK_YAML, "MODEL.CRBP.GRAD", "bptt", "MODEL.CRBP.TEST_SOLVER", "anderson")
+    (refiner,) = [m for _, m in recurrent_modules(model)]
+    assert (refiner.solver, refiner.test_solver) == ("fixed_point", "anderson")
+    default = _build(MASK_YAML, "MODEL.CRBP.SOLVER", "anderson")
+    (refiner,) = [m for _, m in recurrent_modules(default)]
+    assert (refiner.solver, refiner.test_solver) == ("anderson", "anderson")
+
+
 def test_test_steps_used_at_inference():
     model = _build(MASK_YAML, "MODEL.CRBP.TEST_STEPS", 7)
     (refiner,) = [m for _, m in recurrent_modules(model)]
@@ -236,6 +245,7 @@ def test_test_steps_used_at_inference():
         ("MODEL.CRBP.FPN_LEVELS", "['p7']", "MODEL.CRBP.FPN_LEVELS=['p7']"),
         ("MODEL.CRBP.NUM_GROUPS", 5, "MODEL.CRBP.NUM_GROUPS=5"),
         ("MODEL.CRBP.SOLVER", "newton", "MODEL.CRBP.SOLVER='newton'"),
+        ("MODEL.CRBP.TEST_SOLVER", "newton", "MODEL.CRBP.TEST_SOLVER='newton'"),
         ("MODEL.CRBP.NORM", "LN", "MODEL.CRBP.NORM='LN'"),
         ("MODEL.CRBP.NORM_GAIN", 0.0, "MODEL.CRBP.NORM_GAIN=0.0"),
         ("MODEL.CRBP.GATE_BIAS_RANGE", "[3.0, 2.0]", "MODEL.CRBP.GATE_BIAS_RANGE=[3.0, 2.0]"),
