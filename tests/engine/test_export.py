@@ -18,11 +18,11 @@ from tests.tiny import CONFIGS, TINY, load_tool, tiny_cfg
 PLACEMENTS = ["panoptic_crbp_fpn_R_18_quick.yaml", "panoptic_crbp_mask_R_18_quick.yaml"]
 
 
-def _model(config):
+def _model(config, *opts):
     from detectron2.modeling import build_model
 
     torch.manual_seed(0)
-    return build_model(tiny_cfg(f"Synthetic-PanopticSegmentation/{config}")).eval()
+    return build_model(tiny_cfg(f"Synthetic-PanopticSegmentation/{config}", *opts)).eval()
 
 
 def _image(h, w, seed):
@@ -42,9 +42,12 @@ def _assert_same(eager, traced):
         )
 
 
-@pytest.mark.parametrize("config", PLACEMENTS)
-def test_traced_model_gives_the_eager_outputs_on_other_images(config):
-    model = _model(config)
+@pytest.mark.parametrize(
+    "config, solver",
+    [(PLACEMENTS[0], "fixed_point"), (PLACEMENTS[1], "fixed_point"), (PLACEMENTS[1], "anderson")],
+)
+def test_traced_model_gives_the_eager_outputs_on_other_images(config, solver):
+    model = _model(config, "MODEL.CRBP.TEST_SOLVER", solver)
     traced, adapter = trace_panoptic(model, _image(64, 96, 0), steps=3)
     for image in (_image(64, 96, 0), _image(64, 96, 1), _image(96, 70, 2)):  # new content, size
         _assert_same(eager_raw_outputs(model, image, 3), traced_outputs(traced, adapter, image))
