@@ -15,6 +15,9 @@ downloads that sdist and makes the smallest edits that let it install and run:
    ``detectron2.model_zoo.get_config_file`` finds them.
 4. ``Image.LINEAR`` (removed in Pillow 10) -> ``Image.BILINEAR``, its old alias.
 5. ``np.int/float/bool/str/object`` (removed in NumPy 1.24) -> the builtins they aliased.
+6. ``detectron2/export/__init__.py``: the caffe2 exporter (``.api``) is imported only when
+   caffe2 is importable, as upstream Detectron2 does; caffe2 left torch in 2.0, and without
+   the guard ``import detectron2.export`` (``TracingAdapter``, scripting) fails.
 
 Every edit checks that its pattern matched where expected and stops otherwise, so a
 changed sdist fails loudly here instead of breaking at run time.
@@ -72,6 +75,18 @@ NUMPY_ALIAS_FILES = [
 NUMPY_ALIAS = re.compile(r"\bnp\.(int|float|bool|str|object)\b(?![\w.])")
 
 
+# Edit 6: upstream Detectron2's guard around the caffe2-only exporter.
+EXPORT_API_IMPORT = "from .api import *\n"
+EXPORT_API_GUARDED = """try:
+    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401
+    from caffe2.python import core  # noqa: F401
+except ImportError:
+    pass  # caffe2 is optional: torch >= 2.0 has none; tracing and scripting need none
+else:
+    from .api import *  # noqa: F401,F403
+"""
+
+
 class EditError(RuntimeError):
     pass
 
@@ -83,6 +98,11 @@ def replace_exactly(path: Path, old: str, new: str, count: int = 1) -> None:
     if found != count:
         raise EditError(f"{path}: expected {count} occurrence(s) of {old!r}, found {found}")
     path.write_text(text.replace(old, new))
+
+
+def guard_caffe2_export(package: Path) -> None:
+    """Edit 6 on a ``detectron2`` package directory (an unpacked sdist's or an installed one)."""
+    replace_exactly(package / "export" / "__init__.py", EXPORT_API_IMPORT, EXPORT_API_GUARDED)
 
 
 def patch_source(src: Path) -> None:
@@ -115,6 +135,8 @@ def patch_source(src: Path) -> None:
     if missing:
         raise EditError(f"expected NumPy aliases (np.int, np.bool, ...) in {missing}; none found")
     print(f"[install_detectron2] replaced NumPy aliases in {len(patched)} files")
+
+    guard_caffe2_export(src / "detectron2")
 
 
 def run(cmd):

@@ -31,8 +31,8 @@ if ! importable torch || ! importable torchvision; then
 fi
 DEPS=(numpy Pillow matplotlib pycocotools opencv-python-headless termcolor yacs tabulate
       cloudpickle tqdm tensorboard 'fvcore>=0.1.5,<0.1.6' 'iopath>=0.1.7,<0.1.10'
-      'omegaconf>=2.1' 'hydra-core>=1.1' pytest scipy)
-if ! importable "fvcore, pycocotools, cv2, tensorboard, yacs, omegaconf, hydra, pytest, scipy"; then
+      'omegaconf>=2.1' 'hydra-core>=1.1' pytest scipy faster-coco-eval)
+if ! importable "fvcore, pycocotools, cv2, tensorboard, yacs, omegaconf, hydra, pytest, scipy, faster_coco_eval"; then
   step "install Detectron2's dependencies" pip_install "${DEPS[@]}"
 fi
 if ! importable panopticapi; then
