@@ -87,9 +87,10 @@ def main(argv=None) -> str:
                         seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
     m = machine_info(str(device))
     where = m["gpu"] or f"CPU ({m['cpu']}, {m['torch_threads']} threads)"
-    header = (f"Engine benchmark: hGRU (C={channels}, GN groups={math.gcd(args.num_groups, channels)}, "
-              f"gala={args.gala}), K={args.neumann_steps} Neumann terms, one training step "
-              f"(forward + backward), torch {m['torch']}, {where}.")
+    groups = math.gcd(args.num_groups, channels)
+    header = (f"Engine benchmark: hGRU (C={channels}, GN groups={groups}, gala={args.gala}), "
+              f"K={args.neumann_steps} Neumann terms, one training step (forward + backward), "
+              f"torch {m['torch']}, {where}.")
     text = eb.table(rows, header)
     print(text)
     if args.out:

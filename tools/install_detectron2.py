@@ -191,7 +191,8 @@ def install_sdist(args, pip) -> None:
     """Download the PyPI sdist, patch it (module docstring) and install it."""
     with tempfile.TemporaryDirectory(prefix="d2-sdist-") as tmp:
         tmp = Path(tmp)
-        run(pip + ["download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(tmp), args.sdist])
+        run(pip + ["download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(tmp),
+                   args.sdist])
         archives = list(tmp.glob("*.tar.gz"))
         if len(archives) != 1:
             raise EditError(f"expected one sdist archive in {tmp}, found {archives}")

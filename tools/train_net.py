@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train or evaluate a (recurrent) Panoptic FPN, the Detectron2 way.
 
-    python tools/train_net.py --config-file configs/COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml \
+    python tools/train_net.py \
+        --config-file configs/COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml \
         --num-gpus 8 [--resume] [--eval-only MODEL.WEIGHTS path/to/model.pth] [KEY VALUE ...]
 
 Multi-machine: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT on each.

@@ -69,7 +69,10 @@ __all__ = [
 
 #: The stock Panoptic FPN (the FF row) and each placement's YAML, in a configs directory.
 BASELINE_YAML = "panoptic_fpn_R_50_1x.yaml"
-PLACEMENT_YAMLS = {"fpn": "panoptic_crbp_fpn_R_50_1x.yaml", "mask": "panoptic_crbp_mask_R_50_1x.yaml"}
+PLACEMENT_YAMLS = {
+    "fpn": "panoptic_crbp_fpn_R_50_1x.yaml",
+    "mask": "panoptic_crbp_mask_R_50_1x.yaml",
+}
 #: Arms measured on every placement, in table order (exact penalty).
 DEFAULT_ARMS = ("bptt:1", "bptt:3", "bptt:5", "rbp:20", "crbp:5", "crbp:10", "crbp:20", "crbp:40")
 #: Each placement's cheap penalty: a row subset where the state has many rows (ROIs), a
@@ -543,7 +546,8 @@ def target_lines(results: List[Dict], placements: Sequence[str]) -> List[str]:
     """The paper's claims as targets, each with what this run measured (or that it did not)."""
     lines = []
     for p in placements:
-        c5, c20, c40, b1 = (_find(results, p, n) for n in ("crbp:5", "crbp:20", "crbp:40", "bptt:1"))
+        names = ("crbp:5", "crbp:20", "crbp:40", "bptt:1")
+        c5, c20, c40, b1 = (_find(results, p, n) for n in names)
         cheap = _find(results, p, "crbp:20", cheap=True)
         tests = [
             ("C-RBP training memory flat in steps: C-RBP-40 / C-RBP-5", c40, c5, 1.05),
@@ -667,14 +671,15 @@ def _note_lines(results: List[Dict], settings: Dict) -> List[str]:
     notes = []
     if ff is not None:
         t = ff["infer"]["T"]
-        notes.append(f"Mask-head ROIs per image in training (FF): {ff['mask_rois_train']:.1f}; at "
-                     f"inference {t['mask_rois']:.1f} (detections per image {t['detections']:.1f}).")
+        notes.append(f"Mask-head ROIs per image in training (FF): {ff['mask_rois_train']:.1f}; "
+                     f"at inference {t['mask_rois']:.1f} (detections per image "
+                     f"{t['detections']:.1f}).")
     for p in settings["placements"]:
         c20 = _find(results, p, "crbp:20")
         if c20 is not None and c20["infer"]["T"].get("residual") is not None:
             notes.append(
-                f"{p}: C-RBP-20 relative residual ||h_t - h_(t-1)|| / ||h_t|| at inference (largest "
-                f"over the solves): {c20['infer']['T']['residual']:.2g} after T steps, "
+                f"{p}: C-RBP-20 relative residual ||h_t - h_(t-1)|| / ||h_t|| at inference "
+                f"(largest over the solves): {c20['infer']['T']['residual']:.2g} after T steps, "
                 f"{c20['infer']['2T']['residual']:.2g} after 2T. These are the dynamics of the "
                 "weights measured (random init unless MODEL.WEIGHTS is given), not of a trained "
                 "model; early stopping saves steps only once the residual falls below TEST_TOL.")

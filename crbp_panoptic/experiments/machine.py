@@ -11,8 +11,9 @@ __all__ = ["machine_info"]
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            lines = [line for line in f if line.startswith("model name")]
+        return lines[0].split(":", 1)[1].strip()
+    except (OSError, IndexError):
         return platform.processor() or platform.machine()
 
 

@@ -5,7 +5,9 @@ import os
 import tempfile
 from typing import Optional, Sequence
 
-__all__ = ["fmt", "fmt_num", "markdown_table", "ratio", "ratio_cell", "write_atomic", "write_report"]
+__all__ = [
+    "fmt", "fmt_num", "markdown_table", "ratio", "ratio_cell", "write_atomic", "write_report",
+]
 
 #: What a table shows for a figure that was not measured.
 MISSING = "—"

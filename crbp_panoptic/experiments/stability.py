@@ -55,7 +55,7 @@ _LOGGERS = ("detectron2", "fvcore")
 
 
 def arm_dir_name(arm: Arm) -> str:
-    """The arm's directory under the output directory: ``crbp:20:sub0.25`` -> ``crbp_20_sub0.25``."""
+    """The arm's folder name: ``crbp:20:sub0.25`` -> ``crbp_20_sub0.25``."""
     return arm.name.replace(":", "_")
 
 
@@ -161,7 +161,8 @@ def measure_arm(entry: Dict, grid: Sequence[int], num_steps: int, residual_image
         cfg = config_at_test_steps(arm_dir, t)
         pq = entry["pq"][str(t)] = evaluate_pq(cfg, load_model(cfg, weights))
         figures = "  ".join(f"{k} {pq[k]:.2f}" for k in PQ_KEYS)
-        log(f"[stability] {entry['label']}: t={t:3d}  {figures}  ({time.perf_counter() - t0:.0f} s)")
+        seconds = time.perf_counter() - t0
+        log(f"[stability] {entry['label']}: t={t:3d}  {figures}  ({seconds:.0f} s)")
 
 
 def run(config_file, arms: Sequence[Arm], out_dir: str, *, opts: Sequence[str] = (),
