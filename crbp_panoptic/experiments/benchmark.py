@@ -474,7 +474,7 @@ def run(runs: Sequence[Tuple[str, Arm]], base_spec: Dict, config_dir, out_dir, m
         runs: the plan; FF must come first (the ratios need it).
         base_spec (dict): :func:`measure`'s spec without ``placement``, ``arm``, ``config_file``.
         config_dir: the directory of :data:`BASELINE_YAML` and :data:`PLACEMENT_YAMLS`.
-        out_dir: where ``benchmark.md`` and ``benchmark.json`` are (re)written.
+        out_dir: where ``benchmark.md`` and ``benchmark.json`` are (re)written (created).
         machine, settings (dict): for the report's header (:func:`markdown`).
         in_process: CPU only: measure in this process instead of a child per configuration.
         time_budget: seconds; configurations not started by then are skipped (0 = no limit).
@@ -483,6 +483,7 @@ def run(runs: Sequence[Tuple[str, Arm]], base_spec: Dict, config_dir, out_dir, m
         list[dict]: one result per run, with ratios to FF.
     """
     cuda = base_spec["device"].startswith("cuda")
+    os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
     results: List[Dict] = []
     for placement, arm in runs:

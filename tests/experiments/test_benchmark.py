@@ -1,5 +1,6 @@
 """crbp_panoptic.experiments.benchmark: the plan, the report, and one tiny configuration
 measured in this process and in a child process."""
+import json
 import sys
 
 import pytest
@@ -149,3 +150,29 @@ def test_child_process_failure_is_reported_not_raised():
     spec["config_file"] = str(CONFIG_DIR / "no_such.yaml")
     r = bench.measure_in_child(spec, timeout=300)
     assert r["arm"] == "bptt:1" and "no_such.yaml" in r["error"]
+
+
+def test_run_measures_the_plan_and_writes_the_report(tmp_path):
+    from crbp_panoptic.experiments.machine import machine_info
+
+    runs = bench.plan(["mask"], [parse_arm("bptt:1")])
+    spec = _tiny_spec("mask", "bptt:1", batch=1, instances=2, detections=3)
+    base = {k: v for k, v in spec.items() if k not in ("placement", "arm", "config_file")}
+    settings = {"device": "cpu", "size": [64, 96], "batch": 1, "instances": 2, "iters": 1,
+                "warmup": 0, "infer_iters": 1, "infer_warmup": 0, "test_tol": 1e-3,
+                "detections": 3, "lr": 0.0, "opts": [], "placements": ["mask"],
+                "arms": ["bptt:1"], "isolated": False, "date": "today", "command": "x"}
+    results = bench.run(runs, base, CONFIG_DIR, tmp_path, machine_info("cpu"), settings,
+                        in_process=True)
+    assert [(r["placement"], r["arm"]) for r in results] == [("-", "ff"), ("mask", "bptt:1")]
+    assert all("error" not in r for r in results), results
+    assert results[0]["train_s_x"] == 1.0 and results[1]["train_s_x"] > 0
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| - | FF |" in md and "| mask | BPTT-1 | 3 |" in md and "Whole run:" in md
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert [r["arm"] for r in saved["results"]] == ["ff", "bptt:1"]
+    assert bench.plot(results, ["mask"], tmp_path / "benchmark.png", "title")
+    assert (tmp_path / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+    skipped = bench.run(runs, base, CONFIG_DIR, tmp_path / "b", machine_info("cpu"), settings,
+                        in_process=True, time_budget=1e-9)
+    assert all(r["error"].startswith("skipped: time budget") for r in skipped)

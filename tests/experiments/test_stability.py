@@ -136,3 +136,30 @@ def test_eval_config_and_residuals_of_a_real_model(tmp_path):
     for curve in curves.values():
         assert len(curve["residual"]) == 4 and curve["residual"][0] == pytest.approx(1.0)
         assert curve["drift"][1] == 0 and all(r >= 0 for r in curve["residual"])
+
+
+def test_run_trains_measures_and_then_reuses_an_arm(tmp_path):
+    from tests.tiny import register_tiny_datasets, tiny_train_opts
+
+    register_tiny_datasets(str(tmp_path / "datasets"), "stability_test")
+    opts = tiny_train_opts(tmp_path / "unused", "stability_test_one_separated",
+                           "stability_test_val_separated")[2:]  # run() sets OUTPUT_DIR per arm
+    arms = [parse_arm("bptt:2")]
+    out = str(tmp_path / "out")
+    report = stab.run(REPO / "configs" / CONFIG, arms, out, opts=opts, iters=2,
+                      test_steps=[1, 4], residual_images=1, log=lambda m: None)
+    (entry,) = report["arms"]
+    assert entry["label"] == "BPTT-2" and entry["dir"] == f"{out}/bptt_2"
+    assert entry["iters"] == 2 and entry["train_seconds"] > 0
+    assert set(entry["pq"]) == {"1", "4"} and all(set(v) == {"PQ", "PQ_th", "PQ_st"}
+                                                  for v in entry["pq"].values())
+    assert len(entry["residual"]["mean"]["residual"]) == report["residual_steps"] == 4
+    assert report["val_images"] == 3 and report["dataset"] == "stability_test_val_separated"
+    saved = json.loads((tmp_path / "out" / "stability.json").read_text())
+    assert saved["arms"][0]["pq"] == entry["pq"]
+    again = stab.run(REPO / "configs" / CONFIG, arms, out, opts=opts, iters=2,
+                     test_steps=[1], residual_images=1, skip_train=True, log=lambda m: None)
+    assert "train_seconds" not in again["arms"][0]  # reused, not retrained
+    with pytest.raises(FileNotFoundError, match="crbp_2/model_final.pth"):
+        stab.run(REPO / "configs" / CONFIG, [parse_arm("crbp:2")], out, opts=opts,
+                 skip_train=True, log=lambda m: None)
