@@ -38,3 +38,11 @@ def test_benchmark_lists_its_plan_and_rejects_a_bad_arm():
     bad = subprocess.run(cmd[:-4] + ["--arms", "crbp-20"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "arm='crbp-20'" in bad.stderr
+
+
+def test_install_detectron2_rejects_a_folder_that_is_not_a_detectron2_tree(tmp_path):
+    (tmp_path / "setup.py").write_text("")
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "install_detectron2.py"),
+                           "--source", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"DETECTRON2_SOURCE={tmp_path}: not a Detectron2 source tree" in done.stderr
