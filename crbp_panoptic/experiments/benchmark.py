@@ -169,6 +169,15 @@ def config_file(config_dir, placement: str, arm: Arm) -> str:
     return str(Path(config_dir) / name)
 
 
+def effective_arm(cfg) -> Arm:
+    """The arm a recurrent config trains, as its ``MODEL.CRBP`` keys say after every override
+    (the user's options come last and may change the steps or the penalty)."""
+    c = cfg.MODEL.CRBP
+    sub = c.LCP_SUBSAMPLE
+    sub = None if not sub else (sub if sub < 1 else int(sub))
+    return Arm(c.GRAD, int(c.STEPS), sub, int(c.LCP_CROP))
+
+
 def arm_opts(arm: Arm) -> List[str]:
     """The arm's ``MODEL.CRBP`` options as strings (exact penalty unless the arm is cheap)."""
     return [str(v) for v in arm.config_opts()]
@@ -199,7 +208,8 @@ def _build(spec: Dict):
     arm = parse_arm(spec["arm"])
     opts = list(spec["opts"]) + arm_opts(arm) + list(spec["user_opts"])
     cfg = build_cfg(spec["config_file"], opts)
-    out = {"placement": spec["placement"], "arm": arm.name, "label": table_label(arm),
+    out = {"placement": spec["placement"], "arm": arm.name,
+           "label": table_label(effective_arm(cfg) if arm.recurrent else arm),
            "mode": arm.mode if arm.recurrent else None,
            "steps": cfg.MODEL.CRBP.STEPS if arm.recurrent else 0, "series": series(arm),
            "config_file": os.path.basename(spec["config_file"]), "opts": opts}

@@ -123,7 +123,8 @@ def test_one_tiny_configuration_measures_training_and_inference():
     r = bench.measure(_tiny_spec("mask", "crbp:5", batch=2, instances=3, detections=5))
     assert "error" not in r, r.get("error")
     assert r["steps"] == 3  # TINY's MODEL.CRBP.STEPS comes last and wins
-    assert r["mode"] == "crbp" and r["label"] == "C-RBP-5"
+    assert r["arm"] == "crbp:5" and r["mode"] == "crbp"
+    assert r["label"] == "C-RBP-3"  # the table names what ran
     assert r["train_mib"] >= 0 and r["train_s"] > 0 and not r["nonfinite_loss"]
     assert "loss_lcp" in r["loss_last"]
     assert r["mask_rois_train"] >= 3  # the ground-truth boxes are appended to the proposals
@@ -168,7 +169,8 @@ def test_run_measures_the_plan_and_writes_the_report(tmp_path):
     assert all("error" not in r for r in results), results
     assert results[0]["train_s_x"] == 1.0 and results[1]["train_s_x"] > 0
     md = (tmp_path / "benchmark.md").read_text()
-    assert "| - | FF |" in md and "| mask | BPTT-1 | 3 |" in md and "Whole run:" in md
+    # TINY sets STEPS 3 after the arm: the table names what ran
+    assert "| - | FF |" in md and "| mask | BPTT-3 | 3 |" in md and "Whole run:" in md
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert [r["arm"] for r in saved["results"]] == ["ff", "bptt:1"]
     assert bench.plot(results, ["mask"], tmp_path / "benchmark.png", "title")
