@@ -7,6 +7,7 @@ import logging
 from typing import Sequence
 
 import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup

@@ -3,6 +3,7 @@ import math
 from typing import List, Sequence
 
 import torch
+
 from detectron2.structures import BitMasks, Boxes, Instances
 
 __all__ = ["random_batch"]

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from detectron2.engine import HookBase, default_argument_parser
 
 from crbp_panoptic.engine import Trainer, launch, setup, train_or_evaluate
+
 from tests.tiny import REPO, register_tiny_datasets, tiny_train_opts
 
 CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_quick.yaml"

@@ -7,6 +7,7 @@ import pytest
 
 from crbp_panoptic.crbp import parse_arm
 from crbp_panoptic.experiments import benchmark as bench
+
 from tests.tiny import REPO, TINY
 
 CONFIG_DIR = REPO / "configs" / "COCO-PanopticSegmentation"

@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from crbp_panoptic.experiments.demo import pq_table, run_demo
+
 from tests.tiny import REPO, register_tiny_datasets, tiny_train_opts
 
 CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_quick.yaml"

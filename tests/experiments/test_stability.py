@@ -17,6 +17,7 @@ from crbp_panoptic.experiments.evaluation import (
 from crbp_panoptic.experiments.machine import machine_info
 from crbp_panoptic.experiments.trajectories import residual_curves
 from crbp_panoptic.modeling import recurrent_modules
+
 from tests.tiny import REPO, tiny_cfg
 
 CONFIG = "Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_quick.yaml"
