@@ -10,7 +10,8 @@ tested:
 * :mod:`.evaluation` -- PQ of a trained model at a chosen number of test steps, and the
   metrics a trainer logged.
 * :mod:`.report` -- number formatting, markdown tables, writing a report.
-* :mod:`.benchmark` -- training memory and speed of each arm against the feedforward model.
+* :mod:`.benchmark` -- training memory and speed of each arm against the feedforward model
+  (:mod:`.benchmark_plan`: which arms run where; :mod:`.benchmark_report`: the write-up).
 * :mod:`.engine_benchmark` -- one training step of the hGRU refiner alone, per arm.
 * :mod:`.stability` -- PQ and residual when a model runs past its trained steps.
 * :mod:`.demo` -- train on the synthetic data, report PQ, draw overlays.
