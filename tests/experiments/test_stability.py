@@ -63,7 +63,7 @@ def _report():
             "train_seconds": 12.0, "train_pq": pq[T],
             "pq": {str(t): {"PQ": v, "PQ_th": v - 1, "PQ_st": v + 1} for t, v in pq.items()},
             "residual": {m: {"residual": [1.0 / t for t in range(1, 7)], "drift": [0.0] * 6,
-                             "images": 2} for m in ("backbone.fpn_recurrent3", "mean")},
+                             "images": 2} for m in ("backbone.fpn_lateral3.recurrent", "mean")},
         }
 
     return {
@@ -124,10 +124,10 @@ def test_eval_config_and_residuals_of_a_real_model(tmp_path):
     assert eval_cfg.MODEL.DEVICE == "cpu" and eval_cfg.is_frozen()
     loaded = load_model(eval_cfg, str(tmp_path / "model_final.pth"))
     modules = recurrent_modules(loaded)
-    assert {n for n, _ in modules} == {f"backbone.fpn_recurrent{k}" for k in (3, 4, 5)}
+    assert {n for n, _ in modules} == {f"backbone.fpn_lateral{k}.recurrent" for k in (3, 4, 5)}
     assert all(m.test_steps == 7 and m.test_tol == 0 and not m.training for _, m in modules)
     trained, restored = model.state_dict(), loaded.state_dict()
-    keys = [k for k in trained if "fpn_recurrent" in k]
+    keys = [k for k in trained if ".recurrent." in k]
     assert keys and all(torch.equal(trained[k], restored[k]) for k in keys)
 
     inputs = first_test_inputs(eval_cfg, 1)
