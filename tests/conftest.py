@@ -1,4 +1,4 @@
-"""Session-wide test settings."""
+"""Test settings shared by the whole pytest run."""
 import os
 
 import pytest

@@ -1,5 +1,4 @@
 """Test helpers: tiny models from the real YAML configs, and tiny training batches."""
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -33,17 +32,10 @@ TINY = [
 
 
 def tiny_cfg(config_file, *opts):
-    """A frozen-free config from ``configs/<config_file>``, shrunk by ``TINY`` then ``opts``."""
-    from detectron2.config import get_cfg
+    """A config (not frozen) from ``configs/<config_file>``, shrunk by ``TINY`` then ``opts``."""
+    from crbp_panoptic.engine import setup_cfg
 
-    from crbp_panoptic import add_crbp_config
-
-    cfg = get_cfg()
-    add_crbp_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / config_file))
-    cfg.merge_from_list([str(v) if not isinstance(v, str) else v for v in TINY])
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return setup_cfg(CONFIGS / config_file, [str(v) for v in TINY] + list(opts))
 
 
 def tiny_batch(num_images=2, size=(64, 96), num_classes=3, num_stuff=3, empty=(1,), seed=0):
@@ -75,9 +67,41 @@ def tiny_batch(num_images=2, size=(64, 96), num_classes=3, num_stuff=3, empty=(1
     return batch
 
 
-def load_tool(name):
-    """Import ``tools/<name>.py`` (not a package) as a module, for testing its functions."""
-    spec = importlib.util.spec_from_file_location(f"crbp_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+def register_tiny_datasets(root, prefix):
+    """Register three tiny synthetic panoptic datasets of 64x64 images under ``root``:
+    ``<prefix>_train`` (4 images), ``<prefix>_one`` (1 training image), ``<prefix>_val`` (3)."""
+    from crbp_panoptic.data import register_synthetic_panoptic
+
+    register_synthetic_panoptic(f"{prefix}_train", root=root, split="train", num_images=4,
+                                image_size=(64, 64), seed=1)
+    register_synthetic_panoptic(f"{prefix}_one", root=root, split="train", num_images=1,
+                                image_size=(64, 64), seed=2)
+    register_synthetic_panoptic(f"{prefix}_val", root=root, split="val", num_images=3,
+                                image_size=(64, 64), seed=1)
+
+
+def tiny_train_opts(output_dir, train, test):
+    """Config overrides: a tiny model, 3 iterations of batch 2 on ``train``, evaluated on ``test``
+    (registered dataset names; see :func:`register_tiny_datasets`)."""
+    return [
+        "OUTPUT_DIR", str(output_dir),
+        "DATASETS.TRAIN", f"('{train}',)",
+        "DATASETS.TEST", f"('{test}',)",
+        "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.MAX_ITER", "3",
+        "SOLVER.WARMUP_ITERS", "1",
+        "SOLVER.CHECKPOINT_PERIOD", "100",
+        "DATALOADER.NUM_WORKERS", "0",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)",
+        "INPUT.MAX_SIZE_TRAIN", "64",
+        "INPUT.MIN_SIZE_TEST", "64",
+        "INPUT.MAX_SIZE_TEST", "64",
+        "MODEL.FPN.OUT_CHANNELS", "32",
+        "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+        "MODEL.CRBP.STEPS", "3",
+        "MODEL.CRBP.NEUMANN_STEPS", "3",
+        "SEED", "7",
+    ]
