@@ -22,7 +22,7 @@ import torch
 
 from crbp_panoptic.engine.export import eager_raw_outputs, trace_panoptic, traced_outputs
 from crbp_panoptic.engine.inputs import InputError, collect_images
-from crbp_panoptic.engine.predictor import setup_predict_cfg
+from crbp_panoptic.engine import setup_cfg
 
 
 def sample_image(cfg, path=None):
@@ -74,7 +74,8 @@ def main(argv=None):
     try:
         if args.sample_image:
             collect_images([args.sample_image])
-        cfg = setup_predict_cfg(args.config_file, args.opts)
+        cfg = setup_cfg(args.config_file, args.opts)
+        cfg.freeze()
     except (InputError, FileNotFoundError) as e:
         sys.exit(f"export_model.py: {e}")
 

@@ -14,7 +14,8 @@ import argparse
 import sys
 
 from crbp_panoptic.engine.inputs import InputError, collect_images, split_inputs_and_opts
-from crbp_panoptic.engine.predictor import predict_to_files, setup_predict_cfg
+from crbp_panoptic.engine import setup_cfg
+from crbp_panoptic.engine.predictor import predict_to_files
 
 
 def parse_args(argv=None):
@@ -43,7 +44,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         paths = collect_images(args.input)
-        cfg = setup_predict_cfg(args.config_file, args.opts)
+        cfg = setup_cfg(args.config_file, args.opts)
+        cfg.freeze()
     except (InputError, FileNotFoundError) as e:
         sys.exit(f"predict.py: {e}")
     result = predict_to_files(cfg, paths, args.output, progress=not args.no_progress)

@@ -18,7 +18,7 @@ import sys
 from crbp_panoptic.engine.dynamics import record_dynamics
 from crbp_panoptic.engine.dynamics_figures import save_dynamics
 from crbp_panoptic.engine.inputs import InputError, collect_images
-from crbp_panoptic.engine.predictor import setup_predict_cfg
+from crbp_panoptic.engine import setup_cfg
 
 
 def main(argv=None):
@@ -44,7 +44,8 @@ def main(argv=None):
         if len(paths) != 1:
             raise InputError(f"--input {args.input!r} gives {len(paths)} images; give one")
         path = paths[0]
-        cfg = setup_predict_cfg(args.config_file, args.opts)
+        cfg = setup_cfg(args.config_file, args.opts)
+        cfg.freeze()
     except (InputError, FileNotFoundError) as e:
         sys.exit(f"visualize_dynamics.py: {e}")
 

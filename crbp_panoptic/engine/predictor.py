@@ -22,34 +22,10 @@ __all__ = [
     "PanopticCategories",
     "predict_to_files",
     "segments_record",
-    "setup_predict_cfg",
     "write_image_outputs",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def setup_predict_cfg(config_file: str, opts: Sequence[str] = ()):
-    """A frozen config: defaults + MODEL.CRBP keys, then ``config_file``, then ``opts``.
-
-    ``MODEL.DEVICE`` falls back to "cpu" when CUDA is requested but absent. (The one
-    place the user tools build their config.)
-    """
-    from detectron2.config import get_cfg
-
-    from crbp_panoptic import add_crbp_config
-
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file {config_file!r}: no such file")
-    cfg = get_cfg()
-    add_crbp_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: MODEL.DEVICE=cpu")
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
 
 
 class PanopticCategories:

@@ -4,6 +4,7 @@ Every tool and test builds its config with :func:`setup_cfg`, so the ``MODEL.CRB
 the merge order and the CPU fallback are the same everywhere.
 """
 import logging
+import os
 from typing import Sequence
 
 import torch
@@ -34,7 +35,12 @@ def setup_cfg(config_file, opts: Sequence = ()) -> CfgNode:
 
     Returns:
         CfgNode: the config, not frozen.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist (named).
     """
+    if not os.path.isfile(str(config_file)):
+        raise FileNotFoundError(f"config file {str(config_file)!r}: no such file")
     cfg = get_cfg()
     add_crbp_config(cfg)
     cfg.merge_from_file(str(config_file))
