@@ -105,3 +105,16 @@ def tiny_train_opts(output_dir, train, test):
         "MODEL.CRBP.NEUMANN_STEPS", "3",
         "SEED", "7",
     ]
+
+
+def load_tool(name):
+    """Import ``tools/<name>.py`` as a module, to drive its command line end to end in this
+    process (``tool.main(argv)``). The logic behind every tool lives in the package and is
+    tested there; this is only for what the command line itself promises (messages, exit
+    codes, files written)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"crbp_tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
