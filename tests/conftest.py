@@ -1,4 +1,5 @@
 """Test settings shared by the whole pytest run."""
+
 import os
 
 import pytest

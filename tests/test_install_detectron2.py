@@ -1,4 +1,5 @@
 """tools/install_detectron2.py, edit 6: detectron2.export imports without caffe2."""
+
 import importlib.util
 
 import pytest
@@ -6,14 +7,14 @@ import pytest
 from tests.tiny import load_tool
 
 # detectron2/export/__init__.py of the Detectron2 0.6 sdist, verbatim.
-RELEASED = '''# -*- coding: utf-8 -*-
+RELEASED = """# -*- coding: utf-8 -*-
 
 from .api import *
 from .flatten import TracingAdapter
 from .torchscript import scripting_with_instances, dump_torchscript_IR
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]
-'''
+"""
 
 
 def test_caffe2_exporter_is_imported_only_with_caffe2(tmp_path):

@@ -37,6 +37,7 @@ per image; a trained RPN gives it up to 128. The default of 64 puts the mask hea
 load in that range. At inference every test image brings ``--detections`` forced boxes to
 the mask head (0 = leave the random-init predictor alone).
 """
+
 import argparse
 import datetime
 import sys
@@ -52,46 +53,94 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "COCO-PanopticSeg
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda[:N] (default: cuda when available)")
-    p.add_argument("--placements", nargs="+", default=list(bench.PLACEMENT_YAMLS),
-                   choices=list(bench.PLACEMENT_YAMLS))
-    p.add_argument("--arms", nargs="+", default=list(bench.DEFAULT_ARMS), metavar="ARM",
-                   help="MODE:STEPS[:subF|:cropS] run on every placement (default: %(default)s)")
-    p.add_argument("--cheap-arms", nargs="*", metavar="PLACEMENT=ARM",
-                   default=[f"{p}={a}" for p, a in bench.DEFAULT_CHEAP_ARMS.items()],
-                   help="arms run on one placement only (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda[:N] (default: cuda when available)",
+    )
+    p.add_argument(
+        "--placements",
+        nargs="+",
+        default=list(bench.PLACEMENT_YAMLS),
+        choices=list(bench.PLACEMENT_YAMLS),
+    )
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=list(bench.DEFAULT_ARMS),
+        metavar="ARM",
+        help="MODE:STEPS[:subF|:cropS] run on every placement (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cheap-arms",
+        nargs="*",
+        metavar="PLACEMENT=ARM",
+        default=[f"{p}={a}" for p, a in bench.DEFAULT_CHEAP_ARMS.items()],
+        help="arms run on one placement only (default: %(default)s)",
+    )
     p.add_argument("--list", action="store_true", help="print the plan and exit")
     p.add_argument("--depth", type=int, default=None, help="MODEL.RESNETS.DEPTH (default 50)")
     p.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=2, help="images per training iteration")
     p.add_argument("--instances", type=int, default=64, help="random instances per image")
     p.add_argument("--iters", type=int, default=5, help="timed training iterations")
-    p.add_argument("--mem-iters", type=int, default=3,
-                   help="CPU: memory-pass iterations after the timed ones (least growth kept)")
+    p.add_argument(
+        "--mem-iters",
+        type=int,
+        default=3,
+        help="CPU: memory-pass iterations after the timed ones (least growth kept)",
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed training iterations first")
     p.add_argument("--infer-iters", type=int, default=3, help="timed images per variant")
     p.add_argument("--infer-warmup", type=int, default=1, help="untimed images per variant")
-    p.add_argument("--test-tol", type=float, default=bench.DEFAULT_TEST_TOL,
-                   help="MODEL.CRBP.TEST_TOL of the early-stopping inference")
-    p.add_argument("--detections", type=int, default=100,
-                   help="forced detections per test image (0 = the random-init classifier's)")
+    p.add_argument(
+        "--test-tol",
+        type=float,
+        default=bench.DEFAULT_TEST_TOL,
+        help="MODEL.CRBP.TEST_TOL of the early-stopping inference",
+    )
+    p.add_argument(
+        "--detections",
+        type=int,
+        default=100,
+        help="forced detections per test image (0 = the random-init classifier's)",
+    )
     p.add_argument("--lr", type=float, default=0.0, help="SOLVER.BASE_LR (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--mem-fraction", type=float, default=0.25,
-                   help="CUDA: torch.cuda.set_per_process_memory_fraction cap")
-    p.add_argument("--mem-cap-gib", type=float, default=None,
-                   help="CUDA: the cap in GiB instead (same on any card)")
-    p.add_argument("--in-process", action="store_true",
-                   help="CPU: every configuration in this process (memory only indicative)")
-    p.add_argument("--time-budget", type=float, default=0,
-                   help="seconds; configurations not started by then are skipped (0 = no limit)")
+    p.add_argument(
+        "--mem-fraction",
+        type=float,
+        default=0.25,
+        help="CUDA: torch.cuda.set_per_process_memory_fraction cap",
+    )
+    p.add_argument(
+        "--mem-cap-gib",
+        type=float,
+        default=None,
+        help="CUDA: the cap in GiB instead (same on any card)",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="CPU: every configuration in this process (memory only indicative)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=0,
+        help="seconds; configurations not started by then are skipped (0 = no limit)",
+    )
     p.add_argument("--out", default="output/benchmark", help="folder for benchmark.md/.json/.png")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                   help="KEY VALUE ... config options applied to every configuration (last)")
+    p.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="KEY VALUE ... config options applied to every configuration (last)",
+    )
     args = p.parse_args(argv)
     if len(args.opts) % 2:
         p.error(f"--opts needs KEY VALUE pairs; got {args.opts}")
@@ -116,15 +165,32 @@ def main(argv=None):
             print(f"{placement:4s} {arm.name:18s} {bench.series(arm):18s} {opts}")
         return []
     cuda = args.device.startswith("cuda")
-    settings = {k: getattr(args, k) for k in (
-        "device", "size", "batch", "instances", "iters", "mem_iters", "warmup", "infer_iters",
-        "infer_warmup", "test_tol", "detections", "lr", "opts", "placements")}
-    settings.update(arms=[a.name for a in args.arm_list] + [a.name for arms in args.cheap.values()
-                                                             for a in arms],
-                    isolated=not (cuda or args.in_process),
-                    date=datetime.datetime.now().isoformat(timespec="seconds"),
-                    command="python tools/benchmark.py " + " ".join(
-                        sys.argv[1:] if argv is None else argv))
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "device",
+            "size",
+            "batch",
+            "instances",
+            "iters",
+            "mem_iters",
+            "warmup",
+            "infer_iters",
+            "infer_warmup",
+            "test_tol",
+            "detections",
+            "lr",
+            "opts",
+            "placements",
+        )
+    }
+    settings.update(
+        arms=[a.name for a in args.arm_list]
+        + [a.name for arms in args.cheap.values() for a in arms],
+        isolated=not (cuda or args.in_process),
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        command="python tools/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
     if cuda:
         settings.update(bench.prepare_cuda(args.device, args.mem_fraction, args.mem_cap_gib))
     if args.threads:
@@ -132,19 +198,48 @@ def main(argv=None):
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(args.device)
-    base_spec = {k: getattr(args, k) for k in (
-        "device", "size", "batch", "instances", "iters", "mem_iters", "warmup", "infer_iters",
-        "infer_warmup", "test_tol", "detections", "seed", "threads")}
-    base_spec.update(opts=bench.common_opts(args.device, args.lr, args.detections, args.depth),
-                     user_opts=args.opts)
-    results = bench.run(runs, base_spec, CONFIG_DIR, out_dir, machine, settings,
-                        in_process=args.in_process, time_budget=args.time_budget)
-    title = (f"{machine['gpu'] or machine['cpu']}: {args.size[0]}x{args.size[1]}, "
-             f"batch {args.batch}, {args.device}")
+    base_spec = {
+        k: getattr(args, k)
+        for k in (
+            "device",
+            "size",
+            "batch",
+            "instances",
+            "iters",
+            "mem_iters",
+            "warmup",
+            "infer_iters",
+            "infer_warmup",
+            "test_tol",
+            "detections",
+            "seed",
+            "threads",
+        )
+    }
+    base_spec.update(
+        opts=bench.common_opts(args.device, args.lr, args.detections, args.depth),
+        user_opts=args.opts,
+    )
+    results = bench.run(
+        runs,
+        base_spec,
+        CONFIG_DIR,
+        out_dir,
+        machine,
+        settings,
+        in_process=args.in_process,
+        time_budget=args.time_budget,
+    )
+    title = (
+        f"{machine['gpu'] or machine['cpu']}: {args.size[0]}x{args.size[1]}, "
+        f"batch {args.batch}, {args.device}"
+    )
     bench.plot(results, args.placements, out_dir / "benchmark.png", title)
     print((out_dir / "benchmark.md").read_text())
-    print(f"wrote {out_dir}/benchmark.md, benchmark.json, benchmark.png "
-          f"in {settings['total_s']:.0f} s")
+    print(
+        f"wrote {out_dir}/benchmark.md, benchmark.json, benchmark.png "
+        f"in {settings['total_s']:.0f} s"
+    )
     return results
 
 

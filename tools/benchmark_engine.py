@@ -19,6 +19,7 @@ Example::
     python tools/benchmark_engine.py --out engine_benchmark.md
     python tools/benchmark_engine.py --full --device cuda --memory-fraction 0.9
 """
+
 import argparse
 import math
 import sys
@@ -81,16 +82,25 @@ def main(argv=None) -> str:
     channels = args.channels or (256 if args.full else 64)
     rois = args.rois or (256 if args.full else 32)
     all_shapes = eb.shapes(channels, rois, args.roi_size, args.images, args.hw)
-    rows = eb.benchmark(args.arm_list, {s: all_shapes[s] for s in args.scale_list},
-                        num_groups=args.num_groups, gala=args.gala,
-                        neumann_steps=args.neumann_steps, repeats=args.repeats, device=device,
-                        seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
+    rows = eb.benchmark(
+        args.arm_list,
+        {s: all_shapes[s] for s in args.scale_list},
+        num_groups=args.num_groups,
+        gala=args.gala,
+        neumann_steps=args.neumann_steps,
+        repeats=args.repeats,
+        device=device,
+        seed=args.seed,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     m = machine_info(str(device))
     where = m["gpu"] or f"CPU ({m['cpu']}, {m['torch_threads']} threads)"
     groups = math.gcd(args.num_groups, channels)
-    header = (f"Engine benchmark: hGRU (C={channels}, GN groups={groups}, gala={args.gala}), "
-              f"K={args.neumann_steps} Neumann terms, one training step (forward + backward), "
-              f"torch {m['torch']}, {where}.")
+    header = (
+        f"Engine benchmark: hGRU (C={channels}, GN groups={groups}, gala={args.gala}), "
+        f"K={args.neumann_steps} Neumann terms, one training step (forward + backward), "
+        f"torch {m['torch']}, {where}."
+    )
     text = eb.table(rows, header)
     print(text)
     if args.out:

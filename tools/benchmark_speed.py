@@ -14,6 +14,7 @@ in the same process.
 
 Writes ``OUTPUT.md`` and ``OUTPUT.json`` and prints the tables.
 """
+
 import argparse
 import json
 import os
@@ -26,12 +27,22 @@ from crbp_panoptic.experiments.report import write_atomic
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--feedforward", required=True, metavar="DIR",
-                        help="the feedforward run the ratios refer to")
-    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
-                        help="a recurrent run (repeatable)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--feedforward",
+        required=True,
+        metavar="DIR",
+        help="the feedforward run the ratios refer to",
+    )
+    parser.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a recurrent run (repeatable)",
+    )
     parser.add_argument("--images", type=int, default=12, help="val images timed per setting")
     parser.add_argument("--train-iters", type=int, default=6, help="timed training iterations")
     parser.add_argument("--no-pq", action="store_true", help="time only; skip the evaluations")
@@ -56,17 +67,24 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = speed.measure_runs(args.runs, args.feedforward, args.images, args.train_iters,
-                                with_pq=not args.no_pq)
+    report = speed.measure_runs(
+        args.runs, args.feedforward, args.images, args.train_iters, with_pq=not args.no_pq
+    )
     machine = machine_info("cpu")
     report["machine"] = machine
     command = "python tools/benchmark_speed.py " + " ".join(
-        [f"--feedforward {args.feedforward}"] + [f"--run {r}" for r in args.run]
-        + [f"--images {args.images}", f"--train-iters {args.train_iters}"])
-    header = ["# Speed of trained models", "",
-              f"Machine: {machine['cpu']} ({machine['cpu_count']} cores), torch "
-              f"{machine['torch']}, {machine['torch_threads']} threads.", "",
-              f"Command: `{command}`"]
+        [f"--feedforward {args.feedforward}"]
+        + [f"--run {r}" for r in args.run]
+        + [f"--images {args.images}", f"--train-iters {args.train_iters}"]
+    )
+    header = [
+        "# Speed of trained models",
+        "",
+        f"Machine: {machine['cpu']} ({machine['cpu_count']} cores), torch "
+        f"{machine['torch']}, {machine['torch_threads']} threads.",
+        "",
+        f"Command: `{command}`",
+    ]
     text = speed.markdown(report, header)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_atomic(args.output + ".md", text)

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Parameter counts of the stock Panoptic FPN and both recurrent placements, from their YAMLs.
 
-    python tools/count_params.py [CONFIG ...]
+python tools/count_params.py [CONFIG ...]
 """
+
 import argparse
 
 from detectron2.modeling import build_model
@@ -29,8 +30,10 @@ def main():
     print("|---|---:|---:|---:|")
     for path in args.configs:
         model = build_model(setup_cfg(path, ["MODEL.DEVICE", "cpu"]))
-        print(f"| {path.split('/')[-1]} | {count(model):,} | {count(model.backbone):,} "
-              f"| {count(model.roi_heads.mask_head):,} |")
+        print(
+            f"| {path.split('/')[-1]} | {count(model):,} | {count(model.backbone):,} "
+            f"| {count(model.roi_heads.mask_head):,} |"
+        )
 
 
 if __name__ == "__main__":

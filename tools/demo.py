@@ -9,6 +9,7 @@ Detectron2's Visualizer.
 
     python tools/demo.py [--config-file CONFIG] [--output-dir DIR] [--num-vis N] [KEY VALUE ...]
 """
+
 import argparse
 import os
 

@@ -20,9 +20,9 @@ import sys
 import numpy as np
 import torch
 
+from crbp_panoptic.engine import setup_cfg
 from crbp_panoptic.engine.export import eager_raw_outputs, trace_panoptic, traced_outputs
 from crbp_panoptic.engine.inputs import InputError, collect_images
-from crbp_panoptic.engine import setup_cfg
 
 
 def sample_image(cfg, path=None):

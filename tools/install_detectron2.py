@@ -37,6 +37,7 @@ Usage, with the target environment's python::
     python tools/install_detectron2.py --source ~/detectron2  # a source tree, pure Python
     python tools/install_detectron2.py --source ~/detectron2 --build-ext   # compiled
 """
+
 import argparse
 import os
 import re
@@ -181,13 +182,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sdist", default=SDIST, help="pip requirement of the sdist to patch")
     parser.add_argument("--keep", metavar="DIR", help="also copy the patched source to DIR")
-    parser.add_argument("--source", default=os.environ.get("DETECTRON2_SOURCE") or None,
-                        metavar="DIR", help="install this Detectron2 source tree instead of the "
-                        "sdist (default: $DETECTRON2_SOURCE)")
-    parser.add_argument("--build-ext", action="store_true",
-                        default=os.environ.get("DETECTRON2_BUILD_EXT", "0") not in ("", "0"),
-                        help="with --source: compile the C++/CUDA ops "
-                        "(default: $DETECTRON2_BUILD_EXT=1)")
+    parser.add_argument(
+        "--source",
+        default=os.environ.get("DETECTRON2_SOURCE") or None,
+        metavar="DIR",
+        help="install this Detectron2 source tree instead of the "
+        "sdist (default: $DETECTRON2_SOURCE)",
+    )
+    parser.add_argument(
+        "--build-ext",
+        action="store_true",
+        default=os.environ.get("DETECTRON2_BUILD_EXT", "0") not in ("", "0"),
+        help="with --source: compile the C++/CUDA ops (default: $DETECTRON2_BUILD_EXT=1)",
+    )
     args = parser.parse_args(argv)
 
     pip = [sys.executable, "-m", "pip"]
@@ -213,8 +220,10 @@ def install_sdist(args, pip) -> None:
     """Download the PyPI sdist, patch it (module docstring) and install it."""
     with tempfile.TemporaryDirectory(prefix="d2-sdist-") as tmp:
         tmp = Path(tmp)
-        run(pip + ["download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(tmp),
-                   args.sdist])
+        run(
+            pip
+            + ["download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(tmp), args.sdist]
+        )
         archives = list(tmp.glob("*.tar.gz"))
         if len(archives) != 1:
             raise EditError(f"expected one sdist archive in {tmp}, found {archives}")

@@ -13,8 +13,8 @@ DIR/predictions.json holds all of them in the COCO panoptic results format.
 import argparse
 import sys
 
-from crbp_panoptic.engine.inputs import InputError, collect_images, split_inputs_and_opts
 from crbp_panoptic.engine import setup_cfg
+from crbp_panoptic.engine.inputs import InputError, collect_images, split_inputs_and_opts
 from crbp_panoptic.engine.predictor import predict_to_files
 
 

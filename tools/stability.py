@@ -21,6 +21,7 @@ prints the tables. The JSON and markdown are rewritten after every arm.
 Trailing ``KEY VALUE`` pairs are config overrides for training (and so for evaluation:
 evaluation reads the config the arm was trained with, ``<arm dir>/config.yaml``).
 """
+
 import argparse
 import os
 
@@ -33,22 +34,42 @@ DEFAULT_CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
-    parser.add_argument("--arms", nargs="+", default=list(stability.DEFAULT_ARMS),
-                        metavar="MODE:STEPS", help="models to compare (default: %(default)s)")
-    parser.add_argument("--iters", type=int, default=300,
-                        help="training iterations per arm (LR decay rescaled); 0 = the config's")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=list(stability.DEFAULT_ARMS),
+        metavar="MODE:STEPS",
+        help="models to compare (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=300,
+        help="training iterations per arm (LR decay rescaled); 0 = the config's",
+    )
     parser.add_argument("--output-dir", default="output/stability")
-    parser.add_argument("--test-steps", type=int, nargs="+", default=None,
-                        help="test-step grid (default: 1..2x the largest STEPS)")
-    parser.add_argument("--residual-images", type=int, default=4,
-                        help="val images for the residual curves")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--skip-train", action="store_true",
-                        help="only evaluate: every arm's model_final.pth must exist")
+    parser.add_argument(
+        "--test-steps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="test-step grid (default: 1..2x the largest STEPS)",
+    )
+    parser.add_argument(
+        "--residual-images", type=int, default=4, help="val images for the residual curves"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)"
+    )
+    parser.add_argument(
+        "--skip-train",
+        action="store_true",
+        help="only evaluate: every arm's model_final.pth must exist",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     try:
@@ -72,14 +93,24 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    report = stability.run(args.config_file, args.arm_list, args.output_dir, opts=args.opts,
-                           iters=args.iters, test_steps=args.test_steps,
-                           residual_images=args.residual_images, skip_train=args.skip_train,
-                           log=lambda m: print(m, flush=True))
+    report = stability.run(
+        args.config_file,
+        args.arm_list,
+        args.output_dir,
+        opts=args.opts,
+        iters=args.iters,
+        test_steps=args.test_steps,
+        residual_images=args.residual_images,
+        skip_train=args.skip_train,
+        log=lambda m: print(m, flush=True),
+    )
     stability.plot(report, os.path.join(args.output_dir, "stability.png"))
     print("\n" + stability.markdown(report))
-    print(f"[stability] wrote {args.output_dir}/stability.md, stability.json, stability.png "
-          f"in {report['wall_seconds'] / 60:.1f} min", flush=True)
+    print(
+        f"[stability] wrote {args.output_dir}/stability.md, stability.json, stability.png "
+        f"in {report['wall_seconds'] / 60:.1f} min",
+        flush=True,
+    )
     return report
 
 

@@ -8,6 +8,7 @@
 Multi-machine: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT on each.
 Without CUDA it runs on the CPU (--num-gpus then counts CPU processes).
 """
+
 from detectron2.engine import default_argument_parser
 
 import crbp_panoptic  # noqa: F401  (registers the C-RBP backbone, mask head and datasets)

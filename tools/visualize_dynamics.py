@@ -15,10 +15,10 @@ trained model's.
 import argparse
 import sys
 
+from crbp_panoptic.engine import setup_cfg
 from crbp_panoptic.engine.dynamics import record_dynamics
 from crbp_panoptic.engine.dynamics_figures import save_dynamics
 from crbp_panoptic.engine.inputs import InputError, collect_images
-from crbp_panoptic.engine import setup_cfg
 
 
 def main(argv=None):

@@ -128,8 +128,9 @@ def write_image_outputs(
     categories: PanopticCategories,
 ) -> dict:
     """Write ``NAME.png``, ``NAME_panoptic.png`` and ``NAME.json``; return the COCO annotation."""
-    from detectron2.utils.visualizer import Visualizer
     from panopticapi.utils import id2rgb
+
+    from detectron2.utils.visualizer import Visualizer
 
     seg = panoptic_seg.cpu()
     seg_np = seg.numpy().astype(np.int64)
@@ -169,10 +170,11 @@ def predict_to_files(
         per image with ``image_id`` (the file name stem), ``file_name``
         (``NAME_panoptic.png``) and ``segments_info``.
     """
+    from tqdm import tqdm
+
     from detectron2.data import MetadataCatalog
     from detectron2.data.detection_utils import read_image
     from detectron2.engine import DefaultPredictor
-    from tqdm import tqdm
 
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused")
     categories = PanopticCategories(metadata)

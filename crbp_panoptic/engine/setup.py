@@ -3,6 +3,7 @@
 Every tool and test builds its config with :func:`setup_cfg`, so the ``MODEL.CRBP`` keys,
 the merge order and the CPU fallback are the same everywhere.
 """
+
 import logging
 import os
 from typing import Sequence

@@ -1,9 +1,11 @@
 """``DefaultTrainer`` with the evaluators of a panoptic dataset; nothing else differs."""
+
 import os
 import random
 
 import numpy as np
 import torch
+
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator

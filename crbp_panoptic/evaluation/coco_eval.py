@@ -23,10 +23,11 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
+from pycocotools.cocoeval import COCOeval
+
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 from detectron2.utils.file_io import PathManager
-from pycocotools.cocoeval import COCOeval
 
 __all__ = [
     "BACKENDS",

@@ -1,4 +1,5 @@
 """Random Detectron2 training batches of any size (for benchmarks: no dataset needed)."""
+
 import math
 from typing import List, Sequence
 
@@ -26,9 +27,16 @@ def _ellipses(n, h, w, side, g):
     return boxes, masks
 
 
-def random_batch(num_images: int, size: Sequence[int], *, instances: int = 8,
-                 num_classes: int = 80, num_stuff: int = 54, seed: int = 0,
-                 device="cpu") -> List[dict]:
+def random_batch(
+    num_images: int,
+    size: Sequence[int],
+    *,
+    instances: int = 8,
+    num_classes: int = 80,
+    num_stuff: int = 54,
+    seed: int = 0,
+    device="cpu",
+) -> List[dict]:
     """Random Detectron2 training inputs (the ``DatasetMapper`` output format).
 
     Args:
@@ -59,6 +67,13 @@ def random_batch(num_images: int, size: Sequence[int], *, instances: int = 8,
         inst.gt_masks = BitMasks(masks)
         coarse = torch.randint(0, num_stuff, (math.ceil(h / 32), math.ceil(w / 32)), generator=g)
         sem = coarse.repeat_interleave(32, 0).repeat_interleave(32, 1)[:h, :w].contiguous()
-        batch.append({"image": image.to(device), "instances": inst.to(device),
-                      "sem_seg": sem.to(device), "height": h, "width": w})
+        batch.append(
+            {
+                "image": image.to(device),
+                "instances": inst.to(device),
+                "sem_seg": sem.to(device),
+                "height": h,
+                "width": w,
+            }
+        )
     return batch

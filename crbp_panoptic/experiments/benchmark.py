@@ -31,6 +31,7 @@ priority), adds ratios to FF and rewrites ``benchmark.md`` / ``benchmark.json``
 (:mod:`.benchmark_report`) after every configuration, so a run cut short keeps what it
 measured. The plan's and the report's names are re-exported here.
 """
+
 import gc
 import json
 import math
@@ -145,11 +146,16 @@ def _build(spec: Dict):
     arm = parse_arm(spec["arm"])
     opts = list(spec["opts"]) + arm_opts(arm) + list(spec["user_opts"])
     cfg = build_cfg(spec["config_file"], opts)
-    out = {"placement": spec["placement"], "arm": arm.name,
-           "label": table_label(effective_arm(cfg) if arm.recurrent else arm),
-           "mode": arm.mode if arm.recurrent else None,
-           "steps": cfg.MODEL.CRBP.STEPS if arm.recurrent else 0, "series": series(arm),
-           "config_file": os.path.basename(spec["config_file"]), "opts": opts}
+    out = {
+        "placement": spec["placement"],
+        "arm": arm.name,
+        "label": table_label(effective_arm(cfg) if arm.recurrent else arm),
+        "mode": arm.mode if arm.recurrent else None,
+        "steps": cfg.MODEL.CRBP.STEPS if arm.recurrent else 0,
+        "series": series(arm),
+        "config_file": os.path.basename(spec["config_file"]),
+        "opts": opts,
+    }
     torch.manual_seed(spec["seed"])
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:  # only when the user's options name a checkpoint
@@ -157,10 +163,15 @@ def _build(spec: Dict):
     optimizer = build_optimizer(cfg, model)
     out["params"] = sum(p.numel() for p in model.parameters())
     # One batch, put on the device once and reused: iterations time the model, not copies.
-    batch = random_batch(spec["batch"], spec["size"], instances=spec["instances"],
-                         num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-                         num_stuff=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-                         seed=spec["seed"], device=cfg.MODEL.DEVICE)
+    batch = random_batch(
+        spec["batch"],
+        spec["size"],
+        instances=spec["instances"],
+        num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        num_stuff=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        seed=spec["seed"],
+        device=cfg.MODEL.DEVICE,
+    )
     return cfg, model, optimizer, batch, out
 
 
@@ -192,9 +203,13 @@ def _train(spec, model, optimizer, batch, cuda: bool, out: Dict) -> None:
                 _memory_pass(spec, optimizer, lambda: train_step(storage), out)
     except torch.cuda.OutOfMemoryError as e:  # only under the CUDA memory cap
         out["error"] = f"CUDA out of memory under the cap: {str(e).splitlines()[0]}"
-    out.update(train_s=median(times), train_times=times, train_cpu_s=median(cpu_times),
-               loss_last=losses_seen[-1] if losses_seen else {},
-               nonfinite_loss=any(not math.isfinite(v) for d in losses_seen for v in d.values()))
+    out.update(
+        train_s=median(times),
+        train_times=times,
+        train_cpu_s=median(cpu_times),
+        loss_last=losses_seen[-1] if losses_seen else {},
+        nonfinite_loss=any(not math.isfinite(v) for d in losses_seen for v in d.values()),
+    )
 
 
 def _memory_pass(spec, optimizer, step, out: Dict) -> None:
@@ -240,7 +255,9 @@ def _infer(spec, model, batch, recurrent, steps: int, mask_rois: List[int], cuda
         figures[key] = {
             "test_steps": mult * steps,
             "test_tol": spec["test_tol"] if early else 0.0,
-            "s_per_img": median(seconds), "times": seconds, "cpu_s_per_img": median(cpu_seconds),
+            "s_per_img": median(seconds),
+            "times": seconds,
+            "cpu_s_per_img": median(cpu_seconds),
             "steps": sum(used) / len(used) if used else None,
             "residual": max(residuals) if residuals else None,
             "detections": sum(detections) / max(len(detections), 1),
@@ -275,7 +292,8 @@ def measure(spec: Dict) -> Dict:
     recurrent = [m for _, m in recurrent_modules(model)]
     mask_rois: List[int] = []
     hook = model.roi_heads.mask_head.register_forward_pre_hook(
-        lambda module, args: mask_rois.append(int(args[0].shape[0])))
+        lambda module, args: mask_rois.append(int(args[0].shape[0]))
+    )
     gc.collect()
     if cuda:
         torch.cuda.synchronize()
@@ -333,8 +351,12 @@ def force_detections(model, score: float = DETECTION_SCORE) -> None:
 
 
 def _error(spec: Dict, message: str) -> Dict:
-    return {"placement": spec["placement"], "arm": spec["arm"],
-            "label": table_label(parse_arm(spec["arm"])), "error": message}
+    return {
+        "placement": spec["placement"],
+        "arm": spec["arm"],
+        "label": table_label(parse_arm(spec["arm"])),
+        "error": message,
+    }
 
 
 def child_main(spec_path: str) -> None:
@@ -353,8 +375,9 @@ def measure_in_child(spec: Dict, timeout: Optional[float] = None) -> Dict:
     """:func:`measure` in a fresh Python process (its own peak resident set), which imports
     this same ``crbp_panoptic`` (its parent directory leads its ``PYTHONPATH``)."""
     root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    )
     with tempfile.TemporaryDirectory(prefix="crbp_bench_") as tmp:
         spec = dict(spec, result_path=os.path.join(tmp, "result.json"), isolated=True)
         spec_path = os.path.join(tmp, "spec.json")
@@ -413,8 +436,17 @@ def _measure_one(spec: Dict, cuda: bool, in_process: bool) -> Dict:
     return r
 
 
-def run(runs: Sequence[Tuple[str, Arm]], base_spec: Dict, config_dir, out_dir, machine: Dict,
-        settings: Dict, *, in_process: bool = False, time_budget: float = 0) -> List[Dict]:
+def run(
+    runs: Sequence[Tuple[str, Arm]],
+    base_spec: Dict,
+    config_dir,
+    out_dir,
+    machine: Dict,
+    settings: Dict,
+    *,
+    in_process: bool = False,
+    time_budget: float = 0,
+) -> List[Dict]:
     """Measure every ``(placement, arm)`` of ``runs`` (see :func:`plan`); write the report.
 
     Args:
@@ -434,8 +466,12 @@ def run(runs: Sequence[Tuple[str, Arm]], base_spec: Dict, config_dir, out_dir, m
     start = time.perf_counter()
     results: List[Dict] = []
     for placement, arm in runs:
-        spec = dict(base_spec, placement=placement, arm=arm.name,
-                    config_file=config_file(config_dir, placement, arm))
+        spec = dict(
+            base_spec,
+            placement=placement,
+            arm=arm.name,
+            config_file=config_file(config_dir, placement, arm),
+        )
         if time_budget and time.perf_counter() - start > time_budget:
             results.append(_error(spec, f"skipped: time budget {time_budget:.0f} s spent"))
             continue
@@ -443,18 +479,28 @@ def run(runs: Sequence[Tuple[str, Arm]], base_spec: Dict, config_dir, out_dir, m
         r = _measure_one(spec, cuda, in_process)
         r["wall_s"] = time.perf_counter() - t0
         results.append(r)
-        status = r.get("error") or (f"train {r['train_mib']:.0f} MiB, {fmt_num(r['train_s'])} "
-                                    f"s/iter, infer {fmt_num(r['infer']['T']['s_per_img'])} s/img")
-        print(f"[{time.perf_counter() - start:7.1f} s] {placement:4s} {arm.name:16s} {status}",
-              flush=True)
+        status = r.get("error") or (
+            f"train {r['train_mib']:.0f} MiB, {fmt_num(r['train_s'])} "
+            f"s/iter, infer {fmt_num(r['infer']['T']['s_per_img'])} s/img"
+        )
+        print(
+            f"[{time.perf_counter() - start:7.1f} s] {placement:4s} {arm.name:16s} {status}",
+            flush=True,
+        )
         add_ratios(results)
-        write_report(str(out_dir), "benchmark", {"machine": machine, "settings": settings,
-                                                  "results": results},
-                     markdown(results, machine, settings))
+        write_report(
+            str(out_dir),
+            "benchmark",
+            {"machine": machine, "settings": settings, "results": results},
+            markdown(results, machine, settings),
+        )
     settings["total_s"] = time.perf_counter() - start
-    write_report(str(out_dir), "benchmark",
-                 {"machine": machine, "settings": settings, "results": results},
-                 markdown(results, machine, settings))
+    write_report(
+        str(out_dir),
+        "benchmark",
+        {"machine": machine, "settings": settings, "results": results},
+        markdown(results, machine, settings),
+    )
     return results
 
 

@@ -3,6 +3,7 @@
 Pure Python (no torch, no Detectron2): :mod:`.benchmark` measures the plan, and
 :mod:`.benchmark_report` writes it up.
 """
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..crbp.arms import Arm, parse_arm
@@ -31,8 +32,17 @@ DEFAULT_ARMS = ("bptt:1", "bptt:3", "bptt:5", "rbp:20", "crbp:5", "crbp:10", "cr
 #: spatial window where it has a few large maps (FPN levels).
 DEFAULT_CHEAP_ARMS = {"mask": "crbp:20:sub0.25", "fpn": "crbp:20:crop32"}
 #: Run order (a run stopped by its time budget has these first); "cheap" = any cheap arm.
-PRIORITY = ("crbp:20", "bptt:1", "crbp:5", "crbp:40", "cheap", "bptt:3", "bptt:5", "rbp:20",
-            "crbp:10")
+PRIORITY = (
+    "crbp:20",
+    "bptt:1",
+    "crbp:5",
+    "crbp:40",
+    "cheap",
+    "bptt:3",
+    "bptt:5",
+    "rbp:20",
+    "crbp:10",
+)
 FEEDFORWARD = Arm("ff")
 #: The early-stopping tolerance by default.
 DEFAULT_TEST_TOL = 1e-3
@@ -74,8 +84,10 @@ def parse_cheap_arms(texts: Sequence[str]) -> Dict[str, List[Arm]]:
     for text in texts:
         placement, sep, arm_text = text.partition("=")
         if not sep or placement not in PLACEMENT_YAMLS:
-            raise ValueError(f"--cheap-arms {text!r}: expected PLACEMENT=ARM with PLACEMENT in "
-                             f"{sorted(PLACEMENT_YAMLS)}, e.g. mask=crbp:20:sub0.25")
+            raise ValueError(
+                f"--cheap-arms {text!r}: expected PLACEMENT=ARM with PLACEMENT in "
+                f"{sorted(PLACEMENT_YAMLS)}, e.g. mask=crbp:20:sub0.25"
+            )
         arm = parse_arm(arm_text)
         if not is_cheap(arm):
             raise ValueError(f"--cheap-arms {text!r}: {arm_text!r} has no :subF or :cropS option")
@@ -88,8 +100,11 @@ def _priority(arm: Arm) -> int:
     return PRIORITY.index(key) if key in PRIORITY else len(PRIORITY)
 
 
-def plan(placements: Sequence[str], arms: Sequence[Arm],
-         cheap_arms: Optional[Dict[str, List[Arm]]] = None) -> List[Tuple[str, Arm]]:
+def plan(
+    placements: Sequence[str],
+    arms: Sequence[Arm],
+    cheap_arms: Optional[Dict[str, List[Arm]]] = None,
+) -> List[Tuple[str, Arm]]:
     """``[(placement, arm)]`` in run order: FF once (placement ``"-"``), then by :data:`PRIORITY`
     (stable), placements interleaved; a cheap arm runs only on the placement it is given for."""
     cheap_arms = cheap_arms or {}

@@ -1,5 +1,6 @@
 """The report of a full-model benchmark: ratios to the feedforward model, the paper's
 claims as targets, the markdown table and the plot (:mod:`.benchmark` measures)."""
+
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -64,40 +65,65 @@ def target_lines(results: List[Dict], placements: Sequence[str]) -> List[str]:
             lines.append(f"{text}: not measured in this run.")
         else:
             verdict = "met" if es <= 1.2 else "not met"
-            lines.append(f"{text}: {es:.2f}× here ({verdict}; "
-                         f"{c20['infer']['ES']['steps']:.1f} steps on average).")
+            lines.append(
+                f"{text}: {es:.2f}× here ({verdict}; "
+                f"{c20['infer']['ES']['steps']:.1f} steps on average)."
+            )
     return lines
 
 
 def _header_lines(machine: Dict, settings: Dict) -> List[str]:
     cuda = settings["device"].startswith("cuda")
-    gpu = (f"{machine['gpu']} ({machine['gpu_mib'] / 1024:.0f} GiB, CUDA {machine['cuda']}, cuDNN "
-           f"{machine['cudnn']}, cuDNN TF32 {machine['cudnn_tf32']}, cudnn.benchmark "
-           f"{machine['cudnn_benchmark']}); ") if cuda else ""
+    gpu = (
+        (
+            f"{machine['gpu']} ({machine['gpu_mib'] / 1024:.0f} GiB, CUDA {machine['cuda']}, cuDNN "
+            f"{machine['cudnn']}, cuDNN TF32 {machine['cudnn_tf32']}, cudnn.benchmark "
+            f"{machine['cudnn_benchmark']}); "
+        )
+        if cuda
+        else ""
+    )
     h, w = settings["size"]
-    detections = (f"{settings['detections']} forced detections (score {DETECTION_SCORE})"
-                  if settings["detections"] else "the random-init detections")
-    cap = (f"; memory cap {settings['mem_cap_mib'] / 1024:.1f} GiB "
-           f"(fraction {settings['mem_fraction']:.3f})." if cuda else ".")
-    mem = ("peak `max_memory_allocated` in training (MiB; all tensors, weights and optimizer "
-           "state included)" if cuda else
-           "least growth of the peak resident set of the configuration's own process over "
-           f"one of {settings.get('mem_iters', 1)} training iterations after the timed ones, "
-           "above the resident set just before it (MiB; activations, gradients, temporaries; "
-           "glibc's mmap threshold fixed at 128 KiB so that freed tensors leave the resident set)")
-    legend = (f"Train MiB: {mem}. s/iter: median seconds per training iteration. Inference: "
-              "median seconds per image with TEST_STEPS = T (= STEPS), 2T, and early stopping "
-              "(ES; the mean steps used per recurrent solve in brackets). "
-              "In brackets after each figure: its ratio to FF.")
+    detections = (
+        f"{settings['detections']} forced detections (score {DETECTION_SCORE})"
+        if settings["detections"]
+        else "the random-init detections"
+    )
+    cap = (
+        f"; memory cap {settings['mem_cap_mib'] / 1024:.1f} GiB "
+        f"(fraction {settings['mem_fraction']:.3f})."
+        if cuda
+        else "."
+    )
+    mem = (
+        "peak `max_memory_allocated` in training (MiB; all tensors, weights and optimizer "
+        "state included)"
+        if cuda
+        else "least growth of the peak resident set of the configuration's own process over "
+        f"one of {settings.get('mem_iters', 1)} training iterations after the timed ones, "
+        "above the resident set just before it (MiB; activations, gradients, temporaries; "
+        "glibc's mmap threshold fixed at 128 KiB so that freed tensors leave the resident set)"
+    )
+    legend = (
+        f"Train MiB: {mem}. s/iter: median seconds per training iteration. Inference: "
+        "median seconds per image with TEST_STEPS = T (= STEPS), 2T, and early stopping "
+        "(ES; the mean steps used per recurrent solve in brackets). "
+        "In brackets after each figure: its ratio to FF."
+    )
     if not cuda:
-        legend += (" On a CPU, CPU-s columns give the process CPU time (all threads) of the same "
-                   "iteration and image (T): the less disturbed figure where cores are shared.")
+        legend += (
+            " On a CPU, CPU-s columns give the process CPU time (all threads) of the same "
+            "iteration and image (T): the less disturbed figure where cores are shared."
+        )
     return [
-        "# crbp_panoptic: training memory and speed against the feedforward Panoptic FPN", "",
-        f"Generated {settings['date']} by `{settings['command']}`.", "",
+        "# crbp_panoptic: training memory and speed against the feedforward Panoptic FPN",
+        "",
+        f"Generated {settings['date']} by `{settings['command']}`.",
+        "",
         f"**Machine**: {gpu}{machine['cpu']}, {machine['cpu_count']} logical CPUs "
         f"({machine['torch_threads']} torch threads); {machine['platform']}; Python "
-        f"{machine['python']}, torch {machine['torch']}, Detectron2 {machine['detectron2']}.", "",
+        f"{machine['python']}, torch {machine['torch']}, Detectron2 {machine['detectron2']}.",
+        "",
         f"**Settings**: device {settings['device']}; random images {h}×{w}, batch "
         f"{settings['batch']}, {settings['instances']} instances per image; {settings['warmup']} "
         f"warm-up + {settings['iters']} timed training iterations (SGD, lr {settings['lr']}); "
@@ -105,8 +131,10 @@ def _header_lines(machine: Dict, settings: Dict) -> List[str]:
         f"{settings['infer_iters']} timed, {detections} per image; early stopping: TEST_STEPS = "
         f"STEPS, TEST_TOL = {settings['test_tol']:g} (relative residual); penalty exact unless "
         "the arm names a cheap one; common options "
-        f"`{' '.join(settings['opts']) or '(none)'}`{cap}", "",
-        legend, "",
+        f"`{' '.join(settings['opts']) or '(none)'}`{cap}",
+        "",
+        legend,
+        "",
     ]
 
 
@@ -129,18 +157,34 @@ def _row(r: Dict, cuda: bool, cap_mib: Optional[float]) -> Tuple[List[str], bool
             cell += f" [{fig['steps']:.1f}]"
         cells.append(cell)
     if not cuda:
-        cells += [ratio_cell(r.get("train_cpu_s"), r.get("train_cpu_s_x")),
-                  ratio_cell(t.get("cpu_s_per_img"), t.get("cpu_x"))]
+        cells += [
+            ratio_cell(r.get("train_cpu_s"), r.get("train_cpu_s_x")),
+            ratio_cell(t.get("cpu_s_per_img"), t.get("cpu_x")),
+        ]
     steps = r["steps"] or "—"
-    row = [r["placement"], r["label"], str(steps), mem_cell,
-           ratio_cell(r["train_s"], r.get("train_s_x")), *cells]
+    row = [
+        r["placement"],
+        r["label"],
+        str(steps),
+        mem_cell,
+        ratio_cell(r["train_s"], r.get("train_s_x")),
+        *cells,
+    ]
     return row, flagged
 
 
 def _table_lines(results: List[Dict], settings: Dict) -> Tuple[List[str], bool]:
     cuda = settings["device"].startswith("cuda")
-    head = ["placement", "config", "T", "train MiB", "s/iter", "infer s/img, T",
-            "infer s/img, 2T", "infer s/img, ES [steps]"]
+    head = [
+        "placement",
+        "config",
+        "T",
+        "train MiB",
+        "s/iter",
+        "infer s/img, T",
+        "infer s/img, 2T",
+        "infer s/img, ES [steps]",
+    ]
     if not cuda:
         head += ["train CPU-s/iter", "infer CPU-s/img, T"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -153,8 +197,9 @@ def _table_lines(results: List[Dict], settings: Dict) -> Tuple[List[str], bool]:
     any_flagged = False
     for r in sorted(results, key=key):
         if "error" in r:
-            lines.append(f"| {r['placement']} | {r['label']} | | {r['error']} |"
-                         + " |" * (len(head) - 4))
+            lines.append(
+                f"| {r['placement']} | {r['label']} | | {r['error']} |" + " |" * (len(head) - 4)
+            )
             continue
         row, flagged = _row(r, cuda, settings.get("mem_cap_mib"))
         any_flagged |= flagged
@@ -168,9 +213,11 @@ def _note_lines(results: List[Dict], settings: Dict) -> List[str]:
     notes = []
     if ff is not None:
         t = ff["infer"]["T"]
-        notes.append(f"Mask-head ROIs per image in training (FF): {ff['mask_rois_train']:.1f}; "
-                     f"at inference {t['mask_rois']:.1f} (detections per image "
-                     f"{t['detections']:.1f}).")
+        notes.append(
+            f"Mask-head ROIs per image in training (FF): {ff['mask_rois_train']:.1f}; "
+            f"at inference {t['mask_rois']:.1f} (detections per image "
+            f"{t['detections']:.1f})."
+        )
     for p in settings["placements"]:
         c20 = _find(results, p, "crbp:20")
         if c20 is not None and c20["infer"]["T"].get("residual") is not None:
@@ -179,23 +226,33 @@ def _note_lines(results: List[Dict], settings: Dict) -> List[str]:
                 f"(largest over the solves): {c20['infer']['T']['residual']:.2g} after T steps, "
                 f"{c20['infer']['2T']['residual']:.2g} after 2T. These are the dynamics of the "
                 "weights measured (random init unless MODEL.WEIGHTS is given), not of a trained "
-                "model; early stopping saves steps only once the residual falls below TEST_TOL.")
+                "model; early stopping saves steps only once the residual falls below TEST_TOL."
+            )
     bad = [f"{r['placement']}/{r['label']}" for r in results if r.get("nonfinite_loss")]
     if bad:
-        notes.append(f"Non-finite training loss in: {', '.join(bad)} (timings still valid, "
-                     "losses are not).")
+        notes.append(
+            f"Non-finite training loss in: {', '.join(bad)} (timings still valid, losses are not)."
+        )
     if not cuda:
-        notes.append("CPU timings are noisy: the cores may be shared with other work, and each "
-                     "figure is the median of few iterations.")
+        notes.append(
+            "CPU timings are noisy: the cores may be shared with other work, and each "
+            "figure is the median of few iterations."
+        )
         if any(r.get("peak_reset") is False for r in results):
-            notes.append("This kernel could not reset the peak resident set; a configuration's "
-                         "peak then includes its model build and timed iterations.")
+            notes.append(
+                "This kernel could not reset the peak resident set; a configuration's "
+                "peak then includes its model build and timed iterations."
+            )
         if any(r.get("rss_exact") is False for r in results):
-            notes.append("The mmap threshold was not fixed (in-process run, or not glibc): memory "
-                         "figures include allocator slack.")
+            notes.append(
+                "The mmap threshold was not fixed (in-process run, or not glibc): memory "
+                "figures include allocator slack."
+            )
         if not settings.get("isolated", True):
-            notes.append("All configurations ran in one process (--in-process): memory figures "
-                         "are only indicative.")
+            notes.append(
+                "All configurations ran in one process (--in-process): memory figures "
+                "are only indicative."
+            )
     if settings.get("total_s") is not None:
         notes.append(f"Whole run: {settings['total_s']:.0f} s wall clock.")
     return [f"- {n}" for n in notes]
@@ -216,9 +273,12 @@ def markdown(results: List[Dict], machine: Dict, settings: Dict) -> str:
     table, flagged = _table_lines(results, settings)
     lines += table + [""]
     if flagged:
-        lines += ["† the allocator's reserve reached the memory cap: cuDNN may have used "
-                  "workspace up to the cap, so the true need can be lower (rerun with a lower "
-                  "cap).", ""]
+        lines += [
+            "† the allocator's reserve reached the memory cap: cuDNN may have used "
+            "workspace up to the cap, so the true need can be lower (rerun with a lower "
+            "cap).",
+            "",
+        ]
     lines.append("Targets from the paper's claims (the verdicts are this run's only):")
     lines += target_lines(results, settings["placements"]) + [""]
     lines += _note_lines(results, settings)
@@ -241,14 +301,18 @@ def plot(results: List[Dict], placements: Sequence[str], path, title: str) -> bo
         return False
     ok = [r for r in results if "error" not in r]
     ff = next((r for r in ok if r["arm"] == "ff"), None)
-    rows = [("train_mib", "training memory (MiB)"), ("train_s", "training s/iter"),
-            ("infer_T", "inference s/img (T steps)")]
+    rows = [
+        ("train_mib", "training memory (MiB)"),
+        ("train_s", "training s/iter"),
+        ("infer_T", "inference s/img (T steps)"),
+    ]
 
     def value(r, key):
         return r["infer"]["T"]["s_per_img"] if key == "infer_T" else r.get(key)
 
-    fig, axes = plt.subplots(len(rows), len(placements), figsize=(5.5 * len(placements), 9),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(rows), len(placements), figsize=(5.5 * len(placements), 9), squeeze=False, sharex=True
+    )
     markers = {"BPTT": "o", "RBP": "s", "C-RBP": "^"}
     for col, p in enumerate(placements):
         lines: Dict[str, List[Dict]] = {}
@@ -259,8 +323,12 @@ def plot(results: List[Dict], placements: Sequence[str], path, title: str) -> bo
             ax = axes[row][col]
             for name, rs in sorted(lines.items()):
                 rs = sorted(rs, key=lambda r: r["steps"])
-                ax.plot([r["steps"] for r in rs], [value(r, key) for r in rs],
-                        marker=markers.get(name.split(" ")[0], "D"), label=name)
+                ax.plot(
+                    [r["steps"] for r in rs],
+                    [value(r, key) for r in rs],
+                    marker=markers.get(name.split(" ")[0], "D"),
+                    label=name,
+                )
             if ff is not None and value(ff, key) is not None:
                 ax.axhline(value(ff, key), color="gray", linestyle="--", label="FF")
             ax.set_xscale("log", base=2)

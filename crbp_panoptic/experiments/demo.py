@@ -1,4 +1,5 @@
 """The main job on the built-in synthetic data: train, evaluate PQ, draw overlays."""
+
 import os
 import time
 from typing import Dict, List, Sequence
@@ -41,8 +42,11 @@ def write_overlays(cfg, weights: str, out_dir: str, num_images: int) -> List[str
         image = read_image(record["file_name"], format="RGB")
         truth = Visualizer(image, metadata, scale=3.0).draw_dataset_dict(record).get_image()
         seg, segments = predictor(image[:, :, ::-1])["panoptic_seg"]  # the model takes BGR
-        pred = Visualizer(image, metadata, scale=3.0).draw_panoptic_seg_predictions(
-            seg.cpu(), segments).get_image()
+        pred = (
+            Visualizer(image, metadata, scale=3.0)
+            .draw_panoptic_seg_predictions(seg.cpu(), segments)
+            .get_image()
+        )
         gap = np.full((truth.shape[0], 4, 3), 255, np.uint8)
         name = os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png"
         path = os.path.join(out_dir, name)
@@ -55,8 +59,9 @@ def pq_table(pq: Dict[str, float]) -> str:
     """PQ, SQ, RQ for All, Things, Stuff (``pq``: the ``panoptic_seg`` results) as text."""
     lines = [f"{'':8}{'PQ':>8}{'SQ':>8}{'RQ':>8}"]
     for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-        lines.append(f"{name:8}{pq['PQ' + suffix]:8.2f}{pq['SQ' + suffix]:8.2f}"
-                     f"{pq['RQ' + suffix]:8.2f}")
+        lines.append(
+            f"{name:8}{pq['PQ' + suffix]:8.2f}{pq['SQ' + suffix]:8.2f}{pq['RQ' + suffix]:8.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -72,12 +77,17 @@ def run_demo(config_file, output_dir: str, num_vis: int = 4, opts: Sequence[str]
     from ..engine import setup_cfg, train_or_evaluate
 
     train_args = default_argument_parser().parse_args(
-        ["--config-file", str(config_file), "OUTPUT_DIR", output_dir, *opts])
+        ["--config-file", str(config_file), "OUTPUT_DIR", output_dir, *opts]
+    )
     start = time.perf_counter()
     train_or_evaluate(train_args)  # trains, then evaluates once (Detectron2's EvalHook)
     seconds = time.perf_counter() - start
     pq = read_final_metrics(os.path.join(output_dir, "metrics.json"), "panoptic_seg/")
     cfg = setup_cfg(config_file, train_args.opts)
-    overlays = write_overlays(cfg, os.path.join(output_dir, "model_final.pth"),
-                              os.path.join(output_dir, "overlays"), num_vis)
+    overlays = write_overlays(
+        cfg,
+        os.path.join(output_dir, "model_final.pth"),
+        os.path.join(output_dir, "overlays"),
+        num_vis,
+    )
     return {"pq": pq, "overlays": overlays, "seconds": seconds}

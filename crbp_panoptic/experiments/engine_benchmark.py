@@ -14,6 +14,7 @@ backward of a :class:`~crbp_panoptic.crbp.RecurrentRefiner` on a random drive an
 Two scales (:func:`shapes`): the mask head (ROIs x C x 14 x 14) and an FPN level
 (images x C x H x W).
 """
+
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,8 +25,19 @@ from .measure import Clock, SavedTensorBytes
 
 __all__ = ["DEFAULT_ARMS", "REFERENCE_ARM", "benchmark", "shapes", "table", "time_step"]
 
-DEFAULT_ARMS = ("bptt:1", "bptt:3", "bptt:5", "bptt:10", "rbp:20", "crbp:5", "crbp:20", "crbp:40",
-                "crbp:20:sub0.25", "crbp:20:sub2", "crbp:20:crop16")
+DEFAULT_ARMS = (
+    "bptt:1",
+    "bptt:3",
+    "bptt:5",
+    "bptt:10",
+    "rbp:20",
+    "crbp:5",
+    "crbp:20",
+    "crbp:40",
+    "crbp:20:sub0.25",
+    "crbp:20:sub2",
+    "crbp:20:crop16",
+)
 #: The saved-bytes ratio column divides by this arm's figure (when it ran).
 REFERENCE_ARM = "rbp:20"
 
@@ -54,8 +66,9 @@ def _one_step(refiner, x, record: bool):
     return hooks.bytes
 
 
-def time_step(cell: HGRUCell, x: torch.Tensor, arm: Arm, neumann_steps: int,
-              repeats: int = 1) -> Dict:
+def time_step(
+    cell: HGRUCell, x: torch.Tensor, arm: Arm, neumann_steps: int, repeats: int = 1
+) -> Dict:
     """One training step of ``cell`` under ``arm``, ``repeats`` times; figures of the first
     (memory) and the fastest (time).
 
@@ -72,8 +85,13 @@ def time_step(cell: HGRUCell, x: torch.Tensor, arm: Arm, neumann_steps: int,
     """
     device = x.device
     cuda = device.type == "cuda"
-    refiner = RecurrentRefiner(cell=cell, mode=arm.mode, steps=arm.steps,
-                               neumann_steps=neumann_steps, **_refiner_kwargs(arm))
+    refiner = RecurrentRefiner(
+        cell=cell,
+        mode=arm.mode,
+        steps=arm.steps,
+        neumann_steps=neumann_steps,
+        **_refiner_kwargs(arm),
+    )
     refiner.train()
     times: List[float] = []
     cpu_times: List[float] = []
@@ -95,22 +113,36 @@ def time_step(cell: HGRUCell, x: torch.Tensor, arm: Arm, neumann_steps: int,
                 peak = torch.cuda.max_memory_allocated(device) - base
     res = refiner.last_result
     return {
-        "saved": saved, "peak": peak, "time": min(times), "cpu": min(cpu_times),
-        "residual": res.residual, "neumann": res.backward_info.get("neumann_terms", "-"),
-        "cut": res.backward_info.get("neumann_cut", False), "lcp": res.lcp.item(),
+        "saved": saved,
+        "peak": peak,
+        "time": min(times),
+        "cpu": min(cpu_times),
+        "residual": res.residual,
+        "neumann": res.backward_info.get("neumann_terms", "-"),
+        "cut": res.backward_info.get("neumann_cut", False),
+        "lcp": res.lcp.item(),
     }
 
 
-def shapes(channels: int, rois: int, roi_size: int, images: int,
-           fpn_hw: Tuple[int, int]) -> Dict[str, Tuple[int, ...]]:
+def shapes(
+    channels: int, rois: int, roi_size: int, images: int, fpn_hw: Tuple[int, int]
+) -> Dict[str, Tuple[int, ...]]:
     """The drive shape of each scale: ``mask`` (rois, C, s, s) and ``fpn`` (images, C, H, W)."""
     return {"mask": (rois, channels, roi_size, roi_size), "fpn": (images, channels, *fpn_hw)}
 
 
-def benchmark(arms: Sequence[Arm], scale_shapes: Dict[str, Tuple[int, ...]], *,
-              num_groups: int = 32, gala: bool = False, neumann_steps: int = 15,
-              repeats: int = 1, device="cpu", seed: int = 0,
-              log=None) -> List[Tuple[str, Tuple[int, ...], Arm, Dict]]:
+def benchmark(
+    arms: Sequence[Arm],
+    scale_shapes: Dict[str, Tuple[int, ...]],
+    *,
+    num_groups: int = 32,
+    gala: bool = False,
+    neumann_steps: int = 15,
+    repeats: int = 1,
+    device="cpu",
+    seed: int = 0,
+    log=None,
+) -> List[Tuple[str, Tuple[int, ...], Arm, Dict]]:
     """:func:`time_step` for every scale and arm, one seeded cell and drive per scale.
 
     A small warm-up step first, so that the first arm does not pay one-time costs.
@@ -145,10 +177,13 @@ def _mib(n: Optional[int]) -> str:
 
 def table(rows, header: str) -> str:
     """The markdown table of :func:`benchmark`'s rows under a one-paragraph ``header``."""
-    lines = [header, "",
-             "| scale | input | arm | saved MiB | saved / RBP-20 | peak MiB (CUDA) | wall s / step "
-             "| CPU s / step | residual | Neumann terms | LCP |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| scale | input | arm | saved MiB | saved / RBP-20 | peak MiB (CUDA) | wall s / step "
+        "| CPU s / step | residual | Neumann terms | LCP |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     refs = {scale: r["saved"] for scale, _, arm, r in rows if arm.name == REFERENCE_ARM}
     for scale, shape, arm, r in rows:
         ref = refs.get(scale)
@@ -157,5 +192,6 @@ def table(rows, header: str) -> str:
         lines.append(
             f"| {scale} | {'x'.join(map(str, shape))} | {arm.name} | {_mib(r['saved'])} | {ratio} "
             f"| {_mib(r['peak'])} | {r['time']:.2f} | {r['cpu']:.2f} | {r['residual']:.1e} "
-            f"| {neumann} | {r['lcp']:.2e} |")
+            f"| {neumann} | {r['lcp']:.2e} |"
+        )
     return "\n".join(lines) + "\n"

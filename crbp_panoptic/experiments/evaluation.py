@@ -1,4 +1,5 @@
 """Evaluating trained models: PQ at a chosen number of test steps, and logged metrics."""
+
 import json
 import os
 from typing import Dict, List, Optional
@@ -35,7 +36,7 @@ def read_final_metrics(path: str, prefix: str = "panoptic_seg/") -> Dict[str, fl
         records = [json.loads(line) for line in f if prefix in line]
     if not records:
         raise RuntimeError(f"{path}: no '{prefix}*' results; did the evaluation run?")
-    return {k[len(prefix):]: v for k, v in records[-1].items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in records[-1].items() if k.startswith(prefix)}
 
 
 def logged_pq(output_dir: str) -> Optional[float]:

@@ -1,4 +1,5 @@
 """What a measurement ran on: one description shared by every report."""
+
 import os
 import platform
 from typing import Dict, Optional
@@ -38,16 +39,24 @@ def machine_info(device: Optional[str] = None) -> Dict:
     except ImportError:
         d2_version = None
     info = {
-        "host": platform.node(), "platform": platform.platform(),
-        "python": platform.python_version(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "detectron2": d2_version, "gpu": None,
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "detectron2": d2_version,
+        "gpu": None,
     }
     if str(device).startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
         info.update(
-            gpu=props.name, gpu_mib=props.total_memory / 2.0**20, cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(), cudnn_tf32=torch.backends.cudnn.allow_tf32,
+            gpu=props.name,
+            gpu_mib=props.total_memory / 2.0**20,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_tf32=torch.backends.cudnn.allow_tf32,
             cudnn_benchmark=torch.backends.cudnn.benchmark,
         )
     return info

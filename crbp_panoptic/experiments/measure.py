@@ -3,6 +3,7 @@
 Torch only (no Detectron2). Resident-set figures read Linux ``/proc``; elsewhere they
 fall back to what ``resource`` reports.
 """
+
 import ctypes
 import os
 import resource

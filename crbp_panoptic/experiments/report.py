@@ -1,4 +1,5 @@
 """Writing reports: numbers for tables, markdown tables, and the JSON + markdown pair."""
+
 import json
 import math
 import os
@@ -6,7 +7,13 @@ import tempfile
 from typing import Optional, Sequence
 
 __all__ = [
-    "fmt", "fmt_num", "markdown_table", "ratio", "ratio_cell", "write_atomic", "write_report",
+    "fmt",
+    "fmt_num",
+    "markdown_table",
+    "ratio",
+    "ratio_cell",
+    "write_atomic",
+    "write_report",
 ]
 
 #: What a table shows for a figure that was not measured.

@@ -13,6 +13,7 @@ with the run's own weights and the run's own val split:
 Every time is reported next to the feedforward run of the same report, measured in the
 same process, so the ratios compare like with like.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,14 +57,28 @@ def inference_settings(steps: int, tols: Sequence[float] = (1e-2, 3e-3, 1e-3)) -
     relative residual is below X (at most ``T`` steps); ``anderson tol X`` does the same
     with Anderson acceleration.
     """
-    exact = [Setting(f"{k}T" if k > 1 else "T",
-                     ("MODEL.CRBP.TEST_STEPS", k * steps, "MODEL.CRBP.TEST_TOL", 0.0))
-             for k in (1, 2)]
-    early = [Setting(f"tol {tol:g}", ("MODEL.CRBP.TEST_STEPS", steps, "MODEL.CRBP.TEST_TOL", tol))
-             for tol in tols]
-    anderson = Setting(f"anderson tol {min(tols):g}", (
-        "MODEL.CRBP.TEST_STEPS", steps, "MODEL.CRBP.TEST_TOL", min(tols),
-        "MODEL.CRBP.TEST_SOLVER", "anderson"))
+    exact = [
+        Setting(
+            f"{k}T" if k > 1 else "T",
+            ("MODEL.CRBP.TEST_STEPS", k * steps, "MODEL.CRBP.TEST_TOL", 0.0),
+        )
+        for k in (1, 2)
+    ]
+    early = [
+        Setting(f"tol {tol:g}", ("MODEL.CRBP.TEST_STEPS", steps, "MODEL.CRBP.TEST_TOL", tol))
+        for tol in tols
+    ]
+    anderson = Setting(
+        f"anderson tol {min(tols):g}",
+        (
+            "MODEL.CRBP.TEST_STEPS",
+            steps,
+            "MODEL.CRBP.TEST_TOL",
+            min(tols),
+            "MODEL.CRBP.TEST_SOLVER",
+            "anderson",
+        ),
+    )
     return exact + early + [anderson]
 
 
@@ -105,8 +120,11 @@ class _StepCounter:
 
     def __init__(self, model):
         self.steps: List[int] = []
-        self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
-                        if isinstance(m, RecurrentRefiner)]
+        self.handles = [
+            m.register_forward_hook(self._hook)
+            for m in model.modules()
+            if isinstance(m, RecurrentRefiner)
+        ]
 
     def _hook(self, module, inputs, output):
         if module.last_result is not None:
@@ -138,13 +156,15 @@ def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, flo
     return {"seconds": median(wall), "cpu_seconds": median(cpu)}
 
 
-def measure_inference(run_dir: str, settings: Sequence[Setting], num_images: int = 12,
-                      with_pq: bool = True) -> List[Dict]:
+def measure_inference(
+    run_dir: str, settings: Sequence[Setting], num_images: int = 12, with_pq: bool = True
+) -> List[Dict]:
     """Inference cost and PQ of a trained run under each setting.
 
     Returns:
-        list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (per image), ``mean_steps`` (per refiner
-        call; None for a feedforward run) and ``pq`` (dict PQ / PQ_th / PQ_st, or None).
+        list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (per image),
+        ``mean_steps`` (per refiner call; None for a feedforward run) and ``pq`` (dict PQ /
+        PQ_th / PQ_st, or None).
     """
     rows = []
     weights = _weights(run_dir)
@@ -156,17 +176,20 @@ def measure_inference(run_dir: str, settings: Sequence[Setting], num_images: int
         times = time_per_image(model, inputs)
         steps = list(counter.steps)
         counter.close()
-        rows.append({
-            "setting": setting.name,
-            **times,
-            "mean_steps": sum(steps) / len(steps) if steps else None,
-            "pq": evaluate_pq(cfg, model) if with_pq else None,
-        })
+        rows.append(
+            {
+                "setting": setting.name,
+                **times,
+                "mean_steps": sum(steps) / len(steps) if steps else None,
+                "pq": evaluate_pq(cfg, model) if with_pq else None,
+            }
+        )
     return rows
 
 
-def measure_training(run_dir: str, settings: Sequence[Setting], iters: int = 6,
-                     warmup: int = 2) -> List[Dict]:
+def measure_training(
+    run_dir: str, settings: Sequence[Setting], iters: int = 6, warmup: int = 2
+) -> List[Dict]:
     """Seconds per training iteration (forward + backward, no optimiser step) of a trained
     run on its own training batches, under each setting.
 
@@ -195,8 +218,7 @@ def measure_training(run_dir: str, settings: Sequence[Setting], iters: int = 6,
                 if i >= warmup:
                     wall.append(clock.seconds)
                     cpu.append(clock.cpu_seconds)
-        rows.append({"setting": setting.name, "seconds": median(wall),
-                     "cpu_seconds": median(cpu)})
+        rows.append({"setting": setting.name, "seconds": median(wall), "cpu_seconds": median(cpu)})
     return rows
 
 
@@ -210,8 +232,13 @@ def placement(cfg) -> str:
     return "+".join(parts) or "ff"
 
 
-def measure_runs(runs: Dict[str, str], feedforward: str, num_images: int = 12,
-                 train_iters: int = 6, with_pq: bool = True) -> Dict:
+def measure_runs(
+    runs: Dict[str, str],
+    feedforward: str,
+    num_images: int = 12,
+    train_iters: int = 6,
+    with_pq: bool = True,
+) -> Dict:
     """Measure the feedforward run and each recurrent run (name -> output folder).
 
     Returns:
@@ -221,8 +248,9 @@ def measure_runs(runs: Dict[str, str], feedforward: str, num_images: int = 12,
     report = {
         "feedforward": {
             "dir": feedforward,
-            "inference": measure_inference(feedforward, [Setting("as trained")], num_images,
-                                           with_pq),
+            "inference": measure_inference(
+                feedforward, [Setting("as trained")], num_images, with_pq
+            ),
             "training": measure_training(feedforward, [Setting("as trained")], train_iters),
         },
         "runs": {},
@@ -236,16 +264,16 @@ def measure_runs(runs: Dict[str, str], feedforward: str, num_images: int = 12,
             "dir": run_dir,
             "placement": where,
             "steps": steps,
-            "inference": measure_inference(run_dir, inference_settings(steps), num_images,
-                                           with_pq),
+            "inference": measure_inference(run_dir, inference_settings(steps), num_images, with_pq),
             "training": measure_training(run_dir, training_settings(where), train_iters),
         }
     return report
 
 
 def _ratios(row, base) -> str:
-    return (f"{row['seconds'] / base['seconds']:.2f} | "
-            f"{row['cpu_seconds'] / base['cpu_seconds']:.2f}")
+    return (
+        f"{row['seconds'] / base['seconds']:.2f} | {row['cpu_seconds'] / base['cpu_seconds']:.2f}"
+    )
 
 
 def _pq(row) -> str:
@@ -258,11 +286,15 @@ def markdown(report: Dict, header: Sequence[str] = ()) -> str:
     ff_inf = report["feedforward"]["inference"][0]
     ff_train = report["feedforward"]["training"][0]
     lines = list(header)
-    lines += ["", "## Inference (per image, batch 1)", "",
-              "| run | setting | s / image | x feedforward | x feedforward (CPU time) | "
-              "mean steps | PQ | PQ - PQ(T) |",
-              "|---|---|---|---|---|---|---|---|",
-              f"| feedforward | - | {ff_inf['seconds']:.3f} | 1.00 | 1.00 | - | {_pq(ff_inf)} | - |"]
+    lines += [
+        "",
+        "## Inference (per image, batch 1)",
+        "",
+        "| run | setting | s / image | x feedforward | x feedforward (CPU time) | "
+        "mean steps | PQ | PQ - PQ(T) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| feedforward | - | {ff_inf['seconds']:.3f} | 1.00 | 1.00 | - | {_pq(ff_inf)} | - |",
+    ]
     for name, run in report["runs"].items():
         at_t = run["inference"][0].get("pq")
         for row in run["inference"]:
@@ -270,14 +302,21 @@ def markdown(report: Dict, header: Sequence[str] = ()) -> str:
             delta = "-"
             if row.get("pq") is not None and at_t is not None:
                 delta = f"{row['pq']['PQ'] - at_t['PQ']:+.1f}"
-            lines.append(f"| {name} | {row['setting']} | {row['seconds']:.3f} | "
-                         f"{_ratios(row, ff_inf)} | {steps} | {_pq(row)} | {delta} |")
-    lines += ["", "## Training (forward + backward per iteration, the run's own batches)", "",
-              "| run | setting | s / iteration | x feedforward | x feedforward (CPU time) |",
-              "|---|---|---|---|---|",
-              f"| feedforward | - | {ff_train['seconds']:.3f} | 1.00 | 1.00 |"]
+            lines.append(
+                f"| {name} | {row['setting']} | {row['seconds']:.3f} | "
+                f"{_ratios(row, ff_inf)} | {steps} | {_pq(row)} | {delta} |"
+            )
+    lines += [
+        "",
+        "## Training (forward + backward per iteration, the run's own batches)",
+        "",
+        "| run | setting | s / iteration | x feedforward | x feedforward (CPU time) |",
+        "|---|---|---|---|---|",
+        f"| feedforward | - | {ff_train['seconds']:.3f} | 1.00 | 1.00 |",
+    ]
     for name, run in report["runs"].items():
         for row in run["training"]:
-            lines.append(f"| {name} | {row['setting']} | {row['seconds']:.3f} | "
-                         f"{_ratios(row, ff_train)} |")
+            lines.append(
+                f"| {name} | {row['setting']} | {row['seconds']:.3f} | {_ratios(row, ff_train)} |"
+            )
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ PQ falls. :func:`run` checks that:
 
 The report (``stability.json`` and ``stability.md``) is rewritten after every arm.
 """
+
 import contextlib
 import logging
 import os
@@ -87,8 +88,14 @@ def train_opts(config_file, opts: Sequence[str], iters: int, arm: Arm, arm_dir: 
         cfg = setup_cfg(config_file, opts)
         lr_steps = scaled_lr_steps(cfg.SOLVER.STEPS, cfg.SOLVER.MAX_ITER, iters)
         checkpoint = max(iters, cfg.SOLVER.CHECKPOINT_PERIOD)
-        out += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(lr_steps),
-                "SOLVER.CHECKPOINT_PERIOD", str(checkpoint)]
+        out += [
+            "SOLVER.MAX_ITER",
+            str(iters),
+            "SOLVER.STEPS",
+            str(lr_steps),
+            "SOLVER.CHECKPOINT_PERIOD",
+            str(checkpoint),
+        ]
     return out + [str(v) for v in arm.config_opts()] + ["OUTPUT_DIR", arm_dir]
 
 
@@ -100,6 +107,7 @@ def training_logging():
     console handlers of earlier arms are dropped, after it its file handler is dropped
     (its console handler stays, for the evaluation that follows).
     """
+
     def is_console(h):
         return getattr(h, "stream", None) in (sys.stdout, sys.stderr)
 
@@ -123,7 +131,8 @@ def train_arm(config_file, opts: Sequence[str], iters: int, arm: Arm, arm_dir: s
     from ..engine import train_or_evaluate
 
     args = default_argument_parser().parse_args(
-        ["--config-file", str(config_file), *train_opts(config_file, opts, iters, arm, arm_dir)])
+        ["--config-file", str(config_file), *train_opts(config_file, opts, iters, arm, arm_dir)]
+    )
     start = time.perf_counter()
     with training_logging():
         results = train_or_evaluate(args)
@@ -132,8 +141,9 @@ def train_arm(config_file, opts: Sequence[str], iters: int, arm: Arm, arm_dir: s
     return {"train_seconds": seconds, "train_pq": pq if pq is not None else logged_pq(arm_dir)}
 
 
-def measure_arm(entry: Dict, grid: Sequence[int], num_steps: int, residual_images: int,
-                log=print) -> None:
+def measure_arm(
+    entry: Dict, grid: Sequence[int], num_steps: int, residual_images: int, log=print
+) -> None:
     """Residual curves and PQ per test-step count of a trained arm, into ``entry``.
 
     Args:
@@ -152,8 +162,9 @@ def measure_arm(entry: Dict, grid: Sequence[int], num_steps: int, residual_image
     entry["dataset"] = cfg.DATASETS.TEST[0]
     entry["val_images"] = len(DatasetCatalog.get(cfg.DATASETS.TEST[0]))
     model = load_model(cfg, weights)
-    entry["residual"] = residual_curves(model, first_test_inputs(cfg, residual_images),
-                                        num_steps, steps)
+    entry["residual"] = residual_curves(
+        model, first_test_inputs(cfg, residual_images), num_steps, steps
+    )
     del model
     entry["pq"] = {}
     for t in grid:
@@ -165,9 +176,18 @@ def measure_arm(entry: Dict, grid: Sequence[int], num_steps: int, residual_image
         log(f"[stability] {entry['label']}: t={t:3d}  {figures}  ({seconds:.0f} s)")
 
 
-def run(config_file, arms: Sequence[Arm], out_dir: str, *, opts: Sequence[str] = (),
-        iters: int = 0, test_steps: Optional[Sequence[int]] = None, residual_images: int = 4,
-        skip_train: bool = False, log=print) -> Dict:
+def run(
+    config_file,
+    arms: Sequence[Arm],
+    out_dir: str,
+    *,
+    opts: Sequence[str] = (),
+    iters: int = 0,
+    test_steps: Optional[Sequence[int]] = None,
+    residual_images: int = 4,
+    skip_train: bool = False,
+    log=print,
+) -> Dict:
     """Train (or reuse) every arm, measure it, and write the report into ``out_dir``.
 
     Args:
@@ -196,15 +216,26 @@ def run(config_file, arms: Sequence[Arm], out_dir: str, *, opts: Sequence[str] =
     grid = sorted(set(test_steps)) if test_steps else default_grid(trained)
     cfg0 = setup_cfg(config_file, opts)
     report = {
-        "machine": machine_info(), "config_file": str(config_file), "opts": list(opts),
-        "iters": iters or cfg0.SOLVER.MAX_ITER, "dataset": cfg0.DATASETS.TEST[0],
-        "val_images": None, "residual_images": residual_images, "test_steps": grid,
-        "residual_steps": 2 * max(trained), "arms": [],
+        "machine": machine_info(),
+        "config_file": str(config_file),
+        "opts": list(opts),
+        "iters": iters or cfg0.SOLVER.MAX_ITER,
+        "dataset": cfg0.DATASETS.TEST[0],
+        "val_images": None,
+        "residual_images": residual_images,
+        "test_steps": grid,
+        "residual_steps": 2 * max(trained),
+        "arms": [],
     }
     start = time.perf_counter()
     for arm in arms:
-        entry = {"arm": arm.name, "label": arm.label, "mode": arm.mode, "steps": arm.steps,
-                 "dir": os.path.join(out_dir, arm_dir_name(arm))}
+        entry = {
+            "arm": arm.name,
+            "label": arm.label,
+            "mode": arm.mode,
+            "steps": arm.steps,
+            "dir": os.path.join(out_dir, arm_dir_name(arm)),
+        }
         report["arms"].append(entry)
         weights = os.path.join(entry["dir"], "model_final.pth")
         if os.path.exists(weights):
@@ -215,8 +246,10 @@ def run(config_file, arms: Sequence[Arm], out_dir: str, *, opts: Sequence[str] =
         else:
             log(f"[stability] {arm.label}: training {report['iters']} iterations -> {entry['dir']}")
             entry.update(train_arm(config_file, opts, iters, arm, entry["dir"]))
-            log(f"[stability] {arm.label}: trained in {entry['train_seconds']:.0f} s, "
-                f"PQ {entry['train_pq']}")
+            log(
+                f"[stability] {arm.label}: trained in {entry['train_seconds']:.0f} s, "
+                f"PQ {entry['train_pq']}"
+            )
         measure_arm(entry, grid, report["residual_steps"], residual_images, log)
         report["dataset"], report["val_images"] = entry.pop("dataset"), entry.pop("val_images")
         write_report(out_dir, "stability", report, markdown(report))
@@ -234,8 +267,11 @@ def _pq_rows(report: Dict, key: str) -> List[List[str]]:
         T = arm["steps"]
         row = [arm["label"], str(T)]
         if key == "PQ":
-            row += [str(arm.get("iters", "-")), fmt(arm.get("train_seconds"), ".0f"),
-                    fmt(arm.get("train_pq"))]
+            row += [
+                str(arm.get("iters", "-")),
+                fmt(arm.get("train_seconds"), ".0f"),
+                fmt(arm.get("train_pq")),
+            ]
         pqs = {int(t): v for t, v in arm.get("pq", {}).items()}
         for t in report["test_steps"]:
             cell = fmt(pqs[t][key]) if t in pqs else "-"
@@ -254,9 +290,16 @@ def _module_rows(report: Dict) -> List[List[str]]:
         T = arm["steps"]
         for name, curve in arm.get("residual", {}).items():
             r, d = curve["residual"], curve["drift"]
-            rows.append([arm["label"], name, fmt(r[0], ".1e"), fmt(r[T - 1], ".1e"),
-                         fmt(r[2 * T - 1], ".1e") if 2 * T <= len(r) else "-",
-                         fmt(d[2 * T - 1], ".1e") if 2 * T <= len(d) else "-"])
+            rows.append(
+                [
+                    arm["label"],
+                    name,
+                    fmt(r[0], ".1e"),
+                    fmt(r[T - 1], ".1e"),
+                    fmt(r[2 * T - 1], ".1e") if 2 * T <= len(r) else "-",
+                    fmt(d[2 * T - 1], ".1e") if 2 * T <= len(d) else "-",
+                ]
+            )
     return rows
 
 
@@ -264,12 +307,14 @@ def markdown(report: Dict) -> str:
     """The tables of ``report`` (as :func:`run` returns it) as markdown."""
     m = report["machine"]
     lines = [
-        "# Stability picture: PQ and residual vs test-time steps", "",
+        "# Stability picture: PQ and residual vs test-time steps",
+        "",
         f"Machine: {m['host']} ({m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
         f"{m['torch_threads']} threads, {m['gpu'] or 'no GPU'}).",
         f"Config: `{report['config_file']}`; training iterations per arm: see `iters`; "
         f"val split `{report['dataset']}` ({report['val_images']} images); residuals averaged "
-        f"over {report['residual_images']} val images and the recurrent modules.", "",
+        f"over {report['residual_images']} val images and the recurrent modules.",
+        "",
     ]
     for key, title in (("PQ", "PQ (All)"), ("PQ_th", "PQ Things"), ("PQ_st", "PQ Stuff")):
         head = ["arm", "T", "iters", "train s", "PQ at train end"] if key == "PQ" else ["arm", "T"]
@@ -282,8 +327,10 @@ def markdown(report: Dict) -> str:
         "train s: '-' = a reused model (its model_final.pth was already in the arm's directory). "
         "residual@t = ||h_t - h_{t-1}|| / ||h_t||, drift@t = ||h_t - h_T|| / ||h_T|| (state at t "
         "vs the trained step count T), both from h_0 = 0, mean over modules and images. "
-        "Bold: t = T.", "",
-        "## Residual per recurrent module", "",
+        "Bold: t = T.",
+        "",
+        "## Residual per recurrent module",
+        "",
     ]
     head = ["arm", "module", "residual@1", "residual@T", "residual@2T", "drift@2T"]
     lines += markdown_table(head, _module_rows(report)) + [""]
@@ -313,10 +360,16 @@ def plot(report: Dict, path: str) -> None:
                     ax_res.semilogy(ts, curve["residual"], "-", color=color, lw=0.7, alpha=0.4)
         for ax in (ax_pq, ax_res):
             ax.axvline(arm["steps"], color=color, ls="--", lw=1)
-    ax_pq.set(xlabel="test-time steps t", ylabel="PQ (val)",
-              title="PQ vs test steps (dashed: trained steps)")
-    ax_res.set(xlabel="step t", ylabel="||h_t - h_{t-1}|| / ||h_t||",
-               title="relative residual (thin: per module)")
+    ax_pq.set(
+        xlabel="test-time steps t",
+        ylabel="PQ (val)",
+        title="PQ vs test steps (dashed: trained steps)",
+    )
+    ax_res.set(
+        xlabel="step t",
+        ylabel="||h_t - h_{t-1}|| / ||h_t||",
+        title="relative residual (thin: per module)",
+    )
     for ax in (ax_pq, ax_res):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

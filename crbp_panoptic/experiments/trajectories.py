@@ -6,6 +6,7 @@ received in one inference pass is captured, and its cell is stepped from ``h_0 =
 * residual ``||h_t - h_{t-1}|| / ||h_t||`` (how far from a fixed point step t is),
 * drift ``||h_t - h_T|| / ||h_T||`` (how far the state moved from the trained step T).
 """
+
 import contextlib
 from typing import Dict, List, Sequence, Tuple
 
@@ -23,8 +24,9 @@ def relative_distance(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return diff / (torch.linalg.vector_norm(ref.float()) + 1e-12)
 
 
-def residual_trajectory(cell, x: torch.Tensor, num_steps: int,
-                        ref_step: int) -> Tuple[List[float], List[float]]:
+def residual_trajectory(
+    cell, x: torch.Tensor, num_steps: int, ref_step: int
+) -> Tuple[List[float], List[float]]:
     """Step ``h <- cell(x, h)`` from ``h_0 = 0`` for ``num_steps`` steps (no grad).
 
     Args:
@@ -64,8 +66,11 @@ def capture_drives(model):
     handles = []
     for name, module in recurrent_modules(model):
         drives[name] = []
-        handles.append(module.register_forward_pre_hook(
-            lambda mod, args, _name=name: drives[_name].append(args[0].detach())))
+        handles.append(
+            module.register_forward_pre_hook(
+                lambda mod, args, _name=name: drives[_name].append(args[0].detach())
+            )
+        )
     try:
         yield drives
     finally:
@@ -86,16 +91,18 @@ def _accumulate(model, inputs, num_steps, ref_step):
                 if x.numel() == 0:
                     continue
                 res, drift = residual_trajectory(modules[name].cell, x, num_steps, ref_step)
-                acc = sums.setdefault(name, {"residual": [0.0] * num_steps,
-                                             "drift": [0.0] * num_steps})
+                acc = sums.setdefault(
+                    name, {"residual": [0.0] * num_steps, "drift": [0.0] * num_steps}
+                )
                 acc["residual"] = [a + b for a, b in zip(acc["residual"], res)]
                 acc["drift"] = [a + b for a, b in zip(acc["drift"], drift)]
                 counts[name] = counts.get(name, 0) + 1
     return sums, counts
 
 
-def residual_curves(model, inputs: Sequence[dict], num_steps: int,
-                    ref_step: int) -> Dict[str, Dict]:
+def residual_curves(
+    model, inputs: Sequence[dict], num_steps: int, ref_step: int
+) -> Dict[str, Dict]:
     """Per recurrent module of ``model``: the residual and drift curves, averaged over ``inputs``.
 
     Each input (a Detectron2 inference dict) is run alone through ``model`` in eval mode to
@@ -112,10 +119,15 @@ def residual_curves(model, inputs: Sequence[dict], num_steps: int,
         sums, counts = _accumulate(model, inputs, num_steps, ref_step)
     finally:
         model.train(was_training)
-    out = {name: {key: [v / counts[name] for v in vals] for key, vals in acc.items()}
-           | {"images": counts[name]} for name, acc in sums.items()}
+    out = {
+        name: {key: [v / counts[name] for v in vals] for key, vals in acc.items()}
+        | {"images": counts[name]}
+        for name, acc in sums.items()
+    }
     if out:
         n = len(out)
-        out["mean"] = {key: [sum(out[m][key][t] for m in sums) / n for t in range(num_steps)]
-                       for key in ("residual", "drift")} | {"images": min(counts.values())}
+        out["mean"] = {
+            key: [sum(out[m][key][t] for m in sums) / n for t in range(num_steps)]
+            for key in ("residual", "drift")
+        } | {"images": min(counts.values())}
     return out

@@ -1,4 +1,5 @@
 """The recurrent FPN backbone: Detectron2's FPN with hGRU-refined lateral features."""
+
 import math
 
 import fvcore.nn.weight_init as weight_init
@@ -35,8 +36,14 @@ class RecurrentLateral(Conv2d):
     """
 
     def __init__(self, conv, refiner, channels):
-        super().__init__(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size,
-                         bias=conv.bias is not None, norm=conv.norm, activation=conv.activation)
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            kernel_size=conv.kernel_size,
+            bias=conv.bias is not None,
+            norm=conv.norm,
+            activation=conv.activation,
+        )
         self.weight = conv.weight
         self.bias = conv.bias
         self.recurrent = refiner
@@ -69,8 +76,18 @@ class CRBPFPN(FPN):
     Outputs, strides and channels are exactly the stock FPN's (``output_shape()``).
     """
 
-    def __init__(self, bottom_up, in_features, out_channels, *, recurrent_levels, refiner_kwargs,
-                 norm="", top_block=None, fuse_type="sum"):
+    def __init__(
+        self,
+        bottom_up,
+        in_features,
+        out_channels,
+        *,
+        recurrent_levels,
+        refiner_kwargs,
+        norm="",
+        top_block=None,
+        fuse_type="sum",
+    ):
         """
         Args:
             bottom_up, in_features, out_channels, norm, top_block, fuse_type: as :class:`FPN`.
@@ -79,16 +96,23 @@ class CRBPFPN(FPN):
                 :class:`HGRUCell` included); ``channels`` other than ``out_channels`` adds
                 1x1 projections around the refiner (see :class:`RecurrentLateral`).
         """
-        super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
-                         fuse_type=fuse_type)
+        super().__init__(
+            bottom_up,
+            in_features,
+            out_channels,
+            norm=norm,
+            top_block=top_block,
+            fuse_type=fuse_type,
+        )
         strides = bottom_up.output_shape()
         # self.lateral_convs runs top-down (coarsest level first), like reversed(in_features).
         for idx, name in enumerate(reversed(self.in_features)):
             stage = int(math.log2(strides[name].stride))
             if f"p{stage}" in recurrent_levels:
                 refiner = RecurrentRefiner(**refiner_kwargs)
-                lateral = RecurrentLateral(self.lateral_convs[idx], refiner,
-                                           refiner_kwargs["channels"])
+                lateral = RecurrentLateral(
+                    self.lateral_convs[idx], refiner, refiner_kwargs["channels"]
+                )
                 self.lateral_convs[idx] = lateral
                 setattr(self, f"fpn_lateral{stage}", lateral)
 
@@ -114,4 +138,3 @@ def build_resnet_crbp_fpn_backbone(cfg, input_shape):
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
-

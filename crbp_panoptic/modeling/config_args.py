@@ -5,6 +5,7 @@ by the engine's own rules (:mod:`crbp_panoptic.crbp.options`) with each argument
 by its config key, so an error names ``MODEL.CRBP.<KEY>`` and what is allowed, when the
 model is built.
 """
+
 from crbp_panoptic.crbp.options import check_refiner_args
 
 __all__ = ["diagnostics_period", "fpn_channels", "fpn_levels", "lcp_weight", "refiner_args"]

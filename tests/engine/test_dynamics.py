@@ -9,6 +9,7 @@ from PIL import Image
 from crbp_panoptic.data.synthetic import generate_split
 from crbp_panoptic.engine.dynamics import record_dynamics
 from crbp_panoptic.modeling import recurrent_modules
+
 from tests.tiny import CONFIGS, TINY, load_tool, tiny_cfg
 
 MASK_CONFIG = "Synthetic-PanopticSegmentation/panoptic_crbp_mask_R_18_quick.yaml"

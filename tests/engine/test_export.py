@@ -13,6 +13,7 @@ from crbp_panoptic.engine.export import (
     traced_outputs,
 )
 from crbp_panoptic.modeling import recurrent_modules
+
 from tests.tiny import CONFIGS, TINY, load_tool, tiny_cfg
 
 PLACEMENTS = ["panoptic_crbp_fpn_R_18_quick.yaml", "panoptic_crbp_mask_R_18_quick.yaml"]

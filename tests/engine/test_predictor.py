@@ -11,6 +11,7 @@ from crbp_panoptic.data import CATEGORIES, synthetic_panoptic_metadata
 from crbp_panoptic.data.synthetic import generate_split, rgb2id
 from crbp_panoptic.engine.inputs import InputError, collect_images, split_inputs_and_opts
 from crbp_panoptic.engine.predictor import PanopticCategories, segments_record
+
 from tests.tiny import CONFIGS, TINY, load_tool
 
 CONFIG = str(CONFIGS / "Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_quick.yaml")

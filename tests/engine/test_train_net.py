@@ -1,5 +1,6 @@
 """crbp_panoptic.engine.setup (what tools/train_net.py runs) end to end on tiny synthetic data:
 train, eval-only, resume, 2 processes."""
+
 import json
 import math
 from pathlib import Path
@@ -33,7 +34,13 @@ def _tiny_opts(output_dir, train="engine_test_train_separated"):
 
 def _args(output_dir, *opts, train="engine_test_train_separated", extra=()):
     return default_argument_parser().parse_args(
-        ["--config-file", str(REPO / CONFIG), *extra, *_tiny_opts(output_dir, train), *[str(o) for o in opts]]
+        [
+            "--config-file",
+            str(REPO / CONFIG),
+            *extra,
+            *_tiny_opts(output_dir, train),
+            *[str(o) for o in opts],
+        ]
     )
 
 
@@ -70,12 +77,16 @@ def test_eval_only_prints_pq(datasets, tmp_path, capfd):
     train_or_evaluate(_args(tmp_path))
     capfd.readouterr()
     results = train_or_evaluate(
-        _args(tmp_path / "eval", "MODEL.WEIGHTS", tmp_path / "model_final.pth", extra=["--eval-only"])
+        _args(
+            tmp_path / "eval", "MODEL.WEIGHTS", tmp_path / "model_final.pth", extra=["--eval-only"]
+        )
     )
     out = capfd.readouterr().out
     assert "Panoptic Evaluation Results" in out and "PQ" in out
     pq = results["panoptic_seg"]
-    assert {"PQ", "PQ_th", "PQ_st"} <= set(pq) and all(math.isfinite(pq[k]) for k in ("PQ", "PQ_st"))
+    assert {"PQ", "PQ_th", "PQ_st"} <= set(pq) and all(
+        math.isfinite(pq[k]) for k in ("PQ", "PQ_st")
+    )
     assert "sem_seg" in results and "mIoU" in results["sem_seg"]
 
 
@@ -123,7 +134,9 @@ def _ddp_main(args, out_dir, datasets_root):
 
 
 def test_two_cpu_processes_keep_parameters_identical(datasets, tmp_path):
-    args = _args(tmp_path, "SOLVER.IMS_PER_BATCH", 4, "MODEL.CRBP.GRAD", "crbp", "DATASETS.TEST", "()")
+    args = _args(
+        tmp_path, "SOLVER.IMS_PER_BATCH", 4, "MODEL.CRBP.GRAD", "crbp", "DATASETS.TEST", "()"
+    )
     launch(_ddp_main, 2, dist_url="auto", args=(args, str(tmp_path), datasets))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["params"], r1["params"])
@@ -132,13 +145,16 @@ def test_two_cpu_processes_keep_parameters_identical(datasets, tmp_path):
 
 
 def test_unknown_dataset_lists_registered_names(datasets, tmp_path):
-    with pytest.raises(KeyError, match=r"'no_such_dataset'.*registered:.*engine_test_val_separated"):
+    with pytest.raises(
+        KeyError, match=r"'no_such_dataset'.*registered:.*engine_test_val_separated"
+    ):
         train_or_evaluate(_args(tmp_path, "DATASETS.TEST", "('no_such_dataset',)"))
 
 
 def test_missing_coco_files_fail_before_training(datasets, tmp_path):
     # The builtin COCO registration points at $DETECTRON2_DATASETS/coco/..., absent here.
-    with pytest.raises(FileNotFoundError, match=r"coco_2017_val_panoptic_separated.*DETECTRON2_DATASETS"):
+    with pytest.raises(
+        FileNotFoundError, match=r"coco_2017_val_panoptic_separated.*DETECTRON2_DATASETS"
+    ):
         train_or_evaluate(_args(tmp_path, "DATASETS.TEST", "('coco_2017_val_panoptic_separated',)"))
     assert not (tmp_path / "model_final.pth").exists()
-

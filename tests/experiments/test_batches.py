@@ -1,4 +1,5 @@
 """crbp_panoptic.experiments.batches: random Detectron2 training batches."""
+
 import math
 
 import torch

@@ -1,4 +1,5 @@
 """crbp_panoptic.experiments.demo (what tools/demo.py runs) end to end on tiny synthetic data."""
+
 import pytest
 from PIL import Image
 

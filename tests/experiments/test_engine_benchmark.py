@@ -1,14 +1,19 @@
 """crbp_panoptic.experiments.engine_benchmark: one refiner step per arm, and its table."""
+
 from crbp_panoptic.crbp import parse_arm
 from crbp_panoptic.experiments import engine_benchmark as eb
 
 
 def test_saved_memory_grows_with_bptt_steps_and_stays_flat_under_rbp():
-    arms = [parse_arm(a) for a in ("bptt:1", "bptt:4", "rbp:2", "rbp:8", "crbp:8", "crbp:8:sub2",
-                                    "crbp:8:crop2")]
+    arms = [
+        parse_arm(a)
+        for a in ("bptt:1", "bptt:4", "rbp:2", "rbp:8", "crbp:8", "crbp:8:sub2", "crbp:8:crop2")
+    ]
     shapes = eb.shapes(channels=8, rois=4, roi_size=6, images=1, fpn_hw=(6, 8))
     rows = eb.benchmark(arms, shapes, num_groups=4, neumann_steps=3)
-    assert [(s, a.name) for s, _, a, _ in rows] == [(s, a.name) for s in ("mask", "fpn") for a in arms]
+    assert [(s, a.name) for s, _, a, _ in rows] == [
+        (s, a.name) for s in ("mask", "fpn") for a in arms
+    ]
     for scale in ("mask", "fpn"):
         saved = {a.name: r["saved"] for s, _, a, r in rows if s == scale}
         assert saved["bptt:4"] > 2 * saved["bptt:1"] > 0

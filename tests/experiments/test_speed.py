@@ -1,12 +1,15 @@
 """crbp_panoptic.experiments.speed on tiny trained-run folders made from the real configs."""
+
 import json
 
 import pytest
 import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from crbp_panoptic.experiments import speed
+
 from tests.tiny import register_tiny_datasets, tiny_train_opts
 
 MASK = "configs/Synthetic-PanopticSegmentation/panoptic_crbp_mask_R_18_quick.yaml"
@@ -18,6 +21,7 @@ FF = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_quick.yaml"
 def runs(tmp_path_factory):
     """Run folders (config.yaml + model_final.pth) of tiny untrained models."""
     from crbp_panoptic.engine import setup_cfg
+
     from tests.tiny import REPO
 
     root = tmp_path_factory.mktemp("speed")
@@ -38,8 +42,9 @@ def runs(tmp_path_factory):
 def test_settings_name_the_levers():
     names = [s.name for s in speed.inference_settings(10)]
     assert names == ["T", "2T", "tol 0.01", "tol 0.003", "tol 0.001", "anderson tol 0.001"]
-    two_t = dict(zip(speed.inference_settings(10)[1].opts[::2],
-                     speed.inference_settings(10)[1].opts[1::2]))
+    two_t = dict(
+        zip(speed.inference_settings(10)[1].opts[::2], speed.inference_settings(10)[1].opts[1::2])
+    )
     assert two_t == {"MODEL.CRBP.TEST_STEPS": 20, "MODEL.CRBP.TEST_TOL": 0.0}
     assert [s.name for s in speed.training_settings("fpn")][-1] == "NEUMANN_TOL 1e-2"
     assert [s.name for s in speed.training_settings("mask")][-1] == "LCP_SUBSAMPLE 0.25"
@@ -66,7 +71,8 @@ def test_measure_runs_and_report(runs):
     run = report["runs"]["mask"]
     assert run["placement"] == "mask" and run["steps"] == 3
     assert [r["setting"] for r in run["training"]] == [
-        s.name for s in speed.training_settings("mask")]
+        s.name for s in speed.training_settings("mask")
+    ]
     assert all(r["seconds"] > 0 for r in run["training"] + report["feedforward"]["training"])
     assert set(run["inference"][0]["pq"]) == {"PQ", "PQ_th", "PQ_st"}
     text = speed.markdown(report, ["# title"])

@@ -1,4 +1,5 @@
 """crbp_panoptic.experiments.trajectories: residual and drift curves, closed form and capture."""
+
 import pytest
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ def test_residual_trajectory_matches_closed_form():
 
 
 class ToyModel(nn.Module):
-    """Two refiners; the second sees an empty batch on odd images (like a mask head without ROIs)."""
+    """Two refiners; the second sees an empty batch on odd images (a mask head without ROIs)."""
 
     def __init__(self):
         super().__init__()
@@ -49,7 +50,9 @@ def test_residual_curves_capture_drives_and_average():
     curves = residual_curves(model, inputs, 4, 2)
     assert model.training  # mode restored
     assert set(curves) == {"a", "b", "mean"}
-    assert curves["a"]["images"] == 3 and curves["b"]["images"] == 2 and curves["mean"]["images"] == 2
+    assert (
+        curves["a"]["images"] == 3 and curves["b"]["images"] == 2 and curves["mean"]["images"] == 2
+    )
     expected = [expected_residual(t) for t in range(1, 5)]
     for name in ("a", "b", "mean"):
         assert curves[name]["residual"] == pytest.approx(expected, rel=1e-5)
