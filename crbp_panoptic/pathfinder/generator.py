@@ -1,11 +1,10 @@
 """Procedural Pathfinder images for contour segmentation ("PF-SEG").
 
 An image holds several smooth curved paths, each made of short straight dashes
-separated by gaps, on a black background; a marker dot sits at one end of the
-*target* path. The target mask is every pixel of the target path plus the dot.
-Telling the target from the distractors takes grouping the dashes along the
-contour: locally every path looks the same, and distractors may cross the target
-or run close beside it.
+separated by small gaps, on a black background; a marker dot sits at one end of
+the *target* path. The target mask is every pixel of the target path plus the dot.
+Locally every path looks the same: telling the target from the distractors takes
+following the contour from the dot, dash after dash.
 
 Our own implementation of the idea (Linsley et al. 2018, 2020), written from the
 task description, not ported from anyone's code.
@@ -14,16 +13,24 @@ A path is a random walk of headings: dash ``k`` runs from ``p_k`` to
 ``q_k = p_k + dash_length * (cos θ_k, sin θ_k)``, the next dash starts at
 ``p_{k+1} = q_k + gap * (cos θ_k, sin θ_k)`` and turns by
 ``θ_{k+1} - θ_k ~ U(-curvature, curvature)``. A turn that would leave the image
-margin is redrawn (a few tries), otherwise the path restarts elsewhere.
+margin, or bring a distractor closer than ``min_separation`` to another path (or
+closer than ``dot_clearance`` to the dot), is redrawn; a path that gets stuck
+restarts elsewhere. Paths therefore never touch, and the ink connected to the dot
+(``image >= 0.5``, 8-connectivity) is exactly the target: :func:`connected_to_dot`
+is the task's oracle, and a model has to compute that connectivity with local
+operations.
 
 Everything is deterministic from ``(seed, index)``: :class:`PathfinderDataset`
 draws sample ``i`` from ``numpy.random.default_rng([seed, i])``, so samples are
-made on the fly in any order and on any worker, and nothing touches the disk
-unless :func:`write_cache` is called.
+made on the fly in any order and on any worker. :func:`cached_arrays` generates a
+whole set once and keeps it on disk under a folder named by the hash of the
+generator's parameters, so a changed config gets fresh data.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from typing import List, Optional, Tuple
@@ -31,14 +38,23 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 __all__ = [
+    "INK",
     "PathfinderConfig",
     "PathfinderSample",
     "PathfinderDataset",
     "CachedPathfinder",
+    "cached_arrays",
+    "connected_to_dot",
     "generate",
     "write_cache",
     "save_examples",
 ]
+
+#: A pixel whose ink coverage reaches this belongs to a path (the target mask uses the same).
+INK = 0.5
+
+#: Bump when the drawing changes, so caches made by older code are not reused.
+GENERATOR_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,30 +63,32 @@ class PathfinderConfig:
 
     Attributes:
         size: image side length (square images).
-        path_length: dashes per path (target and full-length distractors).
+        path_length: dashes per path (target and distractors).
         dash_length: length of one dash.
-        gap: distance between the end of one dash and the start of the next.
+        gap: distance between the end of one dash and the start of the next
+            (small enough that a line of ``thickness`` stays 8-connected across it).
         curvature: largest heading change between consecutive dashes.
-        distractors: full-length distractor paths.
-        near_distractors: how many of the distractors start on or beside the
-            target path (at a random dash of it), so they cross or run close;
-            the rest start anywhere.
+        distractors: distractor paths.
         thickness: line width of a dash.
         dot_radius: radius of the marker dot.
         margin: paths keep this far from the border.
+        min_separation: least distance between the centre lines of two different
+            paths (gaps included), so paths never touch or cross.
+        dot_clearance: least distance from the dot's centre to any distractor.
         max_tries: restarts allowed per path before giving up (``RuntimeError``).
     """
 
     size: int = 64
     path_length: int = 8
     dash_length: float = 4.0
-    gap: float = 2.0
+    gap: float = 1.0
     curvature: float = math.pi / 7
     distractors: int = 2
-    near_distractors: int = 1
-    thickness: float = 1.5
+    thickness: float = 2.0
     dot_radius: float = 2.0
     margin: float = 3.0
+    min_separation: float = 4.0
+    dot_clearance: float = 6.0
     max_tries: int = 200
 
     def __post_init__(self):
@@ -79,18 +97,30 @@ class PathfinderConfig:
         if self.path_length < 1:
             raise ValueError(f"path_length={self.path_length!r}; must be >= 1")
         if self.dash_length <= 0 or self.gap < 0:
-            raise ValueError(f"dash_length={self.dash_length!r}, gap={self.gap!r}; need dash_length > 0, gap >= 0")
+            raise ValueError(
+                f"dash_length={self.dash_length!r}, gap={self.gap!r}; "
+                "need dash_length > 0, gap >= 0"
+            )
         if not 0 <= self.curvature <= math.pi:
             raise ValueError(f"curvature={self.curvature!r}; must lie in [0, pi]")
-        if self.distractors < 0 or not 0 <= self.near_distractors <= self.distractors:
-            raise ValueError(
-                f"distractors={self.distractors!r}, near_distractors={self.near_distractors!r}; "
-                "need 0 <= near_distractors <= distractors"
-            )
+        if self.distractors < 0:
+            raise ValueError(f"distractors={self.distractors!r}; must be >= 0")
         if self.thickness <= 0 or self.dot_radius <= 0:
-            raise ValueError(f"thickness={self.thickness!r}, dot_radius={self.dot_radius!r}; must be > 0")
+            raise ValueError(
+                f"thickness={self.thickness!r}, dot_radius={self.dot_radius!r}; must be > 0"
+            )
         if 2 * self.margin >= self.size:
             raise ValueError(f"margin={self.margin!r} leaves no room in size={self.size!r}")
+        if self.min_separation < 0 or self.dot_clearance < 0:
+            raise ValueError(
+                f"min_separation={self.min_separation!r}, dot_clearance={self.dot_clearance!r}; "
+                "must be >= 0"
+            )
+
+    def digest(self) -> str:
+        """A short hash of every parameter and the generator version (names cache folders)."""
+        text = f"v{GENERATOR_VERSION}:{dataclasses.astuple(self)!r}"
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 @dataclasses.dataclass
@@ -118,15 +148,51 @@ def _inside(p: np.ndarray, lo: float, hi: float) -> bool:
     return bool(lo <= p[0] <= hi and lo <= p[1] <= hi)
 
 
+def _points(a: np.ndarray, b: np.ndarray, spacing: float = 0.5) -> np.ndarray:
+    """Points every ``spacing`` px on the segment a-b, both ends included, shape (n, 2)."""
+    n = max(int(math.ceil(float(np.hypot(*(b - a))) / spacing)), 1)
+    return a + np.linspace(0.0, 1.0, n + 1)[:, None] * (b - a)
+
+
+class _Obstacles:
+    """Points a new path must keep away from, each with its own clearance."""
+
+    def __init__(self):
+        self.points = np.zeros((0, 2))
+        self.clearance = np.zeros(0)
+
+    def add(self, points: np.ndarray, clearance: float) -> None:
+        self.points = np.concatenate([self.points, points])
+        self.clearance = np.concatenate([self.clearance, np.full(len(points), clearance)])
+
+    def clear(self, points: np.ndarray) -> bool:
+        """True if every point of ``points`` (n, 2) keeps its distance from every obstacle."""
+        if not len(self.points):
+            return True
+        d = np.hypot(*(points[:, None, :] - self.points[None, :, :]).transpose(2, 0, 1))
+        return bool((d >= self.clearance[None, :]).all())
+
+
+def _centre_line(dashes: np.ndarray) -> np.ndarray:
+    """Points along a path's whole centre line, dashes and gaps, shape (n, 2)."""
+    ends = np.concatenate([dashes[:, 0], dashes[-1:, 1]])
+    return np.concatenate([_points(a, b) for a, b in zip(ends[:-1], ends[1:])])
+
+
 def _walk(
-    rng: np.random.Generator, cfg: PathfinderConfig, start: np.ndarray, heading: float
+    rng: np.random.Generator,
+    cfg: PathfinderConfig,
+    start: np.ndarray,
+    heading: float,
+    avoid: _Obstacles,
 ) -> Optional[np.ndarray]:
-    """One path from ``start``; None if it got stuck against the border.
+    """One path from ``start``; None if it got stuck (border or obstacles).
 
     Each turn is drawn uniformly in ``[-curvature, curvature]``; a draw is kept if
-    the dash, the next start and a point ``lookahead`` further on stay inside the
-    margin (the look-ahead makes the walk steer away from walls in time). If a
-    dozen draws fail, draws without look-ahead are tried before giving up.
+    the dash and the gap after it stay inside the margin and clear of ``avoid``, and
+    a point ``lookahead`` further on stays inside the margin (the look-ahead makes
+    the walk steer away from walls in time). If a dozen draws fail, draws without
+    look-ahead are tried before giving up.
     """
     lo, hi = cfg.margin, cfg.size - 1 - cfg.margin
     step = cfg.dash_length + cfg.gap
@@ -135,8 +201,7 @@ def _walk(
     theta = heading
     for k in range(cfg.path_length):
         last = k + 1 == cfg.path_length
-        remaining = cfg.path_length - k - 1
-        lookahead = min(3, remaining) * step
+        lookahead = min(3, cfg.path_length - k - 1) * step
         for attempt in range(24):
             if k == 0:  # the first dash may point anywhere
                 t = theta if attempt == 0 else rng.uniform(-math.pi, math.pi)
@@ -144,10 +209,11 @@ def _walk(
                 t = theta + rng.uniform(-cfg.curvature, cfg.curvature)
             d = np.array([math.cos(t), math.sin(t)])
             q = p + cfg.dash_length * d
-            ok = _inside(q, lo, hi) and (last or _inside(q + cfg.gap * d, lo, hi))
+            end = q if last else q + cfg.gap * d
+            ok = _inside(q, lo, hi) and _inside(end, lo, hi)
             if ok and attempt < 12:
                 ok = _inside(q + lookahead * d, lo, hi) or lookahead == 0
-            if ok:
+            if ok and avoid.clear(_points(p, end)):
                 break
         else:
             return None
@@ -158,27 +224,40 @@ def _walk(
 
 
 def _random_path(
-    rng: np.random.Generator, cfg: PathfinderConfig, near: Optional[np.ndarray] = None
-) -> np.ndarray:
+    rng: np.random.Generator, cfg: PathfinderConfig, avoid: _Obstacles, tries: int
+) -> Optional[np.ndarray]:
+    """A path that starts anywhere clear of ``avoid``; None after ``tries`` failed starts."""
     lo, hi = cfg.margin, cfg.size - 1 - cfg.margin
-    for _ in range(cfg.max_tries):
-        if near is None:
-            start = rng.uniform(lo, hi, size=2)
-        else:
-            # Start on (or just beside) a random dash of the target, so this path crosses
-            # it or runs close to it.
-            k = rng.integers(len(near))
-            a, b = near[k]
-            start = a + rng.uniform(0, 1) * (b - a) + rng.normal(0, cfg.thickness, size=2)
-            start = np.clip(start, lo, hi)
-        path = _walk(rng, cfg, start, rng.uniform(-math.pi, math.pi))
+    for _ in range(tries):
+        start = rng.uniform(lo, hi, size=2)
+        if not avoid.clear(start[None]):
+            continue
+        path = _walk(rng, cfg, start, rng.uniform(-math.pi, math.pi), avoid)
         if path is not None:
             return path
-    raise RuntimeError(
-        f"could not fit a path of {cfg.path_length} dashes in {cfg.max_tries} tries "
-        f"(size={cfg.size}, dash_length={cfg.dash_length}, gap={cfg.gap}); make the image larger "
-        "or the path shorter"
-    )
+    return None
+
+
+def _layout(rng: np.random.Generator, cfg: PathfinderConfig) -> Optional[List[np.ndarray]]:
+    """Target first, then the distractors around it; None if a distractor found no room."""
+    target = _random_path(rng, cfg, _Obstacles(), cfg.max_tries)
+    if target is None:
+        return None
+    avoid = _Obstacles()
+    avoid.add(target[:1, 0], cfg.dot_clearance)
+    avoid.add(_centre_line(target), cfg.min_separation)
+    paths = [target]
+    for _ in range(cfg.distractors):
+        path = _random_path(rng, cfg, avoid, _DISTRACTOR_TRIES)
+        if path is None:
+            return None
+        avoid.add(_centre_line(path), cfg.min_separation)
+        paths.append(path)
+    return paths
+
+
+#: Starts tried per distractor before the whole image is drawn again.
+_DISTRACTOR_TRIES = 20
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -188,8 +267,14 @@ def _draw_segment(canvas: np.ndarray, a: np.ndarray, b: np.ndarray, width: float
     """Max-composite an anti-aliased segment of ``width`` pixels onto ``canvas`` (in place)."""
     size = canvas.shape[0]
     r = width / 2 + 1
-    x0, x1 = int(max(0, math.floor(min(a[0], b[0]) - r))), int(min(size - 1, math.ceil(max(a[0], b[0]) + r)))
-    y0, y1 = int(max(0, math.floor(min(a[1], b[1]) - r))), int(min(size - 1, math.ceil(max(a[1], b[1]) + r)))
+    x0, x1 = (
+        int(max(0, math.floor(min(a[0], b[0]) - r))),
+        int(min(size - 1, math.ceil(max(a[0], b[0]) + r))),
+    )
+    y0, y1 = (
+        int(max(0, math.floor(min(a[1], b[1]) - r))),
+        int(min(size - 1, math.ceil(max(a[1], b[1]) + r))),
+    )
     if x1 < x0 or y1 < y0:
         return
     ys, xs = np.mgrid[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
@@ -217,24 +302,46 @@ def generate(cfg: PathfinderConfig, rng: np.random.Generator) -> PathfinderSampl
     Returns:
         A :class:`PathfinderSample`.
     """
-    target = _random_path(rng, cfg)
-    paths = [target]
-    for j in range(cfg.distractors):
-        paths.append(_random_path(rng, cfg, near=target if j < cfg.near_distractors else None))
-    # Draw the layers in a random order so the target is not always on top.
-    image = np.zeros((cfg.size, cfg.size), dtype=np.float64)
-    for idx in rng.permutation(len(paths)):
-        for a, b in paths[idx]:
-            _draw_segment(image, a, b, cfg.thickness)
+    for _ in range(cfg.max_tries):
+        paths = _layout(rng, cfg)
+        if paths is not None:
+            break
+    else:
+        raise RuntimeError(
+            f"could not fit a target and {cfg.distractors} distractors of {cfg.path_length} dashes "
+            f"in {cfg.max_tries} tries (size={cfg.size}, dash_length={cfg.dash_length}, "
+            f"gap={cfg.gap}, min_separation={cfg.min_separation}); make the image larger, the "
+            "paths shorter or fewer"
+        )
+    target = paths[0]
     dot = (float(target[0, 0, 0]), float(target[0, 0, 1]))
+    image = np.zeros((cfg.size, cfg.size), dtype=np.float64)
+    for path in paths:
+        for a, b in path:
+            _draw_segment(image, a, b, cfg.thickness)
     _draw_disk(image, dot, cfg.dot_radius)
 
     cover = np.zeros_like(image)
     for a, b in target:
         _draw_segment(cover, a, b, cfg.thickness)
     _draw_disk(cover, dot, cfg.dot_radius)
-    mask = cover >= 0.5
+    mask = cover >= INK
     return PathfinderSample(image.astype(np.float32), mask, paths, dot)
+
+
+def connected_to_dot(image: np.ndarray, dot: Tuple[float, float]) -> np.ndarray:
+    """The oracle: ink (``image >= INK``) 8-connected to the dot, bool (size, size).
+
+    Args:
+        image: (size, size) in [0, 1].
+        dot: (x, y) centre of the marker dot.
+    """
+    from scipy import ndimage
+
+    ink = image >= INK
+    labels, _ = ndimage.label(ink, structure=np.ones((3, 3), dtype=bool))
+    x, y = int(round(dot[0])), int(round(dot[1]))
+    return labels == labels[y, x] if labels[y, x] else np.zeros_like(ink)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -243,16 +350,13 @@ def generate(cfg: PathfinderConfig, rng: np.random.Generator) -> PathfinderSampl
 class PathfinderDataset:
     """Map-style dataset generating sample ``i`` on the fly from ``(seed, i)``.
 
-    Works with ``torch.utils.data.DataLoader`` (returns tensors if torch is
-    importable) but does not need torch to generate.
-
     Args:
         cfg: generator parameters.
         length: number of samples.
         seed: base seed; train and test sets should use different seeds.
 
-    Item ``i`` is ``(image, mask)``: float32 (1, size, size) in [0, 1] and
-    float32 (1, size, size) in {0, 1}.
+    Item ``i`` is ``(image, mask)``: float32 tensors (1, size, size), the image in
+    [0, 1] and the mask in {0, 1}.
     """
 
     def __init__(self, cfg: PathfinderConfig, length: int, seed: int = 0):
@@ -274,48 +378,74 @@ class PathfinderDataset:
 
 
 def _as_tensors(image: np.ndarray, mask: np.ndarray):
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a project dependency
-        return image, mask
+    import torch
+
     return torch.from_numpy(image), torch.from_numpy(mask)
 
 
-def write_cache(dataset: PathfinderDataset, path: str) -> str:
+def _sample_arrays(args) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float]]:
+    cfg, seed, i = args
+    smp = generate(cfg, np.random.default_rng([seed, int(i)]))
+    return np.round(smp.image * 255).astype(np.uint8), smp.mask, smp.dot
+
+
+def _generate_arrays(dataset: PathfinderDataset, workers: int = 0) -> dict:
+    jobs = [(dataset.cfg, dataset.seed, i) for i in range(len(dataset))]
+    workers = min(workers, len(jobs))
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(_sample_arrays, jobs, chunksize=64)
+    else:
+        results = [_sample_arrays(j) for j in jobs]
+    s = dataset.cfg.size
+    return {
+        "images": np.stack([r[0] for r in results]) if results else np.zeros((0, s, s), np.uint8),
+        "masks": np.stack([r[1] for r in results]) if results else np.zeros((0, s, s), bool),
+        "dots": np.array([r[2] for r in results], dtype=np.float32).reshape(-1, 2),
+    }
+
+
+def write_cache(dataset: PathfinderDataset, path: str, workers: int = 0) -> str:
     """Generate every sample of ``dataset`` once and save them to one ``.npz`` file.
 
-    Images are stored as uint8 (0-255) and masks as packed bits.
+    Images are stored as uint8 (0-255), masks as packed bits, dots as (n, 2) float32.
+    The file is written under a temporary name and renamed, so an interrupted run
+    leaves no half-written cache.
 
     Returns:
         The path written.
     """
-    n, s = len(dataset), dataset.cfg.size
-    images = np.empty((n, s, s), dtype=np.uint8)
-    masks = np.empty((n, s, s), dtype=bool)
-    for i in range(n):
-        smp = dataset.sample(i)
-        images[i] = np.round(smp.image * 255).astype(np.uint8)
-        masks[i] = smp.mask
+    arrays = _generate_arrays(dataset, workers)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".partial.npz"
     np.savez_compressed(
-        path,
-        images=images,
-        masks=np.packbits(masks, axis=-1),
-        size=s,
+        tmp,
+        images=arrays["images"],
+        masks=np.packbits(arrays["masks"], axis=-1),
+        dots=arrays["dots"],
+        size=dataset.cfg.size,
         config=repr(dataset.cfg),
         seed=dataset.seed,
     )
+    os.replace(tmp, path)
     return path
 
 
 class CachedPathfinder:
-    """Dataset read from a file written by :func:`write_cache` (same item format)."""
+    """Dataset read from a file written by :func:`write_cache` (same item format).
+
+    Attributes:
+        images: uint8 (n, size, size); masks: bool (n, size, size); dots: float32 (n, 2).
+    """
 
     def __init__(self, path: str):
-        data = np.load(path)
-        self.size = int(data["size"])
-        self.images = data["images"]
-        self.masks = np.unpackbits(data["masks"], axis=-1, count=self.size).astype(bool)
+        with np.load(path) as data:
+            self.size = int(data["size"])
+            self.images = data["images"]
+            self.masks = np.unpackbits(data["masks"], axis=-1, count=self.size).astype(bool)
+            self.dots = data["dots"]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -325,7 +455,34 @@ class CachedPathfinder:
         return _as_tensors(img, self.masks[i][None].astype(np.float32))
 
 
-def save_examples(cfg: PathfinderConfig, path: str, n: int = 4, seed: int = 0, scale: int = 2) -> str:
+def cached_arrays(
+    cfg: PathfinderConfig,
+    length: int,
+    seed: int,
+    root: str = "datasets/pathfinder",
+    workers: int = 0,
+) -> CachedPathfinder:
+    """The set ``PathfinderDataset(cfg, length, seed)``, generated once and kept on disk.
+
+    The file is ``root/<cfg.digest()>/n<length>_seed<seed>.npz``; a changed
+    config (or generator version) hashes to a new folder, so stale data is never read.
+
+    Args:
+        cfg: generator parameters.
+        length: number of samples.
+        seed: base seed.
+        root: cache folder.
+        workers: processes used to generate a missing file (0 or 1: this process).
+    """
+    path = os.path.join(root, cfg.digest(), f"n{int(length)}_seed{int(seed)}.npz")
+    if not os.path.exists(path):
+        write_cache(PathfinderDataset(cfg, length, seed), path, workers)
+    return CachedPathfinder(path)
+
+
+def save_examples(
+    cfg: PathfinderConfig, path: str, n: int = 4, seed: int = 0, scale: int = 2
+) -> str:
     """Render ``n`` examples as one PNG: image on top, target mask (red) over it below.
 
     Args:
@@ -351,7 +508,9 @@ def save_examples(cfg: PathfinderConfig, path: str, n: int = 4, seed: int = 0, s
         over = np.repeat((grey // 3)[..., None], 3, axis=-1)
         over[smp.mask] = (255, 60, 60)
         canvas[2 * pad + s : 2 * pad + 2 * s, x0 : x0 + s] = over
-    img = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    img = Image.fromarray(canvas).resize(
+        (canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST
+    )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img.save(path, optimize=True)
     return path

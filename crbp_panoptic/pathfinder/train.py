@@ -1,11 +1,24 @@
-"""Train / evaluate one Pathfinder arm (library code behind ``tools/train_pathfinder.py``).
+"""Train / evaluate Pathfinder arms (library code behind ``tools/train_pathfinder.py``).
 
-An *arm* is a gradient mode and a training step count, e.g. ``bptt:6`` or
-``crbp:20``. :func:`run_arm` trains one arm on on-the-fly samples, measures its
-training memory, evaluates IoU/F1 on held-out images at every test-time step
-from 1 to ``3 T`` (and the forward residual at each step), and writes
-``metrics.json`` and ``model.pt`` into its own folder.
+An *arm* is a gradient mode and a training step count, written in the shared
+grammar of :func:`crbp_panoptic.crbp.parse_arm` (``bptt:6``, ``crbp:20``).
+:func:`run_experiment` computes the two floors on the held-out set, trains every
+arm (:func:`run_arm`), and writes ``metrics.json`` and ``table.md``.
+
+Metrics, at every test-time step from 1 to ``test_multiple * T``:
+
+* IoU: per-image IoU of ``logit > 0``, averaged over images;
+* F1: the authors' pooled F1, ``2 TP / (2 TP + FP + FN)`` with the counts summed
+  over every pixel of the test set.
+
+Floors, scored the same way:
+
+* ``all_paths``: mark every pixel with ink (``image >= INK``, the threshold of the
+  target mask) -- what a model scores without telling the target from the distractors;
+* ``connectivity_oracle``: the ink 8-connected to the dot -- since paths never touch,
+  this is the task's exact answer (IoU 1 up to rounding of the stored images).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,41 +28,62 @@ import os
 import resource
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..crbp import Arm, cell_diagnostics, parse_arm
 from ..crbp.memory import SavedTensorBytes
-from .generator import PathfinderConfig, PathfinderDataset
-from .model import PathfinderNet, iou_f1, segmentation_loss
+from .generator import INK, CachedPathfinder, PathfinderConfig, cached_arrays, connected_to_dot
+from .model import PathfinderNet, confusion, iou_f1, segmentation_loss
 
-__all__ = ["SCALES", "Settings", "parse_arm", "run_arm", "saved_tensor_bytes"]
+__all__ = [
+    "SCALES",
+    "Settings",
+    "build_model",
+    "floors",
+    "geodesic_distance",
+    "run_arm",
+    "run_experiment",
+    "saved_tensor_bytes",
+    "write_report",
+]
 
 
 @dataclasses.dataclass
 class Settings:
     """Everything an arm needs besides its mode and steps (one preset per scale)."""
 
+    # generator
     size: int = 48
-    path_length: int = 6
+    path_length: int = 7
     dash_length: float = 4.0
-    gap: float = 2.0
+    gap: float = 1.0
     curvature: float = math.pi / 7
     distractors: int = 2
-    near_distractors: int = 1
-    thickness: float = 1.5
-    dot_radius: float = 2.0
+    thickness: float = 2.0
+    dot_radius: float = 2.5
+    min_separation: float = 4.0
+    dot_clearance: float = 6.0
+    # model
     channels: int = 10
     kernel_size: int = 5
-    gabor_size: int = 5
+    gabor_size: int = 7
+    drive_gain: float = 10.0
+    variant: str = "pathfinder"
+    norm: str = "BN"
+    norm_gain: float = 1.0
     num_groups: int = 1
+    gate_bias_hi: float = 5.0
+    # engine
     neumann_steps: int = 15
     lcp_tau: float = 0.9
-    lcp_weight: float = 1.0
+    lcp_weight: float = 10.0
     lcp_subsample: Optional[float] = None
+    # training
     loss: str = "bce_dice"
-    iters: int = 600
+    iters: int = 700
     batch: int = 16
     lr: float = 1e-2
     grad_clip: float = 1.0
@@ -58,69 +92,110 @@ class Settings:
     test_multiple: int = 3
     seed: int = 0
     log_every: int = 25
-    workers: int = 0
+    data_root: str = "datasets/pathfinder"
+    data_workers: int = 0
 
     def generator_config(self) -> PathfinderConfig:
         """The generator's parameters: the fields both share, and a margin that fits the dot."""
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(PathfinderConfig) if hasattr(self, f.name)}
+        names = [f.name for f in dataclasses.fields(PathfinderConfig)]
+        shared = {n: getattr(self, n) for n in names if hasattr(self, n)}
         return PathfinderConfig(**shared, margin=max(3.0, self.dot_radius + 1))
 
+    def cell_kwargs(self) -> dict:
+        """Keyword arguments for the hGRU cell (through the refiner)."""
+        kw = {"variant": self.variant, "norm": self.norm, "norm_gain": self.norm_gain}
+        if self.norm == "GN":
+            kw["num_groups"] = self.num_groups
+        if self.gate_bias_hi > 0:  # else the refiner's default, (1, T - 1)
+            kw["gate_bias_range"] = (1.0, max(1.0, self.gate_bias_hi))
+        return kw
 
-#: Presets. ``cpu``: trains an arm in ~5-15 min on one core of a small machine;
-#: ``gpu``: the paper's setting (150x150, 25 channels, 15x15 kernels; path length
-#: set per run: 14, 20 or 25).
+
+#: Presets. ``cpu``: C-RBP-20 trains in ~9 min and BPTT-6 in ~4 min on one shared
+#: core; paths (7 dashes, 34 px along the contour) reach beyond what 6 steps of a
+#: 5x5 kernel carry from the dot. ``gpu``: the paper's setting (150x150, 25 channels, 15x15 kernels;
+#: path length set per run: 9, 14, 20 or 25 dashes).
 SCALES: Dict[str, Settings] = {
     "cpu": Settings(),
     "gpu": Settings(
         size=150,
         path_length=14,
-        dash_length=4.0,
-        gap=3.0,
         distractors=3,
-        near_distractors=2,
-        thickness=1.5,
         dot_radius=2.5,
         channels=25,
         kernel_size=15,
         gabor_size=7,
-        num_groups=1,
         iters=3000,
         batch=32,
         lr=3e-3,
-        n_train=100000,
+        n_train=50000,
         n_test=1000,
         log_every=100,
-        workers=8,
+        data_workers=8,
     ),
 }
 
 
-def parse_arm(text: str) -> Tuple[str, int]:
-    """``"crbp:20"`` -> ``("crbp", 20)``."""
-    try:
-        mode, steps = text.split(":")
-        return mode.strip(), int(steps)
-    except ValueError:
-        raise ValueError(f"arm={text!r}; write MODE:STEPS, e.g. bptt:6 or crbp:20") from None
-
-
-#: A pixel brighter than this belongs to some path (or the dot) in a generated image.
-INK = 0.25
-
-
-def held_out_set(s: Settings) -> PathfinderDataset:
+def held_out_data(s: Settings) -> CachedPathfinder:
     """The held-out images of ``s`` (a seed stream disjoint from the training one)."""
-    return PathfinderDataset(s.generator_config(), s.n_test, seed=999_000 + s.seed)
+    return cached_arrays(
+        s.generator_config(), s.n_test, 999_000 + s.seed, s.data_root, s.data_workers
+    )
 
 
-def all_paths_iou(s: Settings) -> float:
-    """Mean test IoU of the trivial answer "every path": every pixel brighter than :data:`INK`.
+def training_data(s: Settings) -> CachedPathfinder:
+    return cached_arrays(
+        s.generator_config(), s.n_train, 1000 + s.seed, s.data_root, s.data_workers
+    )
 
-    A reference for the report: a model that traces the contour touching the dot, rather
-    than marking every dash, scores well above it.
+
+def _scores(masks: np.ndarray, preds: np.ndarray) -> Dict[str, float]:
+    """Mean per-image IoU and pooled F1 of bool predictions (n, H, W) against masks."""
+    inter = (masks & preds).sum((1, 2)).astype(np.float64)
+    union = (masks | preds).sum((1, 2)).astype(np.float64)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    tp, fp, fn = inter.sum(), (preds & ~masks).sum(), (~preds & masks).sum()
+    return {"iou": float(iou.mean()), "f1": float(2 * tp / max(2 * tp + fp + fn, 1))}
+
+
+def floors(data: CachedPathfinder) -> Dict[str, Dict[str, float]]:
+    """The two reference answers on ``data`` (see the module docstring), IoU and pooled F1."""
+    images = data.images.astype(np.float32) / 255.0
+    ink = images >= INK
+    oracle = np.stack([connected_to_dot(im, tuple(d)) for im, d in zip(images, data.dots)])
+    return {
+        "all_paths": _scores(data.masks, ink),
+        "connectivity_oracle": _scores(data.masks, oracle),
+    }
+
+
+def geodesic_distance(mask: np.ndarray, dot: Sequence[float], limit: int = 512) -> np.ndarray:
+    """Steps (8-connected, inside ``mask``) from the dot's pixel to every pixel of ``mask``.
+
+    Args:
+        mask: bool (H, W); dot: (x, y).
+
+    Returns:
+        int array (H, W): the distance, -1 outside ``mask`` or unreachable.
     """
-    ious = [iou_f1(image[None] - INK, target[None])[0] for image, target in held_out_set(s)]
-    return float(torch.cat(ious).mean())
+    from scipy import ndimage
+
+    dist = np.full(mask.shape, -1, dtype=np.int64)
+    x, y = int(round(dot[0])), int(round(dot[1]))
+    if not mask[y, x]:
+        return dist
+    front = np.zeros_like(mask)
+    front[y, x] = True
+    reached = front.copy()
+    dist[y, x] = 0
+    for d in range(1, limit):
+        grown = ndimage.binary_dilation(front, np.ones((3, 3), bool)) & mask & ~reached
+        if not grown.any():
+            break
+        dist[grown] = d
+        reached |= grown
+        front = grown
+    return dist
 
 
 def build_model(s: Settings, mode: str, steps: int) -> PathfinderNet:
@@ -133,18 +208,20 @@ def build_model(s: Settings, mode: str, steps: int) -> PathfinderNet:
         neumann_steps=s.neumann_steps,
         lcp_tau=s.lcp_tau,
         lcp_subsample=s.lcp_subsample,
-        num_groups=s.num_groups,
         line_width=s.thickness,
         dot_radius=s.dot_radius,
+        drive_gain=s.drive_gain,
+        **s.cell_kwargs(),
     )
 
 
-def _batch(ds: PathfinderDataset, idx: np.ndarray, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    items = [ds[int(i)] for i in idx]
-    return torch.stack([a for a, _ in items]).to(device), torch.stack([b for _, b in items]).to(device)
+def _batch(data: CachedPathfinder, idx: np.ndarray, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    image = torch.from_numpy(data.images[idx]).float().div_(255.0)[:, None]
+    mask = torch.from_numpy(data.masks[idx]).float()[:, None]
+    return image.to(device), mask.to(device)
 
 
-def _loss(model: PathfinderNet, s: Settings, image, mask) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _loss(model: PathfinderNet, s: Settings, image, mask):
     logits = model(image)
     seg = segmentation_loss(logits, mask, s.loss)
     lcp = model.lcp
@@ -152,12 +229,11 @@ def _loss(model: PathfinderNet, s: Settings, image, mask) -> Tuple[torch.Tensor,
 
 
 def saved_tensor_bytes(model: PathfinderNet, s: Settings, image, mask) -> int:
-    """Bytes of tensors autograd saves for backward during one training forward (+ loss, + LCP graph).
+    """Bytes of tensors autograd saves for backward in one training forward (+ loss, + LCP graph).
 
-    Counted with :class:`~crbp_panoptic.crbp.memory.SavedTensorBytes`, each storage once;
-    this is the activation memory that grows with the unrolled steps in BPTT. The
-    backward pass's transients (Neumann VJPs) are not included. Parameter
-    gradients are not touched (no backward is run).
+    Counted with :class:`~crbp_panoptic.crbp.memory.SavedTensorBytes`, each storage
+    once: the activation memory that grows with the unrolled steps in BPTT. The
+    backward pass's transients (Neumann VJPs) are not included; no backward is run.
     """
     model.train()
     with SavedTensorBytes() as saved:
@@ -171,78 +247,65 @@ def _peak_rss_mb() -> float:
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
 
+#: Bins (in 8-connected steps from the dot) of the recall-vs-distance profile.
+DISTANCE_BINS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 50, 60, 80, 120, 1000)
+
+
 @torch.no_grad()
-def evaluate_trajectory(model: PathfinderNet, ds: PathfinderDataset, max_steps: int, batch: int, device) -> Dict[str, List[float]]:
-    """IoU, F1 and forward residual at every test-time step 1..max_steps on ``ds``."""
+def evaluate_trajectory(
+    model: PathfinderNet, data: CachedPathfinder, max_steps: int, batch: int, device, profile_at=()
+) -> dict:
+    """IoU, pooled F1 and forward residual at every test-time step 1..max_steps.
+
+    ``profile_at``: steps at which to also record the target's recall per distance
+    bin (:data:`DISTANCE_BINS`, steps along the target from the dot).
+    """
     model.eval()
-    iou = np.zeros(max_steps)
-    f1 = np.zeros(max_steps)
-    res = np.zeros(max_steps)
+    n = len(data)
+    iou, counts, res = np.zeros(max_steps), np.zeros((max_steps, 3)), np.zeros(max_steps)
+    dist = np.stack([geodesic_distance(m, d) for m, d in zip(data.masks, data.dots)])
+    bins = np.digitize(dist, DISTANCE_BINS) - 1
+    hits = {t: np.zeros(len(DISTANCE_BINS)) for t in profile_at}
+    total = np.bincount(bins[dist >= 0], minlength=len(DISTANCE_BINS)).astype(np.float64)
     n_batches = 0
-    for start in range(0, len(ds), batch):
-        image, mask = _batch(ds, np.arange(start, min(start + batch, len(ds))), device)
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(start + batch, n))
+        image, mask = _batch(data, idx, device)
         for t, logits, r in model.trajectory(image, max_steps):
-            i, f = iou_f1(logits, mask)
-            iou[t - 1] += float(i.sum())
-            f1[t - 1] += float(f.sum())
+            iou[t - 1] += float(iou_f1(logits, mask)[0].sum())
+            counts[t - 1] += confusion(logits, mask).sum(0).cpu().numpy()
             res[t - 1] += r
+            if t in hits:
+                pred = (logits[:, 0] > 0).cpu().numpy() & (dist[idx] >= 0)
+                hits[t] += np.bincount(bins[idx][pred], minlength=len(DISTANCE_BINS))
         n_batches += 1
-    n = len(ds)
+    tp, fp, fn = counts.T
     return {
         "steps": list(range(1, max_steps + 1)),
         "iou": (iou / n).tolist(),
-        "f1": (f1 / n).tolist(),
+        "f1": (2 * tp / np.maximum(2 * tp + fp + fn, 1)).tolist(),
         "residual": (res / max(n_batches, 1)).tolist(),
+        "recall_by_distance": {
+            "bins": list(DISTANCE_BINS),
+            "pixels": total.tolist(),
+            **{str(t): (h / np.maximum(total, 1)).tolist() for t, h in hits.items()},
+        },
     }
 
 
-def run_arm(s: Settings, mode: str, steps: int, out_dir: str, device: str = "cpu", log=print) -> dict:
-    """Train one arm, evaluate it, write ``metrics.json`` and ``model.pt`` to ``out_dir``.
-
-    Returns:
-        the metrics dict (also written to ``out_dir/metrics.json``).
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(s.seed)
-    device = torch.device(device)
-    gcfg = s.generator_config()
-    train_ds = PathfinderDataset(gcfg, s.n_train, seed=1000 + s.seed)
-    test_ds = held_out_set(s)
-    model = build_model(s, mode, steps).to(device)
+def _train(model, s: Settings, arm: Arm, data: CachedPathfinder, device, log) -> List[dict]:
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.iters, pct_start=0.05)
-    rng = np.random.default_rng(s.seed)
-
-    # Memory of one training step, before training (the same for every step).
-    image, mask = _batch(train_ds, rng.integers(0, s.n_train, s.batch), device)
-    saved = saved_tensor_bytes(model, s, image, mask)
-    cuda_peak = None
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        total, _, _ = _loss(model, s, image, mask)
-        total.backward()
-        torch.cuda.synchronize()
-        cuda_peak = torch.cuda.max_memory_allocated(device)
-        opt.zero_grad(set_to_none=True)
-    log(f"[{mode}:{steps}] saved tensors per training step: {saved / 2**20:.1f} MiB" + (f", CUDA peak {cuda_peak / 2**20:.0f} MiB" if cuda_peak else ""))
-
-    # The batches' sample indices: shuffled passes over the training set.
-    order, perm, cursor = [], rng.permutation(s.n_train), 0
-    for _ in range(s.iters):
-        if cursor + s.batch > len(perm):
-            perm, cursor = rng.permutation(s.n_train), 0
-        order.extend(perm[cursor : cursor + s.batch].tolist())
-        cursor += s.batch
-    # Samples are generated on the fly; worker processes keep a GPU fed at 150 px.
-    loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=s.batch, sampler=order, num_workers=s.workers, pin_memory=device.type == "cuda"
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=s.lr, total_steps=s.iters, pct_start=0.05
     )
-    history = []
-    t0 = time.time()
+    rng = np.random.default_rng(s.seed)
+    history, perm, cursor, t0 = [], rng.permutation(len(data)), 0, time.time()
     model.train()
-    for it, (image, mask) in enumerate(loader, start=1):
-        image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+    for it in range(1, s.iters + 1):
+        if cursor + s.batch > len(perm):
+            perm, cursor = rng.permutation(len(data)), 0
+        image, mask = _batch(data, np.sort(perm[cursor : cursor + s.batch]), device)
+        cursor += s.batch
         total, seg, lcp = _loss(model, s, image, mask)
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -251,14 +314,14 @@ def run_arm(s: Settings, mode: str, steps: int, out_dir: str, device: str = "cpu
         opt.step()
         sched.step()
         if it % s.log_every == 0 or it == s.iters:
-            with torch.no_grad():
-                i, _ = iou_f1(model.read(model.refiner.last_result.state), mask)
             r = model.refiner.last_result
+            with torch.no_grad():
+                train_iou = float(iou_f1(model.read(r.state), mask)[0].mean())
             rec = {
                 "iter": it,
                 "loss": seg.item(),
                 "lcp": lcp.item(),
-                "train_iou": float(i.mean()),
+                "train_iou": train_iou,
                 "residual": r.residual,
                 "neumann": r.backward_info.get("neumann_terms"),
                 "neumann_cut": r.backward_info.get("neumann_cut"),
@@ -266,32 +329,128 @@ def run_arm(s: Settings, mode: str, steps: int, out_dir: str, device: str = "cpu
             }
             history.append(rec)
             log(
-                f"[{mode}:{steps}] it {it:5d} loss {rec['loss']:.4f} lcp {rec['lcp']:.4f} "
-                f"train IoU {rec['train_iou']:.3f} res {rec['residual']:.2e} neumann {rec['neumann']} "
+                f"[{arm.name}] it {it:5d} loss {rec['loss']:.4f} lcp {rec['lcp']:.4f} "
+                f"train IoU {train_iou:.3f} res {rec['residual']:.2e} neumann {rec['neumann']} "
                 f"cut {rec['neumann_cut']} {rec['time']:.0f}s"
             )
             if not math.isfinite(rec["loss"]):
-                log(f"[{mode}:{steps}] loss is not finite; stopping")
+                log(f"[{arm.name}] loss is not finite; stopping")
                 break
-    train_time = time.time() - t0
-    torch.save({"state_dict": model.state_dict(), "settings": dataclasses.asdict(s), "mode": mode, "steps": steps}, os.path.join(out_dir, "model.pt"))
+    return history
 
+
+def _diagnostics(model: PathfinderNet, image: torch.Tensor, s: Settings, steps: int) -> dict:
+    """Jacobian column-sum statistics of the cell at its state after ``steps``."""
+    model.eval()
+    with torch.no_grad():
+        x = model.frontend(image)
+        h = torch.zeros_like(x)
+        for _ in range(steps):
+            h = model.cell(x, h)
+    out = cell_diagnostics(model.cell, x, h, s.lcp_tau)
+    return {k: float(v) for k, v in out.items()}
+
+
+def run_arm(
+    s: Settings, arm: Arm, out_dir: str, device: str = "cpu", log: Callable = print
+) -> dict:
+    """Train one arm, evaluate it, write ``metrics.json`` and ``model.pt`` to ``out_dir``.
+
+    Returns:
+        the metrics dict (also written to ``out_dir/metrics.json``).
+    """
+    if not arm.recurrent:
+        raise ValueError(f"arm={arm.name!r}; Pathfinder arms are recurrent (MODE:STEPS)")
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(s.seed)
+    device = torch.device(device)
+    train, test = training_data(s), held_out_data(s)
+    model = build_model(s, arm.mode, arm.steps).to(device)
+    model.refiner.lcp_subsample = (
+        arm.lcp_subsample if arm.lcp_subsample is not None else s.lcp_subsample
+    )
+    model.refiner.lcp_crop = arm.lcp_crop
+    probe, _ = _batch(test, np.arange(min(8, len(test))), device)
+    diag_init = _diagnostics(model, probe, s, arm.steps)
+    saved = saved_tensor_bytes(model, s, *_batch(train, np.arange(s.batch) % len(train), device))
+    log(f"[{arm.name}] saved tensors per training step: {saved / 2**20:.1f} MiB")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.time()
+    history = _train(model, s, arm, train, device, log)
+    train_time = time.time() - t0
+    cuda_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    torch.save(
+        {"state_dict": model.state_dict(), "settings": dataclasses.asdict(s), "arm": arm.name},
+        os.path.join(out_dir, "model.pt"),
+    )
+    diag_trained = _diagnostics(model, probe, s, arm.steps)
     t1 = time.time()
-    traj = evaluate_trajectory(model, test_ds, s.test_multiple * steps, s.batch, device)
-    log(f"[{mode}:{steps}] eval {time.time() - t1:.0f}s: IoU@T {traj['iou'][steps - 1]:.3f}, @{2 * steps} {traj['iou'][min(2 * steps, len(traj['iou'])) - 1]:.3f}, @{3 * steps} {traj['iou'][-1]:.3f}")
+    steps = arm.steps
+    traj = evaluate_trajectory(
+        model,
+        test,
+        s.test_multiple * steps,
+        s.batch,
+        device,
+        profile_at=(steps, s.test_multiple * steps),
+    )
+    at = {k: at_multiples(traj, steps, k) for k in ("iou", "f1")}
+    log(f"[{arm.name}] eval {time.time() - t1:.0f}s: IoU {at['iou']}, F1 {at['f1']}")
     metrics = {
-        "arm": f"{mode}:{steps}",
-        "mode": mode,
+        "arm": arm.name,
+        "label": arm.label,
+        "mode": arm.mode,
         "steps": steps,
+        **at,
         "settings": dataclasses.asdict(s),
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "device": _device_name(device),
         "saved_tensor_bytes": saved,
         "cuda_peak_bytes": cuda_peak,
         "peak_rss_mb": _peak_rss_mb(),
         "train_time_s": train_time,
+        "threads": torch.get_num_threads(),
+        "colsum": {"init": diag_init, "trained": diag_trained},
         "history": history,
         "trajectory": traj,
     }
     with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
         json.dump(metrics, fh, indent=1)
     return metrics
+
+
+def at_multiples(traj: dict, steps: int, key: str) -> Dict[str, float]:
+    """``traj[key]`` at T, 2T, 3T test steps (clamped to the trajectory's length)."""
+    n = len(traj[key])
+    return {f"{m}T" if m > 1 else "T": traj[key][min(m * steps, n) - 1] for m in (1, 2, 3)}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def arm_dir(out: str, arm: Arm) -> str:
+    return os.path.join(out, arm.name.replace(":", "_"))
+
+
+def run_experiment(
+    s: Settings, arms: Sequence[str], out: str, device: str = "cpu", log: Callable = print
+) -> dict:
+    """Floors, then every arm; writes ``out/metrics.json`` and ``out/table.md``."""
+    parsed = [parse_arm(a) for a in arms]
+    for arm in parsed:
+        if not arm.recurrent:
+            raise ValueError(f"--arms: {arm.name!r}; Pathfinder arms are MODE:STEPS, e.g. crbp:20")
+    os.makedirs(out, exist_ok=True)
+    for arm in parsed:
+        run_arm(s, arm, arm_dir(out, arm), device=device, log=log)
+    return write_report(out, s)
+
+
+def write_report(out: str, s: Optional[Settings] = None) -> dict:
+    """Collect ``out/*/metrics.json`` with the floors into ``out/metrics.json`` and ``table.md``."""
+    from .report import collect
+
+    return collect(out, s)
