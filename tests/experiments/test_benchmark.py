@@ -212,7 +212,9 @@ def test_one_tiny_configuration_measures_training_and_inference():
     assert r["steps"] == 3  # TINY's MODEL.CRBP.STEPS comes last and wins
     assert r["arm"] == "crbp:5" and r["mode"] == "crbp"
     assert r["label"] == "C-RBP-3"  # the table names what ran
-    assert r["train_mib"] >= 0 and r["train_s"] > 0 and not r["nonfinite_loss"]
+    # resident-set growth of a tiny model is near zero; pages the kernel reclaims between
+    # the two readings can make it a fraction of a MiB negative
+    assert r["train_mib"] > -1.0 and r["train_s"] > 0 and not r["nonfinite_loss"]
     assert "loss_lcp" in r["loss_last"]
     assert r["mask_rois_train"] >= 3  # the ground-truth boxes are appended to the proposals
     assert set(r["infer"]) == {"T", "2T", "ES"}
