@@ -10,7 +10,10 @@ Importing this module registers, without generating anything:
 * ``synthetic_panoptic_train``: split "train", 48 images of 128x128, seed 0;
 * ``synthetic_panoptic_val``: split "val", 12 images of 128x128, seed 0;
 * ``synthetic_panoptic_tiny_train``: split "train", 4 images of 64x64, seed 0 (for tests);
-* ``synthetic_panoptic_tiny_val``: split "val", 4 images of 64x64, seed 0 (for tests).
+* ``synthetic_panoptic_tiny_val``: split "val", 4 images of 64x64, seed 0 (for tests);
+* ``synthetic_longrange_train``: kind "cables" (long thin crossing cables, see
+  ``longrange.py``), split "train", 96 images of 128x128, seed 0;
+* ``synthetic_longrange_val``: kind "cables", split "val", 32 images of 128x128, seed 0.
 
 Each lives in ``<root>/synthetic_panoptic/<name>/`` (layout: ``synthetic.py``), where
 ``root`` is ``$DETECTRON2_DATASETS`` or ``./datasets``, read (and made absolute) when the
@@ -27,7 +30,7 @@ other parameters is an error (delete it to regenerate), never overwritten.
 
 Training on these datasets needs ``INPUT.MASK_FORMAT: "bitmask"`` (instance masks are
 RLE), ``MODEL.ROI_HEADS.NUM_CLASSES: 3`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES: 4``
-(3 stuff classes + "things").
+(3 stuff classes + "things"); on the cables datasets ``MODEL.ROI_HEADS.NUM_CLASSES: 2``.
 """
 import logging
 import os
@@ -38,10 +41,10 @@ from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import register_coco_panoptic_separated
 
 from .synthetic import (
-    CATEGORIES,
     SplitSpec,
     datasets_root,
     ensure_split,
+    kind_generator,
     split_paths,
     synthetic_split_dir,
     validate_panoptic_split,
@@ -65,6 +68,10 @@ DEFAULT_DATASETS = {
     "synthetic_panoptic_val": dict(split="val", num_images=12, image_size=(128, 128), seed=0),
     "synthetic_panoptic_tiny_train": dict(split="train", num_images=4, image_size=(64, 64), seed=0),
     "synthetic_panoptic_tiny_val": dict(split="val", num_images=4, image_size=(64, 64), seed=0),
+    "synthetic_longrange_train": dict(split="train", num_images=96, image_size=(128, 128),
+                                      seed=0, kind="cables"),
+    "synthetic_longrange_val": dict(split="val", num_images=32, image_size=(128, 128), seed=0,
+                                    kind="cables"),
 }
 _SUFFIXES = ("_separated", "_stuffonly")
 # Same colour for the "things" stuff class as Detectron2's COCO metadata.
@@ -75,15 +82,19 @@ _REGISTERED: Dict[str, Tuple[str, SplitSpec]] = {}
 _CHECKED = set()  # base names whose split was found complete in this process
 
 
-def synthetic_panoptic_metadata() -> dict:
+def synthetic_panoptic_metadata(kind: str = "shapes") -> dict:
     """Metadata in the form of Detectron2's ``coco_panoptic_separated`` builtin metadata.
 
-    ``thing_*`` map the thing category ids (sorted) to 0..2; ``stuff_classes`` is
+    ``thing_*`` map the thing category ids (sorted) to 0, 1, ...; ``stuff_classes`` is
     ``["things"] + stuff names`` and ``stuff_dataset_id_to_contiguous_id`` maps each
     stuff id to 1..3 and the id 0 ("things") to 0, as the semantic PNGs are labelled.
+
+    Args:
+        kind (str): the split kind (``SplitSpec.kind``) whose categories to describe.
     """
-    things = [c for c in CATEGORIES if c["isthing"]]
-    stuff = [c for c in CATEGORIES if not c["isthing"]]
+    categories, _render = kind_generator(kind)
+    things = [c for c in categories if c["isthing"]]
+    stuff = [c for c in categories if not c["isthing"]]
     stuff_map = {c["id"]: i + 1 for i, c in enumerate(stuff)}
     stuff_map[0] = 0
     return {
@@ -130,6 +141,7 @@ def register_synthetic_panoptic(
     num_images: int = 48,
     image_size=(128, 128),
     seed: int = 0,
+    kind: str = "shapes",
 ) -> Tuple[str, str]:
     """Register ``<name>_separated`` and ``<name>_stuffonly``; generate nothing yet.
 
@@ -143,6 +155,7 @@ def register_synthetic_panoptic(
         num_images (int): number of images.
         image_size (tuple[int, int]): (H, W).
         seed (int): base seed.
+        kind (str): what the images show, ``"shapes"`` or ``"cables"`` (``SplitSpec``).
 
     Returns:
         tuple[str, str]: the two registered dataset names.
@@ -151,7 +164,7 @@ def register_synthetic_panoptic(
         ValueError: ``name`` is registered with other parameters, or one of its two
             names is already taken by another dataset.
     """
-    spec = SplitSpec(split, num_images, image_size, seed)
+    spec = SplitSpec(split, num_images, image_size, seed, kind)
     split_dir = synthetic_split_dir(name, root)
     names = tuple(name + s for s in _SUFFIXES)
     if name in _REGISTERED:
@@ -169,7 +182,7 @@ def register_synthetic_panoptic(
         MetadataCatalog[n] = _GeneratingMetadata(name=n)
     register_coco_panoptic_separated(
         name,
-        synthetic_panoptic_metadata(),
+        synthetic_panoptic_metadata(kind),
         image_root=paths.image_dir,
         panoptic_root=paths.panoptic_dir,
         panoptic_json=paths.panoptic_json,
@@ -231,7 +244,7 @@ def ensure_generated(dataset_name: str, validate: bool = True) -> Optional[str]:
     split_dir, spec = _REGISTERED[base]
     if not os.path.isdir(split_dir):
         logger.info(f"Generating synthetic panoptic dataset {base!r} ({spec}) in {split_dir}")
-    ensure_split(split_dir, spec.split, spec.num_images, spec.image_size, spec.seed)
+    ensure_split(split_dir, spec.split, spec.num_images, spec.image_size, spec.seed, spec.kind)
     _CHECKED.add(base)
     if validate:
         paths = split_paths(split_dir)

@@ -66,6 +66,7 @@ from PIL import Image
 __all__ = [
     "CATEGORIES",
     "GENERATOR_VERSION",
+    "KINDS",
     "PanopticFormatError",
     "Sample",
     "SplitPaths",
@@ -74,7 +75,9 @@ __all__ = [
     "ensure_split",
     "generate_split",
     "id2rgb",
+    "kind_generator",
     "mask_to_rle",
+    "paint_stuff",
     "panoptic_to_semantic",
     "render_sample",
     "rgb2id",
@@ -109,6 +112,9 @@ _JPEG_QUALITY = 90
 # Stuff bands, top to bottom.
 _LAYOUTS = (("sky", "ground"), ("sky", "water"), ("water", "ground"), ("sky", "water", "ground"))
 _MARKER = "generation.json"
+# What a split may show (``SplitSpec.kind``); each kind's categories and renderer are
+# looked up by :func:`kind_generator`.
+KINDS = ("shapes", "cables")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -218,12 +224,15 @@ class SplitSpec:
         num_images (int): number of images (>= 1).
         image_size (tuple[int, int]): (H, W), each >= 32.
         seed (int): non-negative base seed.
+        kind (str): what the images show: ``"shapes"`` (this module's squares, discs and
+            triangles) or ``"cables"`` (long thin curves that cross, see ``longrange.py``).
     """
 
     split: str = "train"
     num_images: int = 48
     image_size: Tuple[int, int] = (128, 128)
     seed: int = 0
+    kind: str = "shapes"
 
     def __post_init__(self):
         if not isinstance(self.split, str) or not _SPLIT_NAME.match(self.split):
@@ -235,19 +244,25 @@ class SplitSpec:
             raise ValueError(f"image_size={self.image_size!r}: need (H, W), each >= 32")
         if int(self.seed) < 0:
             raise ValueError(f"seed={self.seed!r}: need a non-negative integer")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}: use one of {list(KINDS)}")
         object.__setattr__(self, "num_images", int(self.num_images))
         object.__setattr__(self, "image_size", size)
         object.__setattr__(self, "seed", int(self.seed))
 
     def to_json(self) -> dict:
-        """The content of ``generation.json``."""
-        return {
+        """The content of ``generation.json`` (``kind`` only when not ``"shapes"``, so that
+        splits written before kinds existed still match)."""
+        out = {
             "generator_version": GENERATOR_VERSION,
             "split": self.split,
             "num_images": self.num_images,
             "image_size": list(self.image_size),
             "seed": self.seed,
         }
+        if self.kind != "shapes":
+            out["kind"] = self.kind
+        return out
 
 
 @dataclass
@@ -350,26 +365,23 @@ def _segment_record(seg_id, category_id, mask):
             "area": int(mask.sum())}
 
 
-def render_sample(index: int, split: str = "train", image_size=(128, 128), seed: int = 0) -> Sample:
-    """Render image ``index`` of a split (see the module docstring for what it shows).
+def paint_stuff(rng, yy, xx, image, panoptic) -> Tuple[str, ...]:
+    """Paint two or three bands of stuff split by wavy boundaries ``y = b(x)``, in place.
+
+    Each band gets its category's texture in ``image`` and the segment id
+    ``category_id * 1000 + 1`` in ``panoptic``; with probability 1/4 a one-pixel seam on
+    one boundary is left unlabeled (id 0).
 
     Args:
-        index (int): image index within the split (>= 0).
-        split (str): split name; part of the seed.
-        image_size (tuple[int, int]): (H, W).
-        seed (int): base seed.
+        rng (np.random.Generator): the image's generator (draws in a fixed order).
+        yy, xx (np.ndarray): (H, W) pixel-centre coordinates.
+        image (np.ndarray): (H, W, 3) float, written.
+        panoptic (np.ndarray): (H, W) int64 segment ids, written.
 
     Returns:
-        Sample: the image, its segment-id map and its segments.
+        tuple[str, ...]: the stuff names, top to bottom.
     """
-    spec = SplitSpec(split, 1, image_size, seed)  # validates the arguments
-    h, w = spec.image_size
-    rng = _rng(spec.seed, split, index)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5  # pixel centres
-    image = np.zeros((h, w, 3))
-    panoptic = np.zeros((h, w), dtype=np.int64)
-
-    # Stuff: bands split by wavy boundaries y = b(x).
+    h, w = yy.shape
     layout = _LAYOUTS[rng.integers(len(_LAYOUTS))]
     n_bounds = len(layout) - 1
     if n_bounds == 1:
@@ -394,6 +406,29 @@ def render_sample(index: int, split: str = "train", image_size=(128, 128), seed:
     if rng.random() < _VOID_SEAM_PROB:  # an unlabeled one-pixel seam on one boundary
         b = bounds[rng.integers(n_bounds)]
         panoptic[np.abs(yy - b[None, :]) < 0.5] = 0
+    return layout
+
+
+def render_sample(index: int, split: str = "train", image_size=(128, 128), seed: int = 0) -> Sample:
+    """Render image ``index`` of a split (see the module docstring for what it shows).
+
+    Args:
+        index (int): image index within the split (>= 0).
+        split (str): split name; part of the seed.
+        image_size (tuple[int, int]): (H, W).
+        seed (int): base seed.
+
+    Returns:
+        Sample: the image, its segment-id map and its segments.
+    """
+    spec = SplitSpec(split, 1, image_size, seed)  # validates the arguments
+    h, w = spec.image_size
+    rng = _rng(spec.seed, split, index)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5  # pixel centres
+    image = np.zeros((h, w, 3))
+    panoptic = np.zeros((h, w), dtype=np.int64)
+
+    layout = paint_stuff(rng, yy, xx, image, panoptic)
 
     # Things: shapes placed one after another; a new shape may occlude earlier ones but
     # must leave each of them at least 40% of its area (and min_area pixels) visible.
@@ -488,16 +523,33 @@ def _write_json(obj, path):
         json.dump(obj, f, separators=(",", ":"))
 
 
+def kind_generator(kind: str):
+    """The categories and the renderer of a split kind (see :class:`SplitSpec`).
+
+    Returns:
+        tuple: (categories (tuple[dict]), render (callable ``(index, split, image_size,
+        seed) -> Sample``)).
+    """
+    if kind == "shapes":
+        return CATEGORIES, render_sample
+    if kind == "cables":
+        from . import longrange  # imports this module; loaded on first use
+
+        return longrange.CABLE_CATEGORIES, longrange.render_cables_sample
+    raise ValueError(f"kind={kind!r}: use one of {list(KINDS)}")
+
+
 def _write_split(out_dir: str, spec: SplitSpec):
     paths = split_paths(out_dir)
     for d in (paths.image_dir, paths.panoptic_dir, paths.sem_seg_dir):
         os.makedirs(d)
     h, w = spec.image_size
-    categories = [dict(c) for c in CATEGORIES]
+    all_categories, render = kind_generator(spec.kind)
+    categories = [dict(c) for c in all_categories]
     thing_ids = {c["id"] for c in categories if c["isthing"]}
     images, pan_anns, inst_anns = [], [], []
     for i in range(spec.num_images):
-        sample = render_sample(i, spec.split, spec.image_size, spec.seed)
+        sample = render(i, spec.split, spec.image_size, spec.seed)
         stem = f"{spec.split}_{i:06d}"
         image_id = i + 1
         Image.fromarray(sample.image).save(
@@ -528,7 +580,7 @@ def _write_split(out_dir: str, spec: SplitSpec):
 
 
 def generate_split(split_dir: str, split: str = "train", num_images: int = 48,
-                   image_size=(128, 128), seed: int = 0) -> str:
+                   image_size=(128, 128), seed: int = 0, kind: str = "shapes") -> str:
     """Write a split into ``split_dir``, atomically.
 
     Everything is written into a temporary directory next to ``split_dir``, which is
@@ -537,7 +589,7 @@ def generate_split(split_dir: str, split: str = "train", num_images: int = 48,
 
     Args:
         split_dir (str): the directory to create; must not exist.
-        split, num_images, image_size, seed: see :class:`SplitSpec`.
+        split, num_images, image_size, seed, kind: see :class:`SplitSpec`.
 
     Returns:
         str: the absolute ``split_dir``.
@@ -546,7 +598,7 @@ def generate_split(split_dir: str, split: str = "train", num_images: int = 48,
         FileExistsError: ``split_dir`` exists (also when another process finished
             writing it first).
     """
-    spec = SplitSpec(split, num_images, image_size, seed)
+    spec = SplitSpec(split, num_images, image_size, seed, kind)
     split_dir = split_paths(split_dir).split_dir
     if os.path.lexists(split_dir):
         raise FileExistsError(f"{split_dir} already exists")
@@ -585,7 +637,7 @@ def _read_marker(split_dir: str) -> dict:
 
 
 def ensure_split(split_dir: str, split: str = "train", num_images: int = 48,
-                 image_size=(128, 128), seed: int = 0) -> str:
+                 image_size=(128, 128), seed: int = 0, kind: str = "shapes") -> str:
     """Generate a split unless it exists; check that an existing one matches the request.
 
     Safe to call from several processes at once (each may generate; one rename wins).
@@ -598,17 +650,18 @@ def ensure_split(split_dir: str, split: str = "train", num_images: int = 48,
             different generator version), or is not a generated split; the message names
             the directory.
     """
-    spec = SplitSpec(split, num_images, image_size, seed)
+    spec = SplitSpec(split, num_images, image_size, seed, kind)
     split_dir = split_paths(split_dir).split_dir
     if not os.path.isdir(split_dir):
         try:
-            return generate_split(
-                split_dir, spec.split, spec.num_images, spec.image_size, spec.seed)
+            return generate_split(split_dir, spec.split, spec.num_images, spec.image_size,
+                                  spec.seed, spec.kind)
         except FileExistsError:
             pass  # another process won the race; check what it wrote
     on_disk, wanted = _read_marker(split_dir), spec.to_json()
     if on_disk != wanted:
-        diff = {k: (on_disk.get(k), v) for k, v in wanted.items() if on_disk.get(k) != v}
+        diff = {k: (on_disk.get(k), wanted.get(k)) for k in sorted({**on_disk, **wanted})
+                if on_disk.get(k) != wanted.get(k)}
         raise ValueError(
             f"{split_dir} was generated with other parameters (on disk vs requested: {diff}); "
             "delete the directory to regenerate it, or register the dataset under another "
