@@ -1,0 +1,369 @@
+"""Train several configs over several seeds, evaluate PQ at multiples of the trained steps.
+
+For every (config, seed) pair the sweep
+
+1. trains the config with ``tools/train_net.py`` in a child process (``SEED`` = seed,
+   ``OUTPUT_DIR`` = ``<output_dir>/<config stem>/seed<seed>``), which ends with Detectron2's
+   evaluation on ``DATASETS.TEST``; a run whose ``model_final.pth`` and final evaluation
+   are already there is reused;
+2. for a recurrent config (``MODEL.CRBP.STEPS`` read by a recurrent mask head or FPN) and
+   every test-step multiple m != 1, evaluates ``model_final.pth`` again with
+   ``--eval-only`` and ``MODEL.CRBP.TEST_STEPS`` = m x STEPS (``TEST_TOL`` 0: exactly that
+   many steps) into ``.../seed<seed>/test_steps<k>/``;
+3. reads PQ, PQ_th, PQ_st, box AP and mask AP from the ``copypaste`` lines Detectron2's
+   ``print_csv_format`` writes to the run's ``log.txt``, and the last ``loss_mask`` from its
+   ``metrics.json``.
+
+Children are plain ``tools/train_net.py`` runs: they see the same ``crbp_panoptic`` as this
+process (its repository root is put first on ``PYTHONPATH``) and inherit the environment
+(``OMP_NUM_THREADS``, niceness). The JSON report is rewritten after every child, so a sweep
+cut short keeps what it measured, and a rerun resumes where it stopped.
+"""
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+__all__ = [
+    "config_info",
+    "markdown",
+    "parse_copypaste",
+    "run_sweep",
+    "summarize",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+_COPYPASTE = re.compile(r"copypaste: (.*)$")
+METRICS = {"panoptic_seg": ("PQ", "PQ_th", "PQ_st"), "bbox": ("AP",), "segm": ("AP",)}
+
+
+def parse_copypaste(text: str) -> Dict[str, Dict[str, float]]:
+    """The last result of every task in Detectron2's ``copypaste`` log lines.
+
+    Args:
+        text (str): a log (``log.txt``), with blocks of ``copypaste: Task: <task>``, a line
+            of comma-separated names and a line of values.
+
+    Returns:
+        dict: task -> {metric name: value}; a later block of a task replaces an earlier one.
+    """
+    lines = [m.group(1).strip() for m in map(_COPYPASTE.search, text.splitlines()) if m]
+    out: Dict[str, Dict[str, float]] = {}
+    for i, line in enumerate(lines):
+        if line.startswith("Task: ") and i + 2 < len(lines):
+            names, values = lines[i + 1].split(","), lines[i + 2].split(",")
+            if len(names) == len(values):
+                out[line[len("Task: "):]] = {n: float(v) for n, v in zip(names, values)}
+    return out
+
+
+def config_info(config_file: str, opts: Sequence[str] = ()) -> dict:
+    """What the report needs to know about a config, from building its model (no weights).
+
+    Returns:
+        dict: ``recurrent`` (bool: a recurrent mask head or FPN reads MODEL.CRBP),
+        ``steps`` (MODEL.CRBP.STEPS or None), ``grad``, ``mask_head_params``,
+        ``model_params``, ``max_iter``, ``ims_per_batch``.
+    """
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import crbp_panoptic  # noqa: F401  (registers)
+    from crbp_panoptic import add_crbp_config
+
+    cfg = get_cfg()
+    add_crbp_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    recurrent = (cfg.MODEL.ROI_MASK_HEAD.NAME == "CRBPMaskHead"
+                 or "crbp" in cfg.MODEL.BACKBONE.NAME)
+    model = build_model(cfg)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {
+        "recurrent": recurrent,
+        "steps": int(cfg.MODEL.CRBP.STEPS) if recurrent else None,
+        "grad": cfg.MODEL.CRBP.GRAD if recurrent else "feedforward",
+        "mask_head_params": count(model.roi_heads.mask_head),
+        "model_params": count(model),
+        "max_iter": int(cfg.SOLVER.MAX_ITER),
+        "ims_per_batch": int(cfg.SOLVER.IMS_PER_BATCH),
+    }
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def _run_child(cmd: List[str], log_path: str) -> float:
+    """Run ``cmd`` with stdout and stderr to ``log_path``; seconds taken. Raises on failure."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.time()
+    with open(log_path, "w") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(),
+                               cwd=str(REPO))
+    if code:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {code}); log {log_path}:\n{tail}")
+    seconds = time.time() - start
+    with open(os.path.join(os.path.dirname(log_path), "wall_seconds.txt"), "w") as f:
+        f.write(f"{seconds:.1f}\n")
+    return seconds
+
+
+def _recorded_seconds(run_dir: str) -> Optional[float]:
+    """The wall-clock seconds a finished child recorded in ``run_dir`` (None if none)."""
+    try:
+        with open(os.path.join(run_dir, "wall_seconds.txt")) as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _results(run_dir: str) -> Optional[dict]:
+    """Metrics of the last evaluation in ``<run_dir>/log.txt`` (None if there is none)."""
+    path = os.path.join(run_dir, "log.txt")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        tasks = parse_copypaste(f.read())
+    if "panoptic_seg" not in tasks:
+        return None
+    out = {}
+    for task, keys in METRICS.items():
+        for k in keys:
+            value = tasks.get(task, {}).get(k)
+            name = k if task == "panoptic_seg" else f"{task}_{k}"
+            out[name] = None if value is None or math.isnan(value) else value
+    return out
+
+
+def _last_metric(run_dir: str, key: str) -> Optional[float]:
+    path, value = os.path.join(run_dir, "metrics.json"), None
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                value = json.loads(line).get(key, value)
+    return value
+
+
+def _train(config: str, seed: int, run_dir: str, opts: Sequence[str], python: str) -> dict:
+    weights = os.path.join(run_dir, "model_final.pth")
+    done = os.path.isfile(weights) and _results(run_dir)
+    seconds = None
+    if not done:
+        cmd = [python, str(REPO / "tools" / "train_net.py"), "--config-file", config,
+               "SEED", str(seed), "OUTPUT_DIR", run_dir, *opts]
+        seconds = _run_child(cmd, os.path.join(run_dir, "stdout.txt"))
+    results = _results(run_dir)
+    if results is None:
+        raise RuntimeError(f"{run_dir}/log.txt holds no panoptic evaluation")
+    seconds = seconds if seconds is not None else _recorded_seconds(run_dir)
+    return {"seconds": seconds, "weights": weights, "results": results,
+            "loss_mask": _last_metric(run_dir, "loss_mask")}
+
+
+def _evaluate(config: str, run_dir: str, steps: int, opts: Sequence[str], python: str) -> dict:
+    eval_dir = os.path.join(run_dir, f"test_steps{steps}")
+    results, seconds = _results(eval_dir), None
+    if results is None:
+        cmd = [python, str(REPO / "tools" / "train_net.py"), "--config-file", config,
+               "--eval-only", *opts, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"),
+               "MODEL.CRBP.TEST_STEPS", str(steps), "MODEL.CRBP.TEST_TOL", "0.0",
+               "OUTPUT_DIR", eval_dir]
+        seconds = _run_child(cmd, os.path.join(eval_dir, "stdout.txt"))
+        results = _results(eval_dir)
+        if results is None:
+            raise RuntimeError(f"{eval_dir}/log.txt holds no panoptic evaluation")
+    seconds = seconds if seconds is not None else _recorded_seconds(eval_dir)
+    return {"seconds": seconds, "results": results}
+
+
+def machine_info() -> dict:
+    """CPU, core count and library versions, for the report's header."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
+
+
+def run_sweep(configs: Sequence[str], seeds: Sequence[int], multiples: Sequence[int],
+              output_dir: str, opts: Sequence[str] = (), python: str = sys.executable,
+              command: str = "", log=print) -> dict:
+    """Train and evaluate every config for every seed (see the module docstring).
+
+    Seeds run in the outer loop, so a sweep cut short has every config for its first seeds.
+
+    Args:
+        configs (list[str]): config files; the first is the baseline of the comparisons.
+        seeds (list[int]): values of ``SEED``.
+        multiples (list[int]): test-step multiples m (TEST_STEPS = m x STEPS); 1 is the
+            evaluation at the end of training.
+        output_dir (str): runs go to ``<output_dir>/<config stem>/seed<seed>/``; the report
+            to ``<output_dir>/report.json``.
+        opts (list[str]): config overrides for every run (``KEY VALUE`` pairs).
+        python (str): the interpreter for the children.
+        command (str): the command line, recorded in the report.
+        log (callable): progress messages.
+
+    Returns:
+        dict: the report (also written to ``<output_dir>/report.json``).
+    """
+    if not configs or not seeds or not multiples:
+        raise ValueError("need at least one config, one seed and one test-step multiple")
+    if any(int(m) < 1 for m in multiples):
+        raise ValueError(f"test-step multiples {list(multiples)}: each must be >= 1")
+    missing = [c for c in configs if not os.path.isfile(c)]
+    if missing:
+        raise FileNotFoundError(f"config file(s) not found: {missing}")
+    os.makedirs(output_dir, exist_ok=True)
+    report = {"command": command, "machine": machine_info(), "seeds": list(seeds),
+              "multiples": sorted({int(m) for m in multiples}), "opts": list(opts),
+              "configs": {}}
+    for c in configs:
+        report["configs"][Path(c).stem] = {"file": c, **config_info(c, opts), "runs": {}}
+    path = os.path.join(output_dir, "report.json")
+    for seed in seeds:
+        for c in configs:
+            entry = report["configs"][Path(c).stem]
+            run_dir = os.path.join(output_dir, Path(c).stem, f"seed{seed}")
+            log(f"[{time.strftime('%H:%M:%S')}] train {Path(c).stem} seed {seed} -> {run_dir}")
+            run = _train(c, seed, run_dir, opts, python)
+            run["by_multiple"] = {"1": run["results"]}
+            for m in report["multiples"]:
+                if m != 1 and entry["recurrent"]:
+                    log(f"[{time.strftime('%H:%M:%S')}] eval {Path(c).stem} seed {seed} at "
+                        f"TEST_STEPS {m * entry['steps']}")
+                    ev = _evaluate(c, run_dir, m * entry["steps"], opts, python)
+                    run["by_multiple"][str(m)] = ev["results"]
+                    run.setdefault("eval_seconds", {})[str(m)] = ev["seconds"]
+            entry["runs"][str(seed)] = run
+            with open(path, "w") as f:
+                json.dump(report, f, indent=1)
+    report["summary"] = summarize(report)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def summarize(report: dict) -> dict:
+    """Means over seeds per config and multiple, and paired differences to the baseline.
+
+    Returns:
+        dict: config -> {``mean`` {multiple: {metric: mean}}, ``seeds`` (those run),
+        ``delta_pq`` {seed: PQ - baseline PQ, at multiple 1}, ``mean_delta_pq``,
+        ``drift_pq`` {multiple: mean(PQ at m) - mean(PQ at 1) over seeds with both}}.
+    """
+    names = list(report["configs"])
+    base_runs = report["configs"][names[0]]["runs"]
+    out = {}
+    for name, entry in report["configs"].items():
+        runs = entry["runs"]
+        mean = {}
+        for m in report["multiples"]:
+            rows = [r["by_multiple"][str(m)] for r in runs.values() if str(m) in r["by_multiple"]]
+            if rows:
+                mean[str(m)] = {k: _mean(row.get(k) for row in rows) for k in rows[0]}
+        delta = {s: r["results"]["PQ"] - base_runs[s]["results"]["PQ"]
+                 for s, r in runs.items() if s in base_runs}
+        drift = {}
+        for m in report["multiples"]:
+            pairs = [(r["by_multiple"][str(m)]["PQ"], r["results"]["PQ"]) for r in runs.values()
+                     if str(m) in r["by_multiple"]]
+            if pairs and m != 1:
+                drift[str(m)] = _mean(a - b for a, b in pairs)
+        out[name] = {"mean": mean, "seeds": sorted(runs, key=int), "delta_pq": delta,
+                     "mean_delta_pq": _mean(delta.values()), "drift_pq": drift,
+                     "mean_loss_mask": _mean(r.get("loss_mask") for r in runs.values()),
+                     "mean_train_minutes": _mean(
+                         r["seconds"] / 60 if r.get("seconds") else None for r in runs.values())}
+    return out
+
+
+def _fmt(value, spec=".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _rule(entry: dict) -> str:
+    if not entry["recurrent"]:
+        return "feedforward"
+    return f"{entry['grad'].upper().replace('CRBP', 'C-RBP')}, T = {entry['steps']}"
+
+
+def markdown(report: dict) -> str:
+    """The report as markdown: machine, command, the PQ table at T and the table at m x T."""
+    summary = report.get("summary") or summarize(report)
+    names = list(report["configs"])
+    base = names[0]
+    m = report["machine"]
+    seeds = " / ".join(str(s) for s in report["seeds"])
+    lines = [
+        f"Command: `{report['command']}`" if report.get("command") else "",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, OMP_NUM_THREADS "
+        f"{m['omp_num_threads']}; Python {m['python']}, torch {m['torch']}.",
+        "",
+        f"PQ on `DATASETS.TEST` after training (recurrent configs at their training steps T), "
+        f"seeds {seeds}; means over the seeds that ran. Δ PQ: PQ minus the PQ of "
+        f"`{base}` with the same seed. loss_mask: the training mask loss at the last logged "
+        "iteration (mean over seeds).",
+        "",
+        "| config | rule | mask-head params | PQ, seeds " + seeds + " | mean PQ | mean PQ_th "
+        "| mean PQ_st | mean box AP | mean mask AP | Δ PQ per seed (mean) | loss_mask "
+        "| minutes / run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        entry, summ = report["configs"][name], summary[name]
+        runs, mean = entry["runs"], summ["mean"].get("1", {})
+        per_seed = " / ".join(_fmt(runs[str(s)]["results"]["PQ"]) if str(s) in runs else "-"
+                              for s in report["seeds"])
+        deltas = " / ".join(_fmt(summ["delta_pq"].get(str(s)), "+.1f") for s in report["seeds"])
+        lines.append(
+            f"| `{name}` | {_rule(entry)} | {entry['mask_head_params']:,} | {per_seed} "
+            f"| {_fmt(mean.get('PQ'))} | {_fmt(mean.get('PQ_th'))} | {_fmt(mean.get('PQ_st'))} "
+            f"| {_fmt(mean.get('bbox_AP'))} | {_fmt(mean.get('segm_AP'))} "
+            f"| {deltas} ({_fmt(summ['mean_delta_pq'], '+.1f')}) "
+            f"| {_fmt(summ['mean_loss_mask'], '.3f')} | {_fmt(summ['mean_train_minutes'])} |")
+    multiples = [k for k in report["multiples"] if k != 1]
+    recurrent = [n for n in names if report["configs"][n]["recurrent"]]
+    if multiples and recurrent:
+        lines += ["", "Recurrent configs run for m x T steps at test time (`MODEL.CRBP.TEST_STEPS`, "
+                  "`TEST_TOL` 0), same weights. Change: mean PQ at m x T minus mean PQ at T "
+                  "(over the seeds with both).", "",
+                  "| config | T | m | PQ at m x T, seeds " + seeds + " | mean PQ | mean PQ_th "
+                  "| mean PQ_st | change in PQ |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name in recurrent:
+            entry, summ = report["configs"][name], summary[name]
+            for k in [1] + multiples:
+                per_seed = " / ".join(
+                    _fmt(entry["runs"][str(s)]["by_multiple"].get(str(k), {}).get("PQ"))
+                    if str(s) in entry["runs"] else "-" for s in report["seeds"])
+                mean = summ["mean"].get(str(k), {})
+                change = "0 (reference)" if k == 1 else _fmt(summ["drift_pq"].get(str(k)), "+.1f")
+                lines.append(f"| `{name}` | {entry['steps']} | {k} | {per_seed} "
+                             f"| {_fmt(mean.get('PQ'))} | {_fmt(mean.get('PQ_th'))} "
+                             f"| {_fmt(mean.get('PQ_st'))} | {change} |")
+    return "\n".join(lines).lstrip("\n") + "\n"
