@@ -2,12 +2,15 @@
 """Generate (or check) a split of the synthetic COCO-panoptic dataset.
 
     python tools/make_synthetic_dataset.py --split val --num-images 12 --image-size 128 128
+    python tools/make_synthetic_dataset.py --kind cables --name synthetic_longrange_val \
+        --split val --num-images 32
 
 writes ``<root>/synthetic_panoptic/<name>/`` (default name ``synthetic_panoptic_<split>``,
 the name Detectron2 knows it by; layout in ``crbp_panoptic/data/synthetic.py``). Not
 needed for training: registered datasets are generated on first use. An existing split
 with the same parameters is kept; one with other parameters is an error unless
-``--overwrite``.
+``--overwrite``. For ``--kind cables`` it also prints how much grouping the split asks
+for (``crbp_panoptic.data.longrange.split_statistics``).
 """
 import argparse
 import json
@@ -15,7 +18,9 @@ import os
 import shutil
 import sys
 
+from crbp_panoptic.data.longrange import split_statistics
 from crbp_panoptic.data.synthetic import (
+    KINDS,
     ensure_split,
     split_paths,
     synthetic_split_dir,
@@ -34,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, nargs="+", default=[128, 128], metavar="H [W]",
                    help="image height and width; one number for a square (default: 128 128)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    p.add_argument("--kind", choices=KINDS, default="shapes",
+                   help="shapes (compact objects) or cables (long crossing curves)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an existing split directory first")
     args = p.parse_args(argv)
@@ -51,7 +58,7 @@ def main(argv=None):
         shutil.rmtree(split_dir)
     existed = os.path.isdir(split_dir)
     try:
-        ensure_split(split_dir, args.split, args.num_images, size, args.seed)
+        ensure_split(split_dir, args.split, args.num_images, size, args.seed, args.kind)
     except ValueError as e:
         print(f"error: {e} (or pass --overwrite)", file=sys.stderr)
         return 1
@@ -59,6 +66,8 @@ def main(argv=None):
     stats = validate_panoptic_split(p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir,
                                     p.instances_json, check_pixels=True)
     print(f"{'kept' if existed else 'wrote'} {split_dir}: {json.dumps(stats)}")
+    if args.kind == "cables":
+        print(f"grouping: {json.dumps(split_statistics(split_dir))}")
     return 0
 
 

@@ -13,7 +13,9 @@ instance.
 Two thing classes differ by a local texture only: ``cable`` (smooth, shaded like a tube)
 and ``rope`` (dark bands across it every few pixels, like a braid). The stuff is the same
 as in ``synthetic.py`` (two or three wavy bands of sky, water and ground, with the same
-category ids), so PQ has things and stuff; every image has three to six cables.
+category ids), so PQ has things and stuff. Every image has four to seven cables, each of
+the image's main class with probability 3/4, so most boxes hold other cables of their
+own class.
 
 Categories: things ``1 cable, 2 rope``; stuff ``92 sky, 95 water, 100 ground``. Segment
 ids, file layout, determinism and atomic writing are those of ``synthetic.py`` (a split
@@ -22,7 +24,11 @@ another instance.
 """
 from typing import Dict, List, Sequence, Tuple
 
+import json
+import os
+
 import numpy as np
+from PIL import Image
 
 from .synthetic import (
     CATEGORIES,
@@ -31,9 +37,18 @@ from .synthetic import (
     _rng,
     _segment_record,
     paint_stuff,
+    rgb2id,
+    split_paths,
 )
 
-__all__ = ["CABLE_CATEGORIES", "box_sharing", "cable_curve", "render_cables_sample"]
+__all__ = [
+    "CABLE_CATEGORIES",
+    "box_class_mask_iou",
+    "box_sharing",
+    "cable_curve",
+    "render_cables_sample",
+    "split_statistics",
+]
 
 _STUFF = tuple(c for c in CATEGORIES if not c["isthing"])
 # Sorted by id; things first (the stuff categories are those of synthetic.py).
@@ -44,7 +59,8 @@ CABLE_CATEGORIES = (
 _THINGS = ("cable", "rope")
 _ID = {c["name"]: c["id"] for c in CABLE_CATEGORIES}
 _SEGMENT_ID_DIVISOR = 1000
-_MIN_CABLES, _MAX_CABLES = 3, 6
+_MIN_CABLES, _MAX_CABLES = 4, 7
+_MAIN_CLASS_PROB = 0.75  # each cable is of the image's main class with this probability
 _MIN_VISIBLE = 0.55  # a cable keeps at least this fraction of its pixels visible
 # One colour per image, drawn from these (RGB); none is a stuff colour.
 _PALETTE = np.array([(225, 45, 35), (240, 200, 30), (235, 235, 235), (230, 100, 200),
@@ -150,11 +166,12 @@ def render_cables_sample(index: int, split: str = "train", image_size=(128, 128)
     scale = min(h, w) / 128.0
     min_area = max(20.0, 60.0 * scale * scale)
     target = int(rng.integers(_MIN_CABLES, _MAX_CABLES + 1))
+    main = int(rng.integers(len(_THINGS)))
     cables = []  # [name, full mask, visible mask]
     for _attempt in range(40 * target):
         if len(cables) == target:
             break
-        name = _THINGS[rng.integers(len(_THINGS))]
+        name = _THINGS[main if rng.random() < _MAIN_CLASS_PROB else 1 - main]
         half_width = rng.uniform(2.5, 3.5) * max(scale, 0.5)
         dist, along = _distance_to_curve(cable_curve(rng, h, w), yy, xx, half_width + 1)
         mask = dist <= half_width
@@ -217,3 +234,60 @@ def box_sharing(panoptic: np.ndarray, segments_info: Sequence[dict],
         same += any(bool((window == o["id"]).any()) for o in others
                     if o["category_id"] == s["category_id"])
     return len(things), same, any_other
+
+
+def box_class_mask_iou(panoptic: np.ndarray, segments_info: Sequence[dict],
+                       categories: Sequence[dict] = CABLE_CATEGORIES) -> List[float]:
+    """IoU of each thing with the mask "every pixel of its class inside its box".
+
+    That mask is what a mask head gets from a perfect box and a perfect per-pixel class
+    decision, with no grouping: it is right only where no other instance of the class
+    enters the box. Panoptic quality counts a segment as found only above IoU 0.5.
+
+    Returns:
+        list[float]: one IoU per thing segment, in ``segments_info`` order.
+    """
+    isthing = {c["id"]: bool(c["isthing"]) for c in categories}
+    things = [s for s in segments_info if isthing[s["category_id"]]]
+    out = []
+    for s in things:
+        x, y, bw, bh = s["bbox"]
+        same = np.isin(panoptic, [o["id"] for o in things if o["category_id"] == s["category_id"]])
+        guess = np.zeros_like(same)
+        guess[y:y + bh, x:x + bw] = same[y:y + bh, x:x + bw]
+        truth = panoptic == s["id"]
+        out.append(float((guess & truth).sum() / (guess | truth).sum()))
+    return out
+
+
+def split_statistics(split_dir: str) -> Dict[str, float]:
+    """How much grouping a generated split asks for, read from its panoptic PNGs.
+
+    Returns:
+        dict: ``things`` (thing segments), ``box_holds_same_class`` / ``box_holds_other``
+        (fractions of thing boxes holding pixels of another instance of the same class /
+        of any thing class), ``fragmented`` (fraction of things whose visible mask has
+        more than one 8-connected piece), ``box_class_iou_median`` and
+        ``box_class_iou_above_half`` (of :func:`box_class_mask_iou`).
+    """
+    from scipy import ndimage
+
+    p = split_paths(split_dir)
+    with open(p.panoptic_json) as f:
+        data = json.load(f)
+    isthing = {c["id"]: bool(c["isthing"]) for c in data["categories"]}
+    n = same = other = pieces = 0
+    ious: List[float] = []
+    for ann in data["annotations"]:
+        with Image.open(os.path.join(p.panoptic_dir, ann["file_name"])) as im:
+            pan = rgb2id(np.asarray(im))
+        counts = box_sharing(pan, ann["segments_info"], data["categories"])
+        n, same, other = n + counts[0], same + counts[1], other + counts[2]
+        ious += box_class_mask_iou(pan, ann["segments_info"], data["categories"])
+        for s in ann["segments_info"]:
+            if isthing[s["category_id"]]:
+                pieces += ndimage.label(pan == s["id"], structure=np.ones((3, 3)))[1] > 1
+    return {"things": n, "box_holds_same_class": same / max(n, 1),
+            "box_holds_other": other / max(n, 1), "fragmented": pieces / max(n, 1),
+            "box_class_iou_median": float(np.median(ious)) if ious else float("nan"),
+            "box_class_iou_above_half": float(np.mean(np.array(ious) > 0.5)) if ious else 0.0}
