@@ -50,11 +50,19 @@ def add_crbp_config(cfg):
     crbp.NEUMANN_TOL = 0.0
     # hGRU cell: kernel size of the inhibition / excitation convolutions.
     crbp.KERNEL_SIZE = 3
-    # hGRU cell normalisation: "GN" (GroupNorm, as in the paper) or "none".
+    # hGRU cell normalisation: "GN" (GroupNorm, the paper's COCO cell), "BN" (batch
+    # statistics) or "none".
     crbp.NORM = "GN"
     # hGRU cell: GroupNorm groups (must divide the channel count).
     crbp.NUM_GROUPS = 32
-    # hGRU cell: GALA attention (channel x spatial) for the inhibition gate instead of a 1x1 conv.
+    # hGRU cell: initial weight of its two normalisations (the authors: 0.1).
+    crbp.NORM_GAIN = 0.1
+    # hGRU cell: chronos gate init b1 = log U(lo, hi), b2 = -b1, as [lo, hi]; hi 0 = STEPS - 1.
+    crbp.GATE_BIAS_RANGE = [1.0, 0.0]
+    # hGRU cell: GALA attention (channel x spatial) for the gain gate instead of a 1x1 conv.
     crbp.GALA = False
+    # Log each recurrent module's state contrast and Jacobian column sums (crbp/<module>/...)
+    # every this many training iterations; 0 = never. Costs one extra step and VJP.
+    crbp.DIAGNOSTICS_PERIOD = 20
     # Recurrent FPN backbone: the FPN levels whose lateral feature is refined to equilibrium.
     crbp.FPN_LEVELS = ["p2", "p3", "p4", "p5"]

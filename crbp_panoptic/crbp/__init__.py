@@ -8,12 +8,17 @@
 * :mod:`.lcp` -- the Lipschitz-coefficient penalty and its cheap variants (a random
   subset of batch rows: exact per row; a random spatial crop: approximate).
 * :mod:`.arms` -- the one grammar for naming a training arm (``crbp:20``).
+* :mod:`.options` -- the engine's choices (modes, norms, cell variants), declared once,
+  and the one place argument values are checked.
+* :func:`cell_diagnostics` -- state contrast and Jacobian column sums of a cell.
 * :class:`HGRUCell` -- the hGRU step; :class:`RecurrentRefiner` runs a cell to
   equilibrium and is shared by every placement (FPN, mask head, Pathfinder).
 """
 from .arms import Arm, parse_arm
-from .equilibrium import MODES, OPTIONS, EquilibriumResult, equilibrium
-from .hgru import NORMS, HGRUCell
+from .diagnostics import cell_diagnostics
+from .equilibrium import OPTIONS, EquilibriumResult, equilibrium
+from .hgru import HGRUCell
+from .options import MODES, NORMS, PENALISED_MODES, UNROLLED_MODES, VARIANTS
 from .lcp import BatchSubsample, SpatialCrop, batch_subsample, lipschitz_penalty, spatial_crop, step_penalty
 from .rbp import neumann_adjoint, rbp_adjoint
 from .refiner import RecurrentRefiner
@@ -24,6 +29,7 @@ __all__ = [
     "MODES",
     "NORMS",
     "OPTIONS",
+    "PENALISED_MODES",
     "SOLVERS",
     "BatchSubsample",
     "EquilibriumResult",
@@ -31,8 +37,11 @@ __all__ = [
     "RecurrentRefiner",
     "SolverInfo",
     "SpatialCrop",
+    "UNROLLED_MODES",
+    "VARIANTS",
     "anderson",
     "batch_subsample",
+    "cell_diagnostics",
     "equilibrium",
     "fixed_point",
     "get_solver",

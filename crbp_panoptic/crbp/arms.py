@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Union
 
-from .equilibrium import MODES
+from .options import MODES, PENALISED_MODES
 
 __all__ = ["Arm", "FEEDFORWARD", "parse_arm"]
 
@@ -23,7 +23,6 @@ __all__ = ["Arm", "FEEDFORWARD", "parse_arm"]
 FEEDFORWARD = "ff"
 
 _LABELS = {"bptt": "BPTT", "cbptt": "C-BPTT", "rbp": "RBP", "crbp": "C-RBP"}
-_PENALISED = ("cbptt", "crbp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +109,8 @@ def parse_arm(text: str) -> Arm:
     crop = 0
     if len(parts) == 3:
         option = parts[2]
-        if mode not in _PENALISED:
-            _fail(text, f"a cheap-penalty option needs a penalised mode {list(_PENALISED)}")
+        if mode not in PENALISED_MODES:
+            _fail(text, f"a cheap-penalty option needs a penalised mode {list(PENALISED_MODES)}")
         try:
             if option.startswith("sub"):
                 value = float(option[3:])

@@ -20,21 +20,18 @@ uses requires grad, every mode just iterates and the penalty is zero.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Dict, List, Tuple
+from functools import partial
+from typing import Any, Callable, Dict, List
 
 import torch
 
-from .lcp import check_tau, lipschitz_penalty, step_penalty
+from .lcp import lipschitz_penalty, step_penalty
+from .options import MODES, PENALISED_MODES, UNROLLED_MODES, check_refiner_args
 from .rbp import rbp_adjoint
-from .solvers import SOLVERS, get_solver, relative_residual
+from .solvers import get_solver, relative_residual
 
 __all__ = ["MODES", "OPTIONS", "EquilibriumResult", "equilibrium"]
 
-#: Gradient modes, in the order of the paper's table.
-MODES: Tuple[str, ...] = ("bptt", "cbptt", "rbp", "crbp")
-_UNROLLED = ("bptt", "cbptt")
-_PENALISED = ("cbptt", "crbp")
 
 #: Optional keyword options of :func:`equilibrium` and their defaults.
 OPTIONS: Dict[str, Any] = {
@@ -76,19 +73,6 @@ class EquilibriumResult:
     backward_info: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r}; must be an int >= {minimum}")
-    return value
-
-
-def check_nonneg(name: str, value: Any) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}={value!r}; must be a finite number >= 0 (0 disables it)")
-    return float(value)
-
-
 def check_arguments(
     mode: str,
     steps: int,
@@ -102,23 +86,20 @@ def check_arguments(
         ValueError: an invalid value (named, with the allowed choices).
         TypeError: unknown option names (named, with the valid ones).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}; choose from {sorted(MODES)}")
-    check_int("steps", steps, 1)
-    check_int("neumann_steps", neumann_steps, 0)
-    check_tau(lcp_tau)
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise TypeError(f"unknown option(s) {unknown}; valid options are {sorted(OPTIONS)}")
     opts = {**OPTIONS, **options}
-    check_nonneg("forward_tol", opts["forward_tol"])
-    check_nonneg("neumann_tol", opts["neumann_tol"])
-    if opts["solver"] not in SOLVERS:
-        raise ValueError(f"solver={opts['solver']!r}; choose from {sorted(SOLVERS)}")
-    if opts["anderson_m"] is not None:
-        if opts["solver"] != "anderson":
-            raise ValueError(f"anderson_m={opts['anderson_m']!r} only applies to solver='anderson'")
-        check_int("anderson_m", opts["anderson_m"], 1)
+    # Any solver is valid here (the unrolled modes reject Anderson only when recording), so
+    # the solver is checked with the rule of an evaluation solver.
+    check_refiner_args(
+        mode=mode, steps=steps, neumann_steps=neumann_steps, lcp_tau=lcp_tau,
+        forward_tol=opts["forward_tol"], neumann_tol=opts["neumann_tol"],
+        test_solver=opts["solver"],
+        **({} if opts["anderson_m"] is None else {"anderson_m": opts["anderson_m"]}),
+    )
+    if opts["anderson_m"] is not None and opts["solver"] != "anderson":
+        raise ValueError(f"anderson_m={opts['anderson_m']!r} only applies to solver='anderson'")
     sub = opts["lcp_subsample"]
     if sub is not None and not callable(sub):
         raise ValueError(
@@ -160,6 +141,7 @@ def equilibrium(
     steps: int,
     neumann_steps: int = 15,
     lcp_tau: float = 0.9,
+    check: bool = True,
     **options: Any,
 ) -> EquilibriumResult:
     """Iterate ``h_{t+1} = f(h_t)`` from ``h0`` and attach the mode's gradient.
@@ -173,6 +155,8 @@ def equilibrium(
         steps: number of steps ``T >= 1`` (exactly this many unless stopped early).
         neumann_steps: maximum Neumann terms ``K >= 0`` of the RBP backward.
         lcp_tau: penalty threshold ``tau > 0`` on the Jacobian column sums.
+        check: validate the arguments (False: the caller validated them once, e.g.
+            :class:`~crbp_panoptic.crbp.RecurrentRefiner` when it was built).
         **options: see :data:`OPTIONS`:
 
             * ``forward_tol`` (float, 0): stop once the relative residual is below
@@ -201,11 +185,12 @@ def equilibrium(
         ValueError: invalid mode, counts, tolerance or solver (named, with choices).
         TypeError: unknown option names.
     """
-    opts = check_arguments(mode, steps, neumann_steps, lcp_tau, options)
+    opts = check_arguments(mode, steps, neumann_steps, lcp_tau, options) if check else {
+        **OPTIONS, **options}
     solver = get_solver(opts["solver"])
     if opts["solver"] == "anderson":
         m = opts["anderson_m"] if opts["anderson_m"] is not None else 5
-        solve = lambda fn, z, n, tol: solver(fn, z, n, tol, m=m)  # noqa: E731
+        solve = partial(solver, m=m)
     else:
         solve = solver
     tol = opts["forward_tol"]
@@ -215,7 +200,7 @@ def equilibrium(
         state, info = solve(f, h0, steps, tol)
         return EquilibriumResult(state, zero, info.steps, info.residual, mode, info.trace)
 
-    if mode in _UNROLLED:
+    if mode in UNROLLED_MODES:
         if opts["solver"] != "fixed_point":
             raise ValueError(
                 f"solver={opts['solver']!r} cannot be differentiated through with mode={mode!r}; "
@@ -243,7 +228,7 @@ def equilibrium(
         return EquilibriumResult(h_next.detach(), zero, n_steps, residual, mode, trace)
 
     lcp = zero
-    if mode in _PENALISED:
+    if mode in PENALISED_MODES:
         sample = opts["lcp_subsample"]
         if sample is None:
             lcp = step_penalty(h_next, h_prev, lcp_tau)
@@ -252,7 +237,7 @@ def equilibrium(
             lcp, _ = lipschitz_penalty(f_sub, h_sub, lcp_tau)
 
     result = EquilibriumResult(h_next, lcp, n_steps, residual, mode, trace)
-    if mode not in _UNROLLED:
+    if mode not in UNROLLED_MODES:
         result.state = rbp_adjoint(h_next, h_prev, neumann_steps, opts["neumann_tol"], result.backward_info)
     return result
 

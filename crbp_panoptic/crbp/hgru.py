@@ -1,65 +1,87 @@
-"""The hGRU (horizontal gated recurrent unit) step used as the recurrent refiner."""
+"""The hGRU (horizontal gated recurrent unit), the recurrent cell of every placement.
+
+The cell follows Linsley et al. (2018, 2020); docs/DESIGN.md explains the choices. With
+``*`` a k x k convolution (same padding), ``.`` the elementwise product, ``sp`` softplus,
+``N1``/``N2`` a normalisation and ``U1``/``U2`` 1x1 convolutions, one step is::
+
+    g1 = sigmoid(U1 h + b1)                       # gain gate (GALA: channel x spatial)
+    c1 = N1(W_inh * (h . g1))                     # inhibition
+    i  = sp(sp(x) - sp(c1 . (alpha h + mu)))      # "pathfinder": sp(x - sp(...))
+    g2 = sigmoid(U2 i + b2)                       # update (mix) gate
+    e  = sp(N2(W_exc * i))                        # "pathfinder": N2(W_exc * i)
+    h~ = sp(kappa (i + e) + omega (i . e))        # "pathfinder": sp(kappa i + gamma e + omega i . e)
+    h' = sp((1 - g2) . h + g2 . h~)
+
+The excitation ``h~`` carries the inhibited drive ``i`` into the state (the ``kappa`` and
+``omega`` paths), so the state has the drive's spatial structure from the first step, and
+the update gate starts mostly closed, so the state integrates over many steps.
+"""
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HGRUCell", "NORMS"]
+from .options import NORMS, VARIANTS, check_cell_args
 
-#: Normalisations the cell accepts.
-NORMS = ("GN", "none")
+__all__ = ["HGRUCell", "NORMS", "VARIANTS", "chronos_bias"]
+
+
+def _norm_layer(norm: str, channels: int, num_groups: int) -> nn.Module:
+    if norm == "GN":
+        return nn.GroupNorm(num_groups, channels)
+    if norm == "BN":
+        # Batch statistics in training and evaluation alike (no running averages).
+        return nn.BatchNorm2d(channels, track_running_stats=False)
+    return nn.Identity()
+
+
+def chronos_bias(channels: int, low: float, high: float) -> torch.Tensor:
+    """Chronos gate biases (Tallec & Ollivier, 2018): ``log U(low, high)``, shape (C,).
+
+    A gate ``sigmoid(-b)`` with ``b = log U(1, T - 1)`` lets a unit keep its state over a
+    horizon drawn between 1 and ``T - 1`` steps.
+    """
+    return torch.empty(channels).uniform_(low, high).log()
 
 
 class HGRUCell(nn.Module):
-    """One hGRU step ``h' = F(h, x)`` (Linsley et al. 2020, DESIGN.md section 2)::
+    """One hGRU step ``h' = F(h, x)`` (equations in the module docstring).
 
-        a  = sigmoid(A_c(h) * A_s(h) + b_a)               # gala=True
-        a  = sigmoid(conv1x1(h))                          # gala=False
-        i  = softplus(x - GN(W_inh * (h . a)) . (alpha h + mu))
-        g  = sigmoid(U * i + b_g)                         # U: 1x1 conv
-        h~ = softplus(GN(W_exc * i))
-        h' = (1 - g) . h + g . h~
+    Initialisation, each value deliberate:
 
-    ``*`` is convolution, ``.`` the elementwise product. GALA's channel branch
-    ``A_c`` is global average pooling followed by a bottleneck MLP (1x1 convs,
-    reduction :attr:`GALA_REDUCTION`); its spatial branch ``A_s`` is a
-    bottleneck of 1x1 convs to one map. The step is separable over the batch
-    (GroupNorm normalises each sample on its own), which the cheap LCP relies on.
+    * ``alpha = 0.1``, ``mu = 1``, ``kappa = 0.5``, ``omega = 0.5``, ``gamma = 1``
+      (per-channel parameters, as the authors start them).
+    * Chronos gate biases: ``b1 = log U(lo, hi)`` and ``b2 = -b1`` with
+      ``(lo, hi) = gate_bias_range``, normally ``(1, T - 1)`` for ``T`` training steps.
+      The update gate ``g2 = sigmoid(b2)`` then starts between ``1 / T`` and 0.5: mostly
+      closed, so the leak ``(1 - g2) h`` keeps most of the state at each step and the
+      Jacobian's column sums start close to, not far below, the LCP's threshold. (The
+      authors meant this init; in their code the logarithm never took effect.)
+    * ``U1``, ``U2``: normal with std ``0.1 / sqrt(C)``, so the gates start near their
+      biases everywhere.
+    * ``W_inh``, ``W_exc``: orthogonal rows of the flattened (C, C k^2) kernel scaled by
+      ``0.5 / k`` (operator norm at most 0.5; matters only with ``norm="none"``, since
+      the norms are scale invariant).
+    * ``N1``, ``N2``: weight ``norm_gain`` (the authors: 0.1), bias 0.
 
-    Initialisation (deliberate; the authors' gate init never took effect):
-
-    * ``alpha = 0.1``, ``mu = 1``, GroupNorm weight 0.1 and bias 0 (authors).
-    * Update-gate bias ``b_g = GATE_BIAS = log(3)`` and a small gate kernel ``U``,
-      so the gate starts at ``g = sigmoid(b_g) = 0.75`` almost everywhere. The
-      leak term ``(1 - g) h`` contributes ``1 - g`` to every column sum of the
-      Jacobian ``dh'/dh`` -- a closed gate (``g -> 0``) makes the step the identity
-      (column sums 1, spectral radius 1), where the LCP is violated everywhere
-      and RBP's Neumann series does not converge. A mostly open gate leaves
-      ``0.25`` for the leak, well below ``tau = 0.9``, so the GN-damped
-      (weight 0.1) excitation/inhibition paths keep the step contractive at
-      initialisation; training may close the gate where long memory helps, under
-      the penalty. (The authors meant a chronos-style ``b_g = log U(1, T-1)``,
-      but applied ``.log()`` out of place, so the bias kept its default init.)
-    * ``W_inh``, ``W_exc``: orthogonal rows of the flattened (C, C k^2) kernel,
-      scaled by ``0.5 / k``; this bounds the convolution's operator norm by 0.5.
-      GroupNorm is scale invariant, so with ``norm="GN"`` the scale only matters
-      for ``norm="none"``, where it keeps the step contractive at the start.
-    * ``U``: normal, std ``0.1 / sqrt(C)``, so the gate's input-dependent part
-      starts small. Attention convs: PyTorch defaults, biases 0.
+    The step is separable over the batch for ``norm`` "GN" and "none" (the cheap
+    row-subsampled LCP relies on that); "BN" couples the rows through its statistics.
 
     Args:
         channels: C, channels of both the drive ``x`` and the state ``h``.
         kernel_size: odd spatial size k of ``W_inh`` and ``W_exc``.
-        norm: ``"GN"`` (GroupNorm) or ``"none"``.
-        num_groups: GroupNorm groups; must divide ``channels``.
-        gala: use GALA attention instead of a 1x1-conv attention.
+        norm: one of :data:`NORMS`.
+        num_groups: GroupNorm groups (``norm="GN"``); must divide ``channels``.
+        gala: GALA attention (channel x spatial) for the gain gate instead of ``U1``.
+        variant: one of :data:`VARIANTS`.
+        norm_gain: initial weight of ``N1`` and ``N2``.
+        gate_bias_range: ``(lo, hi)`` of the chronos init, ``1 <= lo <= hi``.
     """
 
-    #: Update-gate bias at initialisation: sigmoid(log 3) = 0.75 (see above).
-    GATE_BIAS = math.log(3.0)
     #: Channel reduction of the GALA bottlenecks.
     GALA_REDUCTION = 4
     #: Kernel gain: operator-norm bound of W_inh / W_exc at initialisation.
@@ -69,45 +91,41 @@ class HGRUCell(nn.Module):
         self,
         channels: int,
         kernel_size: int = 3,
+        *,
         norm: str = "GN",
         num_groups: int = 32,
         gala: bool = False,
+        variant: str = "coco",
+        norm_gain: float = 0.1,
+        gate_bias_range: Sequence[float] = (1.0, 19.0),
     ):
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels={channels!r}; must be an int >= 1")
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size={kernel_size!r}; must be an odd int >= 1 (same padding)")
-        if norm not in NORMS:
-            raise ValueError(f"norm={norm!r}; choose from {sorted(NORMS)}")
-        if norm == "GN":
-            if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-                raise ValueError(f"num_groups={num_groups!r}; must be an int >= 1")
-            if channels % num_groups != 0:
-                raise ValueError(f"num_groups={num_groups} must divide channels={channels}")
-        self.channels, self.kernel_size, self.norm, self.gala = channels, kernel_size, norm, bool(gala)
+        check_cell_args(
+            channels=channels, kernel_size=kernel_size, norm=norm, num_groups=num_groups,
+            variant=variant, norm_gain=norm_gain, gate_bias_range=gate_bias_range,
+        )
+        self.channels, self.kernel_size, self.norm = channels, kernel_size, norm
+        self.gala, self.variant, self.norm_gain = bool(gala), variant, float(norm_gain)
+        self.gate_bias_range = (float(gate_bias_range[0]), float(gate_bias_range[1]))
         c, k = channels, kernel_size
-
         if self.gala:
             r = max(c // self.GALA_REDUCTION, 1)
             self.att_channel = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, r, 1), nn.ReLU(inplace=False), nn.Conv2d(r, c, 1)
+                nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, r, 1), nn.ReLU(), nn.Conv2d(r, c, 1)
             )
-            self.att_spatial = nn.Sequential(nn.Conv2d(c, r, 1), nn.ReLU(inplace=False), nn.Conv2d(r, 1, 1))
+            self.att_spatial = nn.Sequential(nn.Conv2d(c, r, 1), nn.ReLU(), nn.Conv2d(r, 1, 1))
             self.att_bias = nn.Parameter(torch.zeros(1, c, 1, 1))
         else:
-            self.attention = nn.Conv2d(c, c, 1)
+            self.attention = nn.Conv2d(c, c, 1)  # U1 and b1
         self.w_inh = nn.Conv2d(c, c, k, padding=k // 2, bias=False)
         self.w_exc = nn.Conv2d(c, c, k, padding=k // 2, bias=False)
-        self.gate = nn.Conv2d(c, c, 1)  # U and b_g
-        if norm == "GN":
-            self.norm_inh = nn.GroupNorm(num_groups, c)
-            self.norm_exc = nn.GroupNorm(num_groups, c)
-        else:
-            self.norm_inh = nn.Identity()
-            self.norm_exc = nn.Identity()
-        self.alpha = nn.Parameter(torch.empty(1, c, 1, 1))
-        self.mu = nn.Parameter(torch.empty(1, c, 1, 1))
+        self.gate = nn.Conv2d(c, c, 1)  # U2 and b2
+        self.norm_inh = _norm_layer(norm, c, num_groups)
+        self.norm_exc = _norm_layer(norm, c, num_groups)
+        for name in ("alpha", "mu", "kappa", "omega"):
+            self.register_parameter(name, nn.Parameter(torch.empty(1, c, 1, 1)))
+        if variant == "pathfinder":
+            self.gamma = nn.Parameter(torch.empty(1, c, 1, 1))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -118,26 +136,31 @@ class HGRUCell(nn.Module):
             flat = conv.weight.view(c, c * k * k)
             nn.init.orthogonal_(flat)
             flat.mul_(self.KERNEL_GAIN / k)
-        nn.init.normal_(self.gate.weight, std=0.1 / math.sqrt(c))
-        self.gate.bias.fill_(self.GATE_BIAS)
+        b1 = chronos_bias(c, *self.gate_bias_range)
         if self.gala:
             for conv in (*self.att_channel, *self.att_spatial):
                 if isinstance(conv, nn.Conv2d):
                     conv.reset_parameters()
                     conv.bias.zero_()
-            self.att_bias.zero_()
+            self.att_bias.copy_(b1.view(1, c, 1, 1))
         else:
-            self.attention.reset_parameters()
-            self.attention.bias.zero_()
-        for gn in (self.norm_inh, self.norm_exc):
-            if isinstance(gn, nn.GroupNorm):
-                gn.weight.fill_(0.1)
-                gn.bias.zero_()
+            nn.init.normal_(self.attention.weight, std=0.1 / math.sqrt(c))
+            self.attention.bias.copy_(b1)
+        nn.init.normal_(self.gate.weight, std=0.1 / math.sqrt(c))
+        self.gate.bias.copy_(-b1)
+        for layer in (self.norm_inh, self.norm_exc):
+            if isinstance(layer, (nn.GroupNorm, nn.BatchNorm2d)):
+                layer.weight.fill_(self.norm_gain)
+                layer.bias.zero_()
         self.alpha.fill_(0.1)
         self.mu.fill_(1.0)
+        self.kappa.fill_(0.5)
+        self.omega.fill_(0.5)
+        if self.variant == "pathfinder":
+            self.gamma.fill_(1.0)
 
     def attend(self, h: torch.Tensor) -> torch.Tensor:
-        """Attention ``a`` in (0, 1), shape (B, C, H, W), from ``h`` (B, C, H, W)."""
+        """Gain gate ``g1`` in (0, 1), shape (B, C, H, W), from ``h`` (B, C, H, W)."""
         if self.gala:
             return torch.sigmoid(self.att_channel(h) * self.att_spatial(h) + self.att_bias)
         return torch.sigmoid(self.attention(h))
@@ -150,18 +173,29 @@ class HGRUCell(nn.Module):
             h: state, shape (B, C, H, W).
 
         Returns:
-            next state ``h'``, shape (B, C, H, W).
+            next state ``h'``, shape (B, C, H, W), elementwise > 0.
         """
         if x.shape != h.shape or x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(
-                f"x.shape={tuple(x.shape)}, h.shape={tuple(h.shape)}; both must be (B, {self.channels}, H, W)"
+                f"x.shape={tuple(x.shape)}, h.shape={tuple(h.shape)}; "
+                f"both must be (B, {self.channels}, H, W)"
             )
-        a = self.attend(h)
-        inh = self.norm_inh(self.w_inh(h * a))
-        i = F.softplus(x - inh * (self.alpha * h + self.mu))
-        g = torch.sigmoid(self.gate(i))
-        h_exc = F.softplus(self.norm_exc(self.w_exc(i)))
-        return (1 - g) * h + g * h_exc
+        c1 = self.norm_inh(self.w_inh(h * self.attend(h)))
+        inhibition = F.softplus(c1 * (self.alpha * h + self.mu))
+        pathfinder = self.variant == "pathfinder"
+        i = F.softplus((x if pathfinder else F.softplus(x)) - inhibition)
+        g2 = torch.sigmoid(self.gate(i))
+        e = self.norm_exc(self.w_exc(i))
+        if pathfinder:
+            h_tilde = F.softplus(self.kappa * i + self.gamma * e + self.omega * i * e)
+        else:
+            e = F.softplus(e)
+            h_tilde = F.softplus(self.kappa * (i + e) + self.omega * i * e)
+        return F.softplus(h + g2 * (h_tilde - h))
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, kernel_size={self.kernel_size}, norm={self.norm!r}, gala={self.gala}"
+        return (
+            f"channels={self.channels}, kernel_size={self.kernel_size}, norm={self.norm!r}, "
+            f"gala={self.gala}, variant={self.variant!r}, norm_gain={self.norm_gain}, "
+            f"gate_bias_range={self.gate_bias_range}"
+        )

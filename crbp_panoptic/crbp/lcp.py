@@ -78,6 +78,8 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .options import check_refiner_args
+
 __all__ = [
     "BatchSubsample",
     "SpatialCrop",
@@ -92,14 +94,6 @@ __all__ = [
 
 #: A crop window ``(top, left, height, width)`` on the last two dimensions.
 Box = Tuple[int, int, int, int]
-
-
-def check_tau(tau: float, name: str = "lcp_tau") -> float:
-    """Validate the penalty threshold: a finite real number > 0."""
-    ok = isinstance(tau, (int, float)) and not isinstance(tau, bool)
-    if not ok or not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"{name}={tau!r}; must be a finite number > 0 (the paper uses 0.9)")
-    return float(tau)
 
 
 def column_sums(h_next: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
@@ -170,18 +164,6 @@ def _rows_for(size: Union[int, float], bsz: int) -> int:
     return min(bsz, size)
 
 
-def check_subsample_size(size: Union[int, float, None], name: str = "lcp_subsample") -> None:
-    """Validate a batch-subsample size: None, a fraction in (0, 1], or a count >= 1."""
-    if size is None:
-        return
-    if isinstance(size, bool) or not isinstance(size, (int, float)):
-        raise ValueError(f"{name}={size!r}; use None (exact), a float fraction in (0, 1] or an int count >= 1")
-    if isinstance(size, float) and not (0.0 < size <= 1.0):
-        raise ValueError(f"{name}={size!r}; a float is a fraction of batch rows and must lie in (0, 1]")
-    if isinstance(size, int) and size < 1:
-        raise ValueError(f"{name}={size!r}; an int is a count of batch rows and must be >= 1")
-
-
 class BatchSubsample:
     """Pick random batch rows for a cheap LCP (see the module docstring).
 
@@ -205,9 +187,9 @@ class BatchSubsample:
         size: Union[int, float],
         generator: Optional[torch.Generator] = None,
     ):
-        check_subsample_size(size)
         if size is None:
             raise ValueError("lcp_subsample=None; BatchSubsample needs a fraction or a count")
+        check_refiner_args(lcp_subsample=size)
         self.step_on_rows = step_on_rows
         self.size = size
         self.generator = generator

@@ -2,24 +2,34 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Tuple, Union
+from functools import partial
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from .equilibrium import MODES, EquilibriumResult, check_int, check_nonneg, equilibrium
+from .diagnostics import cell_diagnostics
+from .equilibrium import EquilibriumResult, equilibrium
 from .hgru import HGRUCell
-from .lcp import BatchSubsample, SpatialCrop, check_subsample_size, check_tau, crop
-from .solvers import SOLVERS
+from .lcp import BatchSubsample, SpatialCrop, crop
+from .options import PENALISED_MODES, check_refiner_args
 
 __all__ = ["RecurrentRefiner"]
+
+
+def _step_on_rows(cell: nn.Module, x: torch.Tensor, index: torch.Tensor, h: torch.Tensor):
+    return cell(x.index_select(0, index), h)
+
+
+def _step_on_crop(cell: nn.Module, x: torch.Tensor, box, h: torch.Tensor):
+    return cell(crop(x, box), h)
 
 
 class RecurrentRefiner(nn.Module):
     """Refine a feature map by running ``h <- cell(x, h)`` from ``h0 = 0`` to equilibrium.
 
     ``forward(x)`` calls :func:`~crbp_panoptic.crbp.equilibrium` with
-    ``f = lambda h: cell(x, h)``: ``steps``/``forward_tol``/``solver`` in training,
+    ``f(h) = cell(x, h)``: ``steps``/``forward_tol``/``solver`` in training,
     ``test_steps``/``test_tol``/``test_solver`` in eval mode. The result of the
     last call is kept in :attr:`last_result` so a parent module can add the
     (unweighted) penalty ``last_result.lcp`` to its losses and log diagnostics.
@@ -52,7 +62,11 @@ class RecurrentRefiner(nn.Module):
         test_solver: forward solver in eval (None = same as ``solver``).
         anderson_m: Anderson history size (used when a solver is ``"anderson"``).
         **cell_kwargs: passed to :class:`HGRUCell` (``kernel_size``, ``norm``,
-            ``num_groups``, ``gala``) when ``channels`` is given.
+            ``num_groups``, ``gala``, ``variant``, ``norm_gain``, ``gate_bias_range``)
+            when ``channels`` is given; ``gate_bias_range`` defaults to
+            ``(1, max(steps - 1, 1))``, the chronos init over the trained horizon.
+
+    Every argument is validated here, once (:mod:`~crbp_panoptic.crbp.options`).
 
     Attributes:
         last_result: :class:`~crbp_panoptic.crbp.EquilibriumResult` of the last
@@ -62,6 +76,10 @@ class RecurrentRefiner(nn.Module):
             the rows (LongTensor, ``lcp_subsample``) or the window
             ``(top, left, height, width)`` (``lcp_crop``); None when the
             penalty was exact or not computed.
+        diagnose: set True to compute :func:`~crbp_panoptic.crbp.cell_diagnostics` at
+            the equilibrium of each call (one extra step and VJP) into
+            :attr:`last_diagnostics`; the training loop turns it on periodically.
+        last_diagnostics: dict of the last diagnosed call, else None.
     """
 
     def __init__(
@@ -86,42 +104,45 @@ class RecurrentRefiner(nn.Module):
     ):
         super().__init__()
         if (channels is None) == (cell is None):
-            raise ValueError(f"channels={channels!r}, cell={type(cell).__name__}; give exactly one of them")
+            raise ValueError(
+                f"channels={channels!r}, cell={type(cell).__name__}; give exactly one of them"
+            )
         if cell is not None and cell_kwargs:
-            raise ValueError(f"cell_kwargs={sorted(cell_kwargs)} only apply when building an HGRUCell from channels")
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r}; choose from {sorted(MODES)}")
-        check_int("steps", steps, 1)
-        check_int("test_steps", test_steps, 0)
-        check_int("neumann_steps", neumann_steps, 0)
-        check_int("anderson_m", anderson_m, 1)
-        check_nonneg("neumann_tol", neumann_tol)
-        check_nonneg("forward_tol", forward_tol)
-        check_nonneg("test_tol", test_tol)
-        check_tau(lcp_tau)
-        check_subsample_size(lcp_subsample)
-        check_int("lcp_crop", lcp_crop, 0)
-        if lcp_crop and lcp_subsample is not None:
             raise ValueError(
-                f"lcp_subsample={lcp_subsample!r}, lcp_crop={lcp_crop!r}; choose at most one cheap "
-                "penalty (rows or a spatial crop)"
+                f"cell_kwargs={sorted(cell_kwargs)} only apply when building an HGRUCell "
+                "from channels"
             )
-        for name, value in (("solver", solver), ("test_solver", test_solver)):
-            if value is not None and value not in SOLVERS:
-                raise ValueError(f"{name}={value!r}; choose from {sorted(SOLVERS)}")
-        if mode in ("bptt", "cbptt") and solver != "fixed_point":
-            raise ValueError(
-                f"solver={solver!r} with mode={mode!r}; BPTT differentiates through the "
-                "iterations, so train with 'fixed_point' (test_solver may be 'anderson')"
-            )
+        if channels is not None:
+            # Chronos gate init over the trained horizon unless asked otherwise.
+            cell_kwargs.setdefault("gate_bias_range", (1.0, float(max(steps - 1, 1))))
+        check_refiner_args(
+            mode=mode, steps=steps, test_steps=test_steps, neumann_steps=neumann_steps,
+            neumann_tol=neumann_tol, lcp_tau=lcp_tau, lcp_subsample=lcp_subsample,
+            lcp_crop=lcp_crop, forward_tol=forward_tol, test_tol=test_tol, solver=solver,
+            test_solver=test_solver, anderson_m=anderson_m,
+            **({} if channels is None else {"channels": channels}), **cell_kwargs,
+        )
         self.cell = cell if cell is not None else HGRUCell(channels, **cell_kwargs)
         self.mode, self.steps, self.test_steps = mode, steps, test_steps
-        self.neumann_steps, self.neumann_tol, self.lcp_tau = neumann_steps, float(neumann_tol), float(lcp_tau)
+        self.neumann_steps, self.neumann_tol = neumann_steps, float(neumann_tol)
+        self.lcp_tau = float(lcp_tau)
         self.lcp_subsample, self.lcp_crop = lcp_subsample, lcp_crop
         self.forward_tol, self.test_tol = float(forward_tol), float(test_tol)
-        self.solver, self.test_solver, self.anderson_m = solver, test_solver or solver, anderson_m
+        self.solver, self.test_solver = solver, test_solver or solver
+        self.anderson_m = anderson_m
+        self.diagnose = False
         self.last_result: Optional[EquilibriumResult] = None
         self.last_lcp_sample: Union[None, torch.Tensor, Tuple[int, int, int, int]] = None
+        self.last_diagnostics: Optional[Dict[str, float]] = None
+
+    def _lcp_sampler(self, x: torch.Tensor) -> Union[None, BatchSubsample, SpatialCrop]:
+        if self.mode not in PENALISED_MODES:
+            return None
+        if self.lcp_subsample is not None:
+            return BatchSubsample(partial(_step_on_rows, self.cell, x), self.lcp_subsample)
+        if self.lcp_crop:
+            return SpatialCrop(partial(_step_on_crop, self.cell, x), self.lcp_crop)
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the cell to equilibrium.
@@ -132,7 +153,6 @@ class RecurrentRefiner(nn.Module):
         Returns:
             the final state ``h_T``, shape (B, C, H, W).
         """
-        cell = self.cell
         if self.training:
             steps, tol, solver = self.steps, self.forward_tol, self.solver
         else:
@@ -140,20 +160,17 @@ class RecurrentRefiner(nn.Module):
         options = {"forward_tol": tol, "solver": solver, "neumann_tol": self.neumann_tol}
         if solver == "anderson":
             options["anderson_m"] = self.anderson_m
-        sampler: Union[None, BatchSubsample, SpatialCrop] = None
-        if self.lcp_subsample is not None and self.mode in ("cbptt", "crbp"):
-            sampler = BatchSubsample(lambda index, h: cell(x.index_select(0, index), h), self.lcp_subsample)
-        elif self.lcp_crop and self.mode in ("cbptt", "crbp"):
-            sampler = SpatialCrop(lambda box, h: cell(crop(x, box), h), self.lcp_crop)
+        sampler = self._lcp_sampler(x)
         if sampler is not None:
             options["lcp_subsample"] = sampler
         result = equilibrium(
-            lambda h: cell(x, h),
+            partial(self.cell, x),
             torch.zeros_like(x),
             mode=self.mode,
             steps=steps,
             neumann_steps=self.neumann_steps,
             lcp_tau=self.lcp_tau,
+            check=False,  # validated once, when this module was built
             **options,
         )
         # Keep diagnostics and the penalty; drop the state's graph reference so a
@@ -165,6 +182,9 @@ class RecurrentRefiner(nn.Module):
             self.last_lcp_sample = sampler.last_index
         elif isinstance(sampler, SpatialCrop):
             self.last_lcp_sample = sampler.last_box
+        self.last_diagnostics = None
+        if self.diagnose:
+            self.last_diagnostics = cell_diagnostics(self.cell, x, result.state, self.lcp_tau)
         return result.state
 
     def extra_repr(self) -> str:

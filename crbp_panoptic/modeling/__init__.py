@@ -4,7 +4,7 @@
 * ``CRBPMaskHead`` in ``ROI_MASK_HEAD_REGISTRY``,
 * ``CRBPPanopticFPN`` in ``META_ARCH_REGISTRY``.
 """
-from .backbone import CRBPFPN, build_resnet_crbp_fpn_backbone
+from .backbone import CRBPFPN, RecurrentLateral, build_resnet_crbp_fpn_backbone
 from .mask_head import CRBPMaskHead
 from .meta_arch import CRBPPanopticFPN, recurrent_modules
 
@@ -12,6 +12,7 @@ __all__ = [
     "CRBPFPN",
     "CRBPMaskHead",
     "CRBPPanopticFPN",
+    "RecurrentLateral",
     "build_resnet_crbp_fpn_backbone",
     "recurrent_modules",
 ]

@@ -1,8 +1,7 @@
 """The recurrent FPN backbone: Detectron2's FPN with hGRU-refined lateral features."""
 import math
 
-import torch.nn.functional as F
-
+from detectron2.layers import Conv2d
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
@@ -12,7 +11,31 @@ from crbp_panoptic.crbp import RecurrentRefiner
 
 from .config_args import fpn_levels, refiner_args
 
-__all__ = ["CRBPFPN", "build_resnet_crbp_fpn_backbone"]
+__all__ = ["CRBPFPN", "RecurrentLateral", "build_resnet_crbp_fpn_backbone"]
+
+
+class RecurrentLateral(Conv2d):
+    """A lateral 1x1 conv whose output drives a :class:`RecurrentRefiner` to equilibrium.
+
+    It holds the FPN's own lateral conv parameters under their own names (``weight``,
+    ``bias``, ``norm``), so a stock checkpoint's ``fpn_lateral{k}.*`` load into it; the
+    refiner's parameters are the new ``fpn_lateral{k}.recurrent.*``.
+
+    Args:
+        conv (Conv2d): the FPN's lateral conv (its parameters are taken over, not copied).
+        refiner (RecurrentRefiner): runs the hGRU on the conv's output.
+    """
+
+    def __init__(self, conv, refiner):
+        super().__init__(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size,
+                         bias=conv.bias is not None, norm=conv.norm, activation=conv.activation)
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.recurrent = refiner
+
+    def forward(self, x):
+        """(N, C_in, H, W) features -> (N, C, H, W) equilibrium state."""
+        return self.recurrent(super().forward(x))
 
 
 class CRBPFPN(FPN):
@@ -20,10 +43,11 @@ class CRBPFPN(FPN):
 
     For each recurrent level the lateral 1x1 projection of ``res_k`` is the drive ``x``
     of an hGRU run to equilibrium from ``h_0 = 0``; the equilibrium state replaces the
-    lateral feature before the top-down sum and the 3x3 output conv. Everything else,
-    module names included (``fpn_lateral{k}``, ``fpn_output{k}``), is Detectron2's FPN,
-    so stock R-50-FPN / Panoptic FPN checkpoints load into every part that is not new.
-    The new parts are ``fpn_recurrent{k}`` (a :class:`RecurrentRefiner` each).
+    lateral feature before the top-down sum and the 3x3 output conv. The forward pass is
+    Detectron2's own ``FPN.forward``: only the recurrent levels' lateral convs are
+    replaced, by :class:`RecurrentLateral` modules under the stock names
+    (``fpn_lateral{k}``), so stock R-50-FPN / Panoptic FPN checkpoints load into every
+    part that is not new (``fpn_lateral{k}.recurrent``).
 
     Outputs, strides and channels are exactly the stock FPN's (``output_shape()``).
     """
@@ -40,46 +64,13 @@ class CRBPFPN(FPN):
         super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
                          fuse_type=fuse_type)
         strides = bottom_up.output_shape()
-        # Lateral refiners in the same top-down order as self.lateral_convs; None = feedforward.
-        self.lateral_refiners = []
-        for name in reversed(self.in_features):
+        # self.lateral_convs runs top-down (coarsest level first), like reversed(in_features).
+        for idx, name in enumerate(reversed(self.in_features)):
             stage = int(math.log2(strides[name].stride))
-            refiner = None
             if f"p{stage}" in recurrent_levels:
-                refiner = RecurrentRefiner(**refiner_kwargs)
-                self.add_module(f"fpn_recurrent{stage}", refiner)
-            self.lateral_refiners.append(refiner)
-
-    def _lateral(self, idx, features):
-        lateral = self.lateral_convs[idx](features)
-        refiner = self.lateral_refiners[idx]
-        return lateral if refiner is None else refiner(lateral)
-
-    def forward(self, x):
-        """
-        Args:
-            x (Tensor): images, shape (N, C, H, W), H and W divisible by ``size_divisibility``.
-
-        Returns:
-            dict[str, Tensor]: ``"p<stage>"`` -> (N, out_channels, H / 2^stage, W / 2^stage).
-        """
-        bottom_up_features = self.bottom_up(x)
-        prev_features = self._lateral(0, bottom_up_features[self.in_features[-1]])
-        results = [self.output_convs[0](prev_features)]
-        for idx in range(1, len(self.lateral_convs)):
-            features = bottom_up_features[self.in_features[-idx - 1]]
-            top_down = F.interpolate(prev_features, scale_factor=2.0, mode="nearest")
-            prev_features = self._lateral(idx, features) + top_down
-            if self._fuse_type == "avg":
-                prev_features = prev_features / 2
-            results.insert(0, self.output_convs[idx](prev_features))
-        if self.top_block is not None:
-            if self.top_block.in_feature in bottom_up_features:
-                top_in = bottom_up_features[self.top_block.in_feature]
-            else:
-                top_in = results[self._out_features.index(self.top_block.in_feature)]
-            results.extend(self.top_block(top_in))
-        return dict(zip(self._out_features, results))
+                lateral = RecurrentLateral(self.lateral_convs[idx], RecurrentRefiner(**refiner_kwargs))
+                self.lateral_convs[idx] = lateral
+                setattr(self, f"fpn_lateral{stage}", lateral)
 
 
 @BACKBONE_REGISTRY.register()

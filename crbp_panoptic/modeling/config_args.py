@@ -1,36 +1,69 @@
-"""Read and validate ``MODEL.CRBP`` once, turning it into plain keyword arguments.
+"""Read ``MODEL.CRBP`` once, turning it into plain keyword arguments.
 
-Only the registered builders call this; modules never see the config. Every check
-names the offending key and what is allowed, and runs when the model is built.
+Only the registered builders call this; modules never see the config. Values are checked
+by the engine's own rules (:mod:`crbp_panoptic.crbp.options`) with each argument labelled
+by its config key, so an error names ``MODEL.CRBP.<KEY>`` and what is allowed, when the
+model is built.
 """
-from numbers import Integral, Real
+from crbp_panoptic.crbp.options import check_refiner_args
 
-from crbp_panoptic.crbp import MODES, NORMS, SOLVERS
+__all__ = ["diagnostics_period", "fpn_levels", "lcp_weight", "refiner_args"]
 
+#: Refiner / cell keyword argument -> the MODEL.CRBP key it comes from.
+KEYS = {
+    "kernel_size": "KERNEL_SIZE",
+    "norm": "NORM",
+    "num_groups": "NUM_GROUPS",
+    "norm_gain": "NORM_GAIN",
+    "gate_bias_range": "GATE_BIAS_RANGE",
+    "gala": "GALA",
+    "mode": "GRAD",
+    "steps": "STEPS",
+    "test_steps": "TEST_STEPS",
+    "neumann_steps": "NEUMANN_STEPS",
+    "lcp_tau": "LCP_TAU",
+    "lcp_subsample": "LCP_SUBSAMPLE",
+    "lcp_crop": "LCP_CROP",
+    "solver": "SOLVER",
+    "forward_tol": "FORWARD_TOL",
+    "test_tol": "TEST_TOL",
+    "neumann_tol": "NEUMANN_TOL",
+}
+_LABELS = {arg: f"MODEL.CRBP.{key}" for arg, key in KEYS.items()}
 
 
 def _fail(key, value, allowed):
     raise ValueError(f"MODEL.CRBP.{key}={value!r}; {allowed}")
 
 
-def _int(c, key, low):
-    value = c[key]
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        _fail(key, value, f"expected an integer >= {low}")
-    return int(value)
-
-
-def _real(c, key, low, strict=False):
-    value = c[key]
-    bad = isinstance(value, bool) or not isinstance(value, Real)
-    if bad or value < low or (strict and value == low):
-        _fail(key, value, f"expected a number {'>' if strict else '>='} {low}")
+def lcp_weight(cfg):
+    """``MODEL.CRBP.LCP_WEIGHT`` as a float, validated (a finite number >= 0)."""
+    value = cfg.MODEL.CRBP.LCP_WEIGHT
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        _fail("LCP_WEIGHT", value, "expected a finite number >= 0")
     return float(value)
 
 
-def lcp_weight(cfg):
-    """``MODEL.CRBP.LCP_WEIGHT`` as a float, validated."""
-    return _real(cfg.MODEL.CRBP, "LCP_WEIGHT", 0.0)
+def diagnostics_period(cfg):
+    """``MODEL.CRBP.DIAGNOSTICS_PERIOD`` as an int, validated (>= 0)."""
+    value = cfg.MODEL.CRBP.DIAGNOSTICS_PERIOD
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail("DIAGNOSTICS_PERIOD", value, "expected an integer >= 0 (0 = never)")
+    return value
+
+
+def _subsample(value):
+    # 0 = exact; a fraction in (0, 1) or a whole row count (YAML may spell it 8.0).
+    if isinstance(value, float) and value >= 1 and value == int(value):
+        return int(value)
+    return None if value == 0 else value
+
+
+def _gate_bias_range(value, steps):
+    pair = list(value)
+    if len(pair) == 2 and pair[1] == 0 and isinstance(steps, int):
+        pair[1] = float(max(steps - 1, pair[0]))
+    return pair
 
 
 def refiner_args(cfg, channels):
@@ -47,46 +80,17 @@ def refiner_args(cfg, channels):
         ValueError: naming the key, the value and the allowed values.
     """
     c = cfg.MODEL.CRBP
-    if c.GRAD not in MODES:
-        _fail("GRAD", c.GRAD, f"choose from {sorted(MODES)}")
-    if c.SOLVER not in SOLVERS:
-        _fail("SOLVER", c.SOLVER, f"choose from {sorted(SOLVERS)}")
-    if c.NORM not in NORMS:
-        _fail("NORM", c.NORM, f"choose from {sorted(NORMS)}")
-    kernel_size = _int(c, "KERNEL_SIZE", 1)
-    if kernel_size % 2 == 0:
-        _fail("KERNEL_SIZE", kernel_size, "expected an odd integer (same-size padding)")
-    num_groups = _int(c, "NUM_GROUPS", 1)
-    if c.NORM == "GN" and channels % num_groups:
-        _fail("NUM_GROUPS", num_groups, f"must divide the recurrent channel count {channels}")
-    subsample = _real(c, "LCP_SUBSAMPLE", 0.0)
-    if subsample >= 1 and subsample != int(subsample):
-        _fail("LCP_SUBSAMPLE", subsample, "expected 0 (exact), a fraction in (0, 1) or a row count >= 1")
-    crop = _int(c, "LCP_CROP", 0)
-    if crop and subsample:
-        _fail("LCP_CROP", crop, f"choose at most one cheap penalty (MODEL.CRBP.LCP_SUBSAMPLE={subsample!r})")
-    return {
-        "channels": channels,
-        "kernel_size": kernel_size,
-        "norm": c.NORM,
-        "num_groups": num_groups,
-        "gala": bool(c.GALA),
-        "mode": c.GRAD,
-        "steps": _int(c, "STEPS", 1),
-        "test_steps": _int(c, "TEST_STEPS", 0),
-        "neumann_steps": _int(c, "NEUMANN_STEPS", 0),
-        "lcp_tau": _real(c, "LCP_TAU", 0.0, strict=True),
-        "lcp_subsample": None if subsample == 0 else (subsample if subsample < 1 else int(subsample)),
-        "lcp_crop": crop,
-        "solver": c.SOLVER,
-        "forward_tol": _real(c, "FORWARD_TOL", 0.0),
-        "test_tol": _real(c, "TEST_TOL", 0.0),
-        "neumann_tol": _real(c, "NEUMANN_TOL", 0.0),
-    }
+    kwargs = {arg: c[key] for arg, key in KEYS.items()}
+    kwargs["gala"] = bool(kwargs["gala"])
+    kwargs["lcp_subsample"] = _subsample(kwargs["lcp_subsample"])
+    kwargs["gate_bias_range"] = _gate_bias_range(kwargs["gate_bias_range"], kwargs["steps"])
+    check_refiner_args(_LABELS, channels=channels, **kwargs)
+    kwargs["gate_bias_range"] = tuple(kwargs["gate_bias_range"])
+    return {"channels": channels, **kwargs}
 
 
 def fpn_levels(cfg, available):
-    """``MODEL.CRBP.FPN_LEVELS`` validated against the FPN's lateral levels (e.g. ``p2``..``p5``)."""
+    """``MODEL.CRBP.FPN_LEVELS`` validated against the FPN's lateral levels (``p2``..``p5``)."""
     levels = list(cfg.MODEL.CRBP.FPN_LEVELS)
     unknown = [lvl for lvl in levels if lvl not in available]
     if unknown or not levels or len(set(levels)) != len(levels):

@@ -20,11 +20,10 @@ class CRBPMaskHead(BaseMaskRCNNHead):
     The ROIAlign features (R, C, 14, 14) are the drive ``x`` of an hGRU run from
     ``h_0 = 0``; its equilibrium replaces the stock head's four 3x3 conv + ReLU layers
     (``mask_fcn1..4``). A GroupNorm (``mask_recurrent_norm``; with ``MODEL.CRBP.NORM``
-    "GN", else none) rescales the state for the readout: the cell's own GroupNorm gains
-    start at 0.1 for contraction, so the equilibrium starts with a spatial contrast of
-    ~0.05 around a constant (``test_mask_head_readout_sees_a_unit_scale_state``), and the
-    deconv and predictor, fed that directly, learned so slowly that the mask loss of the
-    synthetic quick schedule stayed near chance.
+    "GN", else none) rescales the state for the readout: the cell's outer softplus and
+    its mostly closed update gate give the equilibrium a large positive offset, against
+    which the ROI's spatial structure is a small relative contrast
+    (``test_mask_head_readout_sees_a_unit_scale_state``).
     Then, as in ``MaskRCNNConvUpsampleHead``, a 2x2 stride-2
     ``deconv`` + ReLU and a 1x1 ``predictor`` give (R, num_classes, 28, 28) logits; the
     loss and inference contract is :class:`BaseMaskRCNNHead`'s. ``deconv`` and

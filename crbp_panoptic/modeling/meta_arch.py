@@ -3,9 +3,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.utils.events import get_event_storage
 
-from crbp_panoptic.crbp import RecurrentRefiner
+from crbp_panoptic.crbp import PENALISED_MODES, RecurrentRefiner
 
-from .config_args import lcp_weight
+from .config_args import diagnostics_period, lcp_weight
 
 __all__ = ["CRBPPanopticFPN", "recurrent_modules"]
 
@@ -27,26 +27,34 @@ class CRBPPanopticFPN(PanopticFPN):
 
     Each recurrent module's forward residual, steps and penalty, and the Neumann terms of
     the previous backward pass, go to the event storage as ``crbp/<module>/<stat>``.
-    Inference is exactly :class:`PanopticFPN`'s.
+    Every ``diagnostics_period`` iterations, so do the state's spatial contrast and the
+    distribution of the step Jacobian's column sums at the equilibrium
+    (:func:`~crbp_panoptic.crbp.cell_diagnostics`): whether the dynamics sit near the
+    penalty's threshold ``tau`` or deep inside it. Inference is exactly
+    :class:`PanopticFPN`'s.
     """
 
     @configurable
-    def __init__(self, *, lcp_weight: float, **kwargs):
+    def __init__(self, *, lcp_weight: float, diagnostics_period: int = 0, **kwargs):
         """
         Args:
             lcp_weight (float): multiplier of the summed penalty in ``loss_lcp``.
+            diagnostics_period (int): log the dynamics' diagnostics every this many
+                iterations (0 = never).
             kwargs: :class:`PanopticFPN` arguments.
         """
         super().__init__(**kwargs)
         self.lcp_weight = lcp_weight
+        self.diagnostics_period = diagnostics_period
         self._recurrent = recurrent_modules(self)
-        self._penalised = any(m.mode in ("crbp", "cbptt") for _, m in self._recurrent)
+        self._penalised = any(m.mode in PENALISED_MODES for _, m in self._recurrent)
         self._last_results = []
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ret["lcp_weight"] = lcp_weight(cfg)
+        ret["diagnostics_period"] = diagnostics_period(cfg)
         return ret
 
     def forward(self, batched_inputs):
@@ -57,12 +65,21 @@ class CRBPPanopticFPN(PanopticFPN):
         for name, result in self._last_results:
             for key, value in result.backward_info.items():
                 storage.put_scalar(f"crbp/{name}/{key}", float(value), smoothing_hint=False)
+        period = self.diagnostics_period
+        diagnose = period > 0 and storage.iter % period == 0
         for _, module in self._recurrent:
             module.last_result = None  # a module that does not run must not report stale values
+            module.diagnose = diagnose
         losses = super().forward(batched_inputs)
-        self._last_results = [(n, m.last_result) for n, m in self._recurrent if m.last_result is not None]
+        self._last_results = [
+            (n, m.last_result) for n, m in self._recurrent if m.last_result is not None
+        ]
         for name, r in self._last_results:
             for key, value in (("residual", r.residual), ("steps", r.steps), ("lcp", r.lcp.item())):
+                storage.put_scalar(f"crbp/{name}/{key}", value, smoothing_hint=False)
+        for name, module in self._recurrent:
+            module.diagnose = False
+            for key, value in (module.last_diagnostics or {}).items():
                 storage.put_scalar(f"crbp/{name}/{key}", value, smoothing_hint=False)
         if self._penalised and self._last_results:
             losses["loss_lcp"] = self.lcp_weight * sum(r.lcp for _, r in self._last_results)

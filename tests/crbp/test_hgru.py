@@ -1,34 +1,107 @@
-"""HGRUCell: shapes, initialisation that takes effect, validation, contractive start."""
+"""HGRUCell: the equations against an independent computation, each init, validation, and
+dynamics that start near (not far below) the LCP's threshold."""
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from crbp_panoptic.crbp import HGRUCell, equilibrium
+from crbp_panoptic.crbp import HGRUCell, cell_diagnostics, equilibrium
+from crbp_panoptic.crbp.hgru import chronos_bias
 from crbp_panoptic.crbp.lcp import column_sums
 
+f64 = torch.float64
 
-@pytest.mark.parametrize("gala", [False, True])
-@pytest.mark.parametrize("norm", ["GN", "none"])
-def test_shapes(gala, norm):
-    cell = HGRUCell(16, kernel_size=5, norm=norm, num_groups=4, gala=gala)
-    x, h = torch.randn(3, 16, 7, 9), torch.rand(3, 16, 7, 9)
-    out = cell(x, h)
-    assert out.shape == (3, 16, 7, 9) and torch.isfinite(out).all()
+
+def _sp(t):
+    return torch.log1p(torch.exp(-t.abs())) + t.clamp_min(0)  # softplus, written out
+
+
+def _conv(h, w):
+    """k x k same-padded convolution by explicit shifts (no conv2d)."""
+    k = w.shape[-1]
+    padded = F.pad(h, (k // 2,) * 4)
+    out = torch.zeros_like(h)
+    height, width = h.shape[-2:]
+    for dy in range(k):
+        for dx in range(k):
+            window = padded[:, :, dy : dy + height, dx : dx + width]
+            out = out + torch.einsum("oc,bchw->bohw", w[:, :, dy, dx], window)
+    return out
+
+
+def _group_norm(t, groups, weight, bias, eps=1e-5):
+    b, c, hh, ww = t.shape
+    g = t.reshape(b, groups, -1)
+    g = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + eps)
+    return g.reshape(b, c, hh, ww) * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
+
+
+def _batch_norm(t, weight, bias, eps=1e-5):
+    mean = t.mean((0, 2, 3), keepdim=True)
+    var = t.var((0, 2, 3), unbiased=False, keepdim=True)
+    return (t - mean) / torch.sqrt(var + eps) * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+def reference_step(cell, x, h, groups):
+    """The paper's equations from the cell's raw parameters, without its modules."""
+
+    def norm(t, layer):
+        if cell.norm == "GN":
+            return _group_norm(t, groups, layer.weight, layer.bias)
+        if cell.norm == "BN":
+            return _batch_norm(t, layer.weight, layer.bias)
+        return t
+
+    def one_by_one(t, conv):
+        return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], t) + conv.bias.view(1, -1, 1, 1)
+
+    g1 = torch.sigmoid(one_by_one(h, cell.attention))
+    c1 = norm(_conv(h * g1, cell.w_inh.weight), cell.norm_inh)
+    inhibition = _sp(c1 * (cell.alpha * h + cell.mu))
+    if cell.variant == "pathfinder":
+        i = _sp(x - inhibition)
+    else:
+        i = _sp(_sp(x) - inhibition)
+    g2 = torch.sigmoid(one_by_one(i, cell.gate))
+    e = norm(_conv(i, cell.w_exc.weight), cell.norm_exc)
+    if cell.variant == "pathfinder":
+        h_tilde = _sp(cell.kappa * i + cell.gamma * e + cell.omega * i * e)
+    else:
+        e = _sp(e)
+        h_tilde = _sp(cell.kappa * (i + e) + cell.omega * (i * e))
+    return _sp((1 - g2) * h + g2 * h_tilde)
+
+
+@pytest.mark.parametrize("variant", ["coco", "pathfinder"])
+@pytest.mark.parametrize("norm", ["GN", "BN", "none"])
+def test_step_matches_the_equations(variant, norm):
+    torch.manual_seed(0)
+    cell = HGRUCell(8, kernel_size=3, norm=norm, num_groups=4, variant=variant).double()
+    with torch.no_grad():  # a generic cell: every parameter away from its init
+        for p in cell.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x, h = torch.randn(2, 8, 6, 7, dtype=f64), torch.rand(2, 8, 6, 7, dtype=f64)
+    torch.testing.assert_close(cell(x, h), reference_step(cell, x, h, groups=4))
 
 
 def test_initialisation_took_effect():
-    cell = HGRUCell(16, num_groups=4)
-    b = cell.gate.bias.detach()
-    # the documented gate bias, not PyTorch's default U(-1/sqrt(C), 1/sqrt(C))
-    assert torch.allclose(b, torch.full_like(b, math.log(3.0)))
-    assert torch.allclose(torch.sigmoid(b), torch.full_like(b, 0.75))
-    assert torch.all(cell.alpha == 0.1) and torch.all(cell.mu == 1.0)
-    for gn in (cell.norm_inh, cell.norm_exc):
-        assert torch.all(gn.weight == 0.1) and torch.all(gn.bias == 0)
-    assert cell.gate.weight.std() < 0.1 / math.sqrt(16) * 1.5
-    # W_inh / W_exc: orthogonal rows scaled by gain / k
-    for conv in (cell.w_inh, cell.w_exc):
+    torch.manual_seed(0)
+    cell = HGRUCell(16, num_groups=4, gate_bias_range=(1.0, 19.0))
+    b1, b2 = cell.attention.bias.detach(), cell.gate.bias.detach()
+    # chronos: b1 = log U(1, 19) (not PyTorch's default), b2 = -b1
+    assert torch.all(b1 >= 0) and torch.all(b1 <= math.log(19.0)) and b1.std() > 0.2
+    torch.testing.assert_close(b2, -b1)
+    # the update gate starts mostly closed: sigmoid(b2) in [1/20, 1/2]
+    assert torch.all(torch.sigmoid(b2) <= 0.5) and torch.all(torch.sigmoid(b2) >= 1 / 20 - 1e-6)
+    for name, value in (("alpha", 0.1), ("mu", 1.0), ("kappa", 0.5), ("omega", 0.5)):
+        assert torch.all(getattr(cell, name) == value), name
+    assert not hasattr(cell, "gamma")  # the COCO cell has no gamma
+    for layer in (cell.norm_inh, cell.norm_exc):
+        assert torch.all(layer.weight == 0.1) and torch.all(layer.bias == 0)
+    for conv in (cell.attention, cell.gate):
+        assert conv.weight.std() < 0.1 / math.sqrt(16) * 1.5
+    for conv in (cell.w_inh, cell.w_exc):  # orthogonal rows scaled by gain / k
         flat = conv.weight.detach().reshape(16, -1)
         scale = HGRUCell.KERNEL_GAIN / 3
         torch.testing.assert_close(flat @ flat.T, scale**2 * torch.eye(16), atol=1e-6, rtol=0)
@@ -37,28 +110,83 @@ def test_initialisation_took_effect():
         cell.gate.bias.add_(1.0)
         cell.alpha.mul_(3)
     cell.reset_parameters()
-    assert torch.allclose(cell.gate.bias, torch.full_like(b, math.log(3.0))) and torch.all(cell.alpha == 0.1)
+    torch.testing.assert_close(cell.gate.bias, -cell.attention.bias)
+    assert torch.all(cell.alpha == 0.1)
+
+
+def test_pathfinder_variant_and_norm_options():
+    cell = HGRUCell(8, norm="BN", variant="pathfinder", norm_gain=1.0, gate_bias_range=(2.0, 2.0))
+    assert torch.all(cell.gamma == 1.0)
+    assert isinstance(cell.norm_inh, torch.nn.BatchNorm2d) and not cell.norm_inh.track_running_stats
+    assert torch.all(cell.norm_exc.weight == 1.0)
+    torch.testing.assert_close(cell.attention.bias, torch.full((8,), math.log(2.0)))
+
+
+def test_chronos_bias_is_log_uniform():
+    torch.manual_seed(0)
+    b = chronos_bias(20000, 1.0, 9.0)
+    assert b.min() >= 0 and b.max() <= math.log(9.0)
+    assert abs(b.exp().mean().item() - 5.0) < 0.05  # exp(b) ~ U(1, 9)
 
 
 @pytest.mark.parametrize("norm", ["GN", "none"])
-def test_contractive_at_initialisation(norm):
-    """At the equilibrium of a freshly initialised cell, the Jacobian's column sums stay
-    below tau = 0.9 (zero LCP) and the spectral radius is well below 1."""
+def test_dynamics_start_near_the_lcp_threshold(norm):
+    """The chronos init puts the column sums of a fresh cell's Jacobian close to, mostly
+    below, tau = 0.9 (the old 0.75-open gate gave ~0.3): a long-memory, contractive start."""
     torch.manual_seed(0)
-    cell = HGRUCell(16, norm=norm, num_groups=4)
-    x = torch.randn(2, 16, 8, 8)
+    cell = HGRUCell(16, norm=norm, num_groups=4, gate_bias_range=(1.0, 19.0))
+    x = torch.randn(2, 16, 10, 10)
     with torch.no_grad():
-        res = equilibrium(lambda h: cell(x, h), torch.zeros_like(x), mode="rbp", steps=60)
+        res = equilibrium(lambda h: cell(x, h), torch.zeros_like(x), mode="rbp", steps=200)
     assert res.residual < 1e-5
     h = res.state.clone().requires_grad_()
     out = cell(x, h)
     u = column_sums(out, h)
-    assert u.max() < 0.9
+    assert 0.6 < u.median() < 0.9 and u.mean() < 0.9
     v = torch.randn_like(h)
-    for _ in range(30):  # power iteration on J^T
+    for _ in range(50):  # power iteration on J^T: contractive
         w = torch.autograd.grad(out, h, v, retain_graph=True)[0]
         rate, v = (w.norm() / v.norm()).item(), w / w.norm()
-    assert rate < 0.6
+    assert 0.5 < rate < 1.0
+
+
+def test_state_carries_the_drive():
+    """The kappa path passes the drive's structure into the state: a bright square in the
+    drive is a bright square in the equilibrium."""
+    torch.manual_seed(0)
+    cell = HGRUCell(8, norm="GN", num_groups=4, gate_bias_range=(1.0, 9.0))
+    x = torch.zeros(1, 8, 16, 16)
+    x[..., 4:8, 4:8] = 3.0
+    with torch.no_grad():
+        res = equilibrium(lambda h: cell(x, h), torch.zeros_like(x), mode="rbp", steps=100)
+    inside, outside = res.state[..., 4:8, 4:8].mean(), res.state[..., 12:, 12:].mean()
+    assert inside > outside + 0.5
+
+
+def test_cell_diagnostics_match_a_dense_jacobian():
+    torch.manual_seed(0)
+    cell = HGRUCell(4, norm="none", gate_bias_range=(1.0, 5.0)).double()
+    x, h = torch.randn(1, 4, 3, 3, dtype=f64), torch.rand(1, 4, 3, 3, dtype=f64)
+    stats = cell_diagnostics(cell, x, h, tau=0.8)
+    jac = torch.autograd.functional.jacobian(lambda s: cell(x, s), h).reshape(36, 36)
+    u = jac.sum(0)  # column sums
+    assert stats["colsum_mean"] == pytest.approx(u.mean().item(), rel=1e-6)
+    assert stats["colsum_max"] == pytest.approx(u.max().item(), rel=1e-6)
+    assert stats["colsum_p50"] == pytest.approx(u.float().quantile(0.5).item(), rel=1e-5)
+    assert stats["frac_above_tau"] == pytest.approx((u > 0.8).double().mean().item())
+    contrast = h.flatten(2).std(dim=2, unbiased=False).mean()
+    assert stats["contrast"] == pytest.approx(contrast.item(), rel=1e-6)
+    assert stats["contrast_rel"] == pytest.approx((contrast / h.abs().mean()).item(), rel=1e-6)
+    assert cell_diagnostics(cell, x[:0], h[:0])["colsum_mean"] == 0.0
+
+
+@pytest.mark.parametrize("gala", [False, True])
+@pytest.mark.parametrize("norm", ["GN", "BN", "none"])
+def test_shapes(gala, norm):
+    cell = HGRUCell(16, kernel_size=5, norm=norm, num_groups=4, gala=gala)
+    x, h = torch.randn(3, 16, 7, 9), torch.rand(3, 16, 7, 9)
+    out = cell(x, h)
+    assert out.shape == (3, 16, 7, 9) and torch.isfinite(out).all() and torch.all(out > 0)
 
 
 def test_batched_equals_single():
@@ -77,28 +205,35 @@ def test_empty_batch():
 
 
 def test_validation_errors():
-    with pytest.raises(ValueError, match=r"norm='BN'.*\['GN', 'none'\]"):
-        HGRUCell(8, norm="BN")
-    with pytest.raises(ValueError, match="num_groups=3 must divide channels=8"):
+    with pytest.raises(ValueError, match=r"norm='LN'; choose from \['BN', 'GN', 'none'\]"):
+        HGRUCell(8, norm="LN")
+    with pytest.raises(ValueError, match="num_groups=3; must divide the channel count 8"):
         HGRUCell(8, num_groups=3)
-    with pytest.raises(ValueError, match="num_groups=32 must divide channels=8"):
+    with pytest.raises(ValueError, match="num_groups=32; must divide the channel count 8"):
         HGRUCell(8)
     with pytest.raises(ValueError, match="kernel_size=4"):
         HGRUCell(8, kernel_size=4, num_groups=4)
     with pytest.raises(ValueError, match="channels=0"):
         HGRUCell(0)
+    with pytest.raises(ValueError, match=r"variant='hgru'; choose from \['coco', 'pathfinder'\]"):
+        HGRUCell(8, num_groups=4, variant="hgru")
+    with pytest.raises(ValueError, match="norm_gain=0"):
+        HGRUCell(8, num_groups=4, norm_gain=0)
+    with pytest.raises(ValueError, match=r"gate_bias_range=\(5.0, 2.0\); expected \[lo, hi\]"):
+        HGRUCell(8, num_groups=4, gate_bias_range=(5.0, 2.0))
     HGRUCell(8, norm="none", num_groups=3)  # groups are irrelevant without GN
     cell = HGRUCell(8, num_groups=4)
     with pytest.raises(ValueError, match="x.shape"):
         cell(torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 4, 5))
 
 
-def test_gradients_reach_every_parameter():
-    torch.manual_seed(0)
+@pytest.mark.parametrize("variant", ["coco", "pathfinder"])
+def test_gradients_reach_every_parameter(variant):
+    torch.manual_seed(1)  # (GALA's 1x1 bottlenecks are small: some seeds start with dead ReLUs)
     for gala in (False, True):
-        cell = HGRUCell(8, num_groups=4, gala=gala)
-        x = torch.randn(2, 8, 5, 5)
-        h = torch.rand(2, 8, 5, 5)
+        cell = HGRUCell(16, num_groups=4, gala=gala, variant=variant)
+        x = torch.randn(2, 16, 5, 5)
+        h = torch.rand(2, 16, 5, 5)
         cell(x, cell(x, h)).square().sum().backward()
         for name, p in cell.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name

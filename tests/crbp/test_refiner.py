@@ -173,13 +173,13 @@ def test_validation():
         make(lcp_crop=-1)
     with pytest.raises(ValueError, match="lcp_crop=2.5"):
         make(lcp_crop=2.5)
-    with pytest.raises(ValueError, match="lcp_subsample=0.5, lcp_crop=16"):
+    with pytest.raises(ValueError, match="lcp_crop=16; choose at most one cheap penalty"):
         make(lcp_subsample=0.5, lcp_crop=16)
     with pytest.raises(ValueError, match="lcp_tau"):
         make(lcp_tau=0)
     with pytest.raises(ValueError, match="test_solver='newton'"):
         make(test_solver="newton")
-    with pytest.raises(ValueError, match="solver='anderson' with mode='bptt'"):
+    with pytest.raises(ValueError, match="solver='anderson'; with mode='bptt'"):
         make(mode="bptt", solver="anderson")
     with pytest.raises(ValueError, match="exactly one"):
         RecurrentRefiner()

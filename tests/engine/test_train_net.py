@@ -92,7 +92,7 @@ def test_training_gives_finite_losses_and_lcp(datasets, tmp_path):
     assert last["iteration"] == 2
     assert math.isfinite(last["total_loss"])
     assert "loss_lcp" in last and math.isfinite(last["loss_lcp"])
-    assert any(k.startswith("crbp/backbone.fpn_recurrent") for k in last), sorted(last)
+    assert any(k.startswith("crbp/backbone.fpn_lateral") for k in last), sorted(last)
     assert (tmp_path / "model_final.pth").is_file()
 
 

@@ -79,7 +79,28 @@ def test_backbone_matches_stock_fpn_shapes():
 def test_fpn_levels_select_the_recurrent_laterals():
     model = _build(FPN_YAML, "MODEL.CRBP.FPN_LEVELS", "['p4', 'p5']")
     names = sorted(n for n, _ in recurrent_modules(model))
-    assert names == ["backbone.fpn_recurrent4", "backbone.fpn_recurrent5"]
+    assert names == ["backbone.fpn_lateral4.recurrent", "backbone.fpn_lateral5.recurrent"]
+
+
+def test_recurrent_fpn_runs_detectron2s_own_forward():
+    """CRBPFPN adds no forward of its own: Detectron2's FPN.forward runs the refiners
+    through the replaced lateral convs, which share the stock lateral parameters."""
+    from detectron2.modeling.backbone import FPN
+
+    from crbp_panoptic.modeling import CRBPFPN, RecurrentLateral
+
+    assert CRBPFPN.forward is FPN.forward
+    backbone = _build(FPN_YAML, "MODEL.CRBP.FPN_LEVELS", "['p3']").backbone
+    lateral = backbone.fpn_lateral3
+    assert isinstance(lateral, RecurrentLateral) and lateral in backbone.lateral_convs
+    assert not isinstance(backbone.fpn_lateral2, RecurrentLateral)
+    calls = []
+    lateral.recurrent.register_forward_hook(lambda *args: calls.append(args[2].shape))
+    backbone.eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, 64, 64))
+    assert calls == [(1, backbone._out_feature_channels["p3"], 8, 8)]
+    assert out["p3"].shape[-2:] == (8, 8)
 
 
 @pytest.mark.parametrize("config_file,replaced", [(FPN_YAML, ()), (MASK_YAML, ("mask_fcn",))])
@@ -157,18 +178,28 @@ def test_penalty_reaches_loss_and_changes_recurrent_gradients(config_file):
     assert not torch.allclose(g0, g1), "the penalty did not change the recurrent gradients"
 
 
+DYNAMICS = ("contrast", "contrast_rel", "colsum_mean", "colsum_p50", "colsum_p90", "colsum_max",
+            "frac_above_tau")
+
+
 def test_diagnostics_reach_event_storage():
-    model = _build(MASK_YAML)
+    model = _build(MASK_YAML, "MODEL.CRBP.DIAGNOSTICS_PERIOD", 2)
     model.train()
+    logged = []
     with EventStorage() as storage:
-        for _ in range(2):
+        for _ in range(3):
             model.zero_grad()
             sum(model(tiny_batch(empty=())).values()).backward()
+            logged.append({k for k, v in storage.latest().items() if v[1] == storage.iter})
             storage.step()
         keys = set(storage.histories())
     prefix = "crbp/roi_heads.mask_head.mask_recurrent/"
-    for stat in ("residual", "steps", "lcp", "neumann_terms"):
+    for stat in ("residual", "steps", "lcp", "neumann_terms", *DYNAMICS):
         assert prefix + stat in keys, sorted(keys)
+    # the dynamics' diagnostics only on every DIAGNOSTICS_PERIOD-th iteration (0 and 2)
+    assert [prefix + "colsum_p90" in keys for keys in logged] == [True, False, True]
+    (refiner,) = [m for _, m in recurrent_modules(model)]
+    assert refiner.diagnose is False
 
 
 def test_test_steps_used_at_inference():
@@ -188,7 +219,10 @@ def test_test_steps_used_at_inference():
         ("MODEL.CRBP.FPN_LEVELS", "['p7']", "MODEL.CRBP.FPN_LEVELS=['p7']"),
         ("MODEL.CRBP.NUM_GROUPS", 5, "MODEL.CRBP.NUM_GROUPS=5"),
         ("MODEL.CRBP.SOLVER", "newton", "MODEL.CRBP.SOLVER='newton'"),
-        ("MODEL.CRBP.NORM", "BN", "MODEL.CRBP.NORM='BN'"),
+        ("MODEL.CRBP.NORM", "LN", "MODEL.CRBP.NORM='LN'"),
+        ("MODEL.CRBP.NORM_GAIN", 0.0, "MODEL.CRBP.NORM_GAIN=0.0"),
+        ("MODEL.CRBP.GATE_BIAS_RANGE", "[3.0, 2.0]", "MODEL.CRBP.GATE_BIAS_RANGE=[3.0, 2.0]"),
+        ("MODEL.CRBP.DIAGNOSTICS_PERIOD", -1, "MODEL.CRBP.DIAGNOSTICS_PERIOD=-1"),
         ("MODEL.CRBP.LCP_TAU", 0.0, "MODEL.CRBP.LCP_TAU=0.0"),
         ("MODEL.CRBP.LCP_CROP", -2, "MODEL.CRBP.LCP_CROP=-2"),
     ],
