@@ -13,7 +13,8 @@ its ``DATASETS.TEST`` at the end of training and, for recurrent configs, again w
 ``MODEL.CRBP.TEST_STEPS`` = m x STEPS for every other multiple m. The first config is the
 baseline of the per-seed differences. Writes ``<output-dir>/report.json`` (after every
 run; a rerun reuses finished runs) and ``<output-dir>/report.md``; ``--report`` also
-writes the markdown there (under ``--title``). Trailing ``KEY VALUE`` pairs override every
+writes the markdown there (under ``--title``). ``--probe`` adds the mask head alone on
+ground-truth boxes (``mask_probe``: mask IoU, leak onto crossing instances). Trailing ``KEY VALUE`` pairs override every
 config. Logic: ``crbp_panoptic/experiments/seeds.py``.
 """
 import argparse
@@ -21,7 +22,7 @@ import os
 import shlex
 import sys
 
-from crbp_panoptic.experiments.seeds import markdown, run_sweep
+from crbp_panoptic.experiments.seeds import markdown, probe_markdown, run_probes, run_sweep
 
 
 def parse_args(argv=None):
@@ -34,6 +35,10 @@ def parse_args(argv=None):
     p.add_argument("--report", default=None, help="also write the markdown report here")
     p.add_argument("--title", default="Feedforward vs recurrent configs over seeds",
                    help="heading of the --report page")
+    p.add_argument("--no-train", action="store_true",
+                   help="run nothing; report the runs and evaluations already in --output-dir")
+    p.add_argument("--probe", action="store_true",
+                   help="also run the mask head alone on ground-truth boxes (mask_probe)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     if len(args.opts) % 2:
@@ -46,8 +51,11 @@ def main(argv=None):
     command = "python tools/compare_configs.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     report = run_sweep(args.configs, args.seeds, args.test_steps_multiples, args.output_dir,
-                       opts=args.opts, command=command)
+                       opts=args.opts, command=command, train=not args.no_train)
     text = markdown(report)
+    if args.probe:
+        run_probes(report, args.output_dir)
+        text += "\n" + probe_markdown(report)
     with open(os.path.join(args.output_dir, "report.md"), "w") as f:
         f.write(text)
     if args.report:

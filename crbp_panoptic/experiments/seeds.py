@@ -157,10 +157,13 @@ def _last_metric(run_dir: str, key: str) -> Optional[float]:
     return value
 
 
-def _train(config: str, seed: int, run_dir: str, opts: Sequence[str], python: str) -> dict:
+def _train(config: str, seed: int, run_dir: str, opts: Sequence[str], python: str,
+           train: bool = True) -> Optional[dict]:
     weights = os.path.join(run_dir, "model_final.pth")
     done = os.path.isfile(weights) and _results(run_dir)
     seconds = None
+    if not done and not train:
+        return None
     if not done:
         cmd = [python, str(REPO / "tools" / "train_net.py"), "--config-file", config,
                "SEED", str(seed), "OUTPUT_DIR", run_dir, *opts]
@@ -173,9 +176,12 @@ def _train(config: str, seed: int, run_dir: str, opts: Sequence[str], python: st
             "loss_mask": _last_metric(run_dir, "loss_mask")}
 
 
-def _evaluate(config: str, run_dir: str, steps: int, opts: Sequence[str], python: str) -> dict:
+def _evaluate(config: str, run_dir: str, steps: int, opts: Sequence[str], python: str,
+              train: bool = True) -> Optional[dict]:
     eval_dir = os.path.join(run_dir, f"test_steps{steps}")
     results, seconds = _results(eval_dir), None
+    if results is None and not train:
+        return None
     if results is None:
         cmd = [python, str(REPO / "tools" / "train_net.py"), "--config-file", config,
                "--eval-only", *opts, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"),
@@ -206,7 +212,7 @@ def machine_info() -> dict:
 
 def run_sweep(configs: Sequence[str], seeds: Sequence[int], multiples: Sequence[int],
               output_dir: str, opts: Sequence[str] = (), python: str = sys.executable,
-              command: str = "", log=print) -> dict:
+              command: str = "", log=print, train: bool = True) -> dict:
     """Train and evaluate every config for every seed (see the module docstring).
 
     Seeds run in the outer loop, so a sweep cut short has every config for its first seeds.
@@ -222,6 +228,7 @@ def run_sweep(configs: Sequence[str], seeds: Sequence[int], multiples: Sequence[
         python (str): the interpreter for the children.
         command (str): the command line, recorded in the report.
         log (callable): progress messages.
+        train (bool): False: run nothing, report the runs and evaluations already finished.
 
     Returns:
         dict: the report (also written to ``<output_dir>/report.json``).
@@ -245,13 +252,17 @@ def run_sweep(configs: Sequence[str], seeds: Sequence[int], multiples: Sequence[
             entry = report["configs"][Path(c).stem]
             run_dir = os.path.join(output_dir, Path(c).stem, f"seed{seed}")
             log(f"[{time.strftime('%H:%M:%S')}] train {Path(c).stem} seed {seed} -> {run_dir}")
-            run = _train(c, seed, run_dir, opts, python)
+            run = _train(c, seed, run_dir, opts, python, train)
+            if run is None:
+                continue
             run["by_multiple"] = {"1": run["results"]}
             for m in report["multiples"]:
                 if m != 1 and entry["recurrent"]:
                     log(f"[{time.strftime('%H:%M:%S')}] eval {Path(c).stem} seed {seed} at "
                         f"TEST_STEPS {m * entry['steps']}")
-                    ev = _evaluate(c, run_dir, m * entry["steps"], opts, python)
+                    ev = _evaluate(c, run_dir, m * entry["steps"], opts, python, train)
+                    if ev is None:
+                        continue
                     run["by_multiple"][str(m)] = ev["results"]
                     run.setdefault("eval_seconds", {})[str(m)] = ev["seconds"]
             entry["runs"][str(seed)] = run
@@ -367,3 +378,140 @@ def markdown(report: dict) -> str:
                              f"| {_fmt(mean.get('PQ'))} | {_fmt(mean.get('PQ_th'))} "
                              f"| {_fmt(mean.get('PQ_st'))} | {change} |")
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _probe_model(config_file: str, weights: str, opts: Sequence[str], test_steps: int):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import crbp_panoptic  # noqa: F401  (registers)
+    from crbp_panoptic import add_crbp_config
+
+    cfg = get_cfg()
+    add_crbp_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    if test_steps:
+        cfg.MODEL.CRBP.TEST_STEPS, cfg.MODEL.CRBP.TEST_TOL = int(test_steps), 0.0
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(weights)
+    return cfg, model.eval()
+
+
+def mask_probe(config_file: str, weights: str, opts: Sequence[str] = (),
+               test_steps: int = 0) -> Dict[str, float]:
+    """The mask head alone, given the ground-truth boxes and classes of ``DATASETS.TEST``.
+
+    Detection is taken out of the comparison: every ground-truth thing's box and class go
+    to ``roi_heads.forward_with_given_boxes``; its mask (pasted into the image, threshold
+    0.5) is compared with the thing's mask. ``leak`` is the fraction of the predicted mask
+    on *other* things of the same class (the error a mask head that does not group makes
+    where cables cross), ``miss`` the fraction of the thing it leaves out. Alongside, the
+    same numbers for the grouping-free mask "every pixel of the class inside the box".
+
+    Args:
+        config_file (str): the config the weights were trained with.
+        weights (str): a ``model_final.pth``.
+        opts (list[str]): config overrides.
+        test_steps (int): ``MODEL.CRBP.TEST_STEPS`` (0: the config's).
+
+    Returns:
+        dict: means over things of ``iou``, ``iou_above_half`` (fraction), ``leak``,
+        ``miss``, and ``box_class_iou``, ``box_class_iou_above_half``; ``things``.
+    """
+    import numpy as np
+    import torch
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.layers import paste_masks_in_image
+    from detectron2.structures import Boxes, BoxMode, Instances
+    from pycocotools import mask as mask_util
+
+    cfg, model = _probe_model(config_file, weights, opts, test_steps)
+    mapper = DatasetMapper(cfg, is_train=False)
+    rows = []
+    for d in DatasetCatalog.get(cfg.DATASETS.TEST[0]):
+        annos = d["annotations"]
+        if not annos:
+            continue
+        inp = mapper(dict(d))
+        h, w = inp["image"].shape[1:]
+        if (h, w) != (d["height"], d["width"]):
+            raise ValueError(f"mask_probe needs images at their own size; {d['file_name']} "
+                             f"was resized to {(h, w)} (INPUT.MIN_SIZE_TEST)")
+        gt = np.stack([mask_util.decode(a["segmentation"]).astype(bool) for a in annos])
+        boxes = [BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in annos]
+        classes = [a["category_id"] for a in annos]
+        inst = Instances((h, w))
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
+        with torch.no_grad():
+            images = model.preprocess_image([inp])
+            features = model.backbone(images.tensor)
+            (out,) = model.roi_heads.forward_with_given_boxes(features, [inst])
+            pred = paste_masks_in_image(out.pred_masks[:, 0], out.pred_boxes, (h, w), 0.5)
+        pred = pred.numpy().astype(bool)
+        for k in range(len(annos)):
+            same = np.zeros((h, w), dtype=bool)
+            for j in range(len(annos)):
+                if j != k and classes[j] == classes[k]:
+                    same |= gt[j]
+            x0, y0, x1, y1 = (int(round(v)) for v in boxes[k])
+            guess = np.zeros((h, w), dtype=bool)
+            guess[y0:y1, x0:x1] = (gt[k] | same)[y0:y1, x0:x1]
+            p, g = pred[k], gt[k]
+            rows.append((float((p & g).sum() / max((p | g).sum(), 1)),
+                         float((p & same).sum() / max(p.sum(), 1)),
+                         float((g & ~p).sum() / max(g.sum(), 1)),
+                         float((guess & g).sum() / max((guess | g).sum(), 1))))
+    a = np.array(rows)
+    return {"things": len(rows), "iou": float(a[:, 0].mean()),
+            "iou_above_half": float((a[:, 0] > 0.5).mean()), "leak": float(a[:, 1].mean()),
+            "miss": float(a[:, 2].mean()), "box_class_iou": float(a[:, 3].mean()),
+            "box_class_iou_above_half": float((a[:, 3] > 0.5).mean())}
+
+
+def run_probes(report: dict, output_dir: str, log=print) -> dict:
+    """:func:`mask_probe` for every finished run of a sweep (and every test-step multiple of
+    the recurrent ones); stored under ``report["probe"][config][seed][multiple]`` and in
+    ``<output_dir>/report.json``."""
+    probe = report.setdefault("probe", {})
+    for name, entry in report["configs"].items():
+        for seed, run in entry["runs"].items():
+            for m in run["by_multiple"]:
+                steps = int(m) * entry["steps"] if entry["recurrent"] else 0
+                log(f"[{time.strftime('%H:%M:%S')}] probe {name} seed {seed} multiple {m}")
+                probe.setdefault(name, {}).setdefault(seed, {})[m] = mask_probe(
+                    entry["file"], run["weights"], report["opts"], steps)
+    with open(os.path.join(output_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return probe
+
+
+def probe_markdown(report: dict) -> str:
+    """The mask-head probe as a markdown table (means over seeds)."""
+    lines = ["The mask head alone (`mask_probe`): ground-truth boxes and classes of the test "
+             "split in, masks out (pasted, threshold 0.5); means over things and seeds. IoU > "
+             "0.5: fraction of things whose mask would match in PQ. Leak: fraction of the "
+             "predicted mask lying on other things of the same class; miss: fraction of the "
+             "thing left out. Last row: the grouping-free mask 'every pixel of the class in "
+             "the box' (ground truth, no model).", "",
+             "| config | test steps | seeds | mask IoU | IoU > 0.5 | leak | miss |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    box = None
+    for name, per_seed in report.get("probe", {}).items():
+        entry = report["configs"][name]
+        multiples = sorted({m for r in per_seed.values() for m in r}, key=int)
+        for m in multiples:
+            rows = [r[m] for r in per_seed.values() if m in r]
+            mean = {k: _mean(r[k] for r in rows) for k in rows[0]}
+            box = box or mean
+            steps = int(m) * entry["steps"] if entry["recurrent"] else "-"
+            lines.append(f"| `{name}` | {steps} | {len(rows)} | {mean['iou']:.3f} "
+                         f"| {mean['iou_above_half']:.3f} | {mean['leak']:.3f} "
+                         f"| {mean['miss']:.3f} |")
+    if box:
+        lines.append(f"| every pixel of the class in the box | - | - | {box['box_class_iou']:.3f} "
+                     f"| {box['box_class_iou_above_half']:.3f} | - | - |")
+    return "\n".join(lines) + "\n"

@@ -98,6 +98,11 @@ def test_sweep_trains_once_per_seed_evaluates_multiples_and_resumes(tmp_path, mo
 
     run_sweep([FF, CRBP], [0, 1], [1, 3], out, python=str(python), log=lambda m: None)
     assert len(calls.read_text().splitlines()) == len(lines)  # finished runs are reused
+    partial = run_sweep([FF, CRBP], [0, 1, 2], [1, 3], out, python=str(python),
+                        log=lambda m: None, train=False)
+    assert len(calls.read_text().splitlines()) == len(lines)  # train=False runs nothing
+    assert set(partial["configs"]["longrange_panoptic_fpn_R_18"]["runs"]) == {"0", "1"}
+    assert partial["summary"]["longrange_panoptic_crbp_mask_R_18"]["seeds"] == ["0", "1"]
 
     text = markdown(report)
     assert "| `longrange_panoptic_crbp_mask_R_18` | C-RBP, T = 10 |" in text
