@@ -114,3 +114,45 @@ def test_sweep_rejects_bad_arguments_early(tmp_path):
         run_sweep([FF, "nope.yaml"], [0], [1], str(tmp_path))
     with pytest.raises(ValueError, match="multiples"):
         run_sweep([FF], [0], [0, 1], str(tmp_path))
+
+
+def test_mask_probe_scores_every_thing_and_its_box_baseline(tmp_path):
+    import numpy as np
+    import torch
+    from detectron2.modeling import build_model
+
+    from crbp_panoptic.data import (
+        register_synthetic_panoptic,
+        render_cables_sample,
+        unregister_synthetic_panoptic,
+    )
+    from crbp_panoptic.data.longrange import box_class_mask_iou
+    from crbp_panoptic.experiments.seeds import mask_probe
+    from tests.tiny import tiny_cfg
+
+    name = f"synthetic_longrange_probe_{tmp_path.name}"
+    register_synthetic_panoptic(name, root=str(tmp_path), split="val", num_images=2,
+                                image_size=(64, 64), seed=0, kind="cables")
+    opts = ["DATASETS.TEST", f"('{name}_separated',)", "INPUT.MIN_SIZE_TEST", "64",
+            "INPUT.MAX_SIZE_TEST", "64", "MODEL.ROI_HEADS.NUM_CLASSES", "2"]
+    try:
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg("Synthetic-PanopticSegmentation/"
+                                     "longrange_panoptic_crbp_mask_R_18.yaml", *opts))
+        weights = str(tmp_path / "model.pth")
+        torch.save({"model": model.state_dict()}, weights)
+        out = mask_probe(CRBP, weights, opts=_tiny_opts() + opts, test_steps=4)
+    finally:
+        unregister_synthetic_panoptic(name)
+    samples = [render_cables_sample(i, "val", (64, 64), 0) for i in range(2)]
+    ious = [v for s in samples for v in box_class_mask_iou(s.panoptic, s.segments_info)]
+    assert out["things"] == len(ious)
+    assert out["box_class_iou"] == pytest.approx(np.mean(ious))
+    for key in ("iou", "iou_above_half", "leak", "miss"):
+        assert 0.0 <= out[key] <= 1.0
+
+
+def _tiny_opts():
+    from tests.tiny import TINY
+
+    return [str(v) for v in TINY]
