@@ -14,8 +14,8 @@ its ``DATASETS.TEST`` at the end of training and, for recurrent configs, again w
 baseline of the per-seed differences. Writes ``<output-dir>/report.json`` (after every
 run; a rerun reuses finished runs) and ``<output-dir>/report.md``; ``--report`` also
 writes the markdown there (under ``--title``). ``--probe`` adds the mask head alone on
-ground-truth boxes (``mask_probe``: mask IoU, leak onto crossing instances). Trailing ``KEY VALUE`` pairs override every
-config. Logic: ``crbp_panoptic/experiments/seeds.py``.
+ground-truth boxes (``mask_probe``: mask IoU, leak onto crossing instances). Trailing
+``KEY VALUE`` pairs override every config. Logic: ``crbp_panoptic/experiments/seeds.py``.
 """
 import argparse
 import os

@@ -10,6 +10,9 @@ box therefore holds parts of other cables of the same colour (often of the same 
 and only the continuity of a contour across the box says which pixels are the box's
 instance.
 
+Each cable ends in two dark round plugs (part of the instance), so the corners of a box
+show where a cable starts and ends: a box head can find cables from local cues, while a
+mask head still has to follow the cable from one plug to the other through the crossings.
 Two thing classes differ by a local texture only: ``cable`` (smooth, shaded like a tube)
 and ``rope`` (dark bands across it every few pixels, like a braid). The stuff is the same
 as in ``synthetic.py`` (two or three wavy bands of sky, water and ground, with the same
@@ -60,6 +63,7 @@ _THINGS = ("cable", "rope")
 _ID = {c["name"]: c["id"] for c in CABLE_CATEGORIES}
 _SEGMENT_ID_DIVISOR = 1000
 _MIN_CABLES, _MAX_CABLES = 4, 7
+_PLUG_RADIUS, _PLUG_SHADE = 1.7, 0.35  # end plugs: radius (x half width), darker colour
 _MAIN_CLASS_PROB = 0.75  # each cable is of the image's main class with this probability
 _MIN_VISIBLE = 0.55  # a cable keeps at least this fraction of its pixels visible
 # One colour per image, drawn from these (RGB); none is a stuff colour.
@@ -132,7 +136,8 @@ def _distance_to_curve(points: np.ndarray, yy: np.ndarray, xx: np.ndarray, reach
 
 def _cable_texture(name, rng, colour, dist, along, half_width):
     """(H, W, 3) float appearance of one cable (valid where ``dist <= half_width``)."""
-    shade = 1.0 - 0.35 * np.clip(np.minimum(dist, half_width) / half_width, 0, 1) ** 2  # tube-like shading
+    # Tube-like shading: darker towards the edges.
+    shade = 1.0 - 0.35 * np.clip(np.minimum(dist, half_width) / half_width, 0, 1) ** 2
     if name == "rope":  # dark bands across the rope, like a braid
         period = rng.uniform(5.0, 7.0)
         bands = np.where(np.mod(along, period) < 0.45 * period, 0.6, 1.0)
@@ -173,8 +178,13 @@ def render_cables_sample(index: int, split: str = "train", image_size=(128, 128)
             break
         name = _THINGS[main if rng.random() < _MAIN_CLASS_PROB else 1 - main]
         half_width = rng.uniform(2.5, 3.5) * max(scale, 0.5)
-        dist, along = _distance_to_curve(cable_curve(rng, h, w), yy, xx, half_width + 1)
-        mask = dist <= half_width
+        curve = cable_curve(rng, h, w)
+        dist, along = _distance_to_curve(curve, yy, xx, half_width + 1)
+        plug_r = _PLUG_RADIUS * half_width
+        plugs = np.zeros((h, w), dtype=bool)
+        for x, y in (curve[0], curve[-1]):
+            plugs |= (xx - x) ** 2 + (yy - y) ** 2 <= plug_r * plug_r
+        mask = (dist <= half_width) | plugs
         if mask.sum() < 2 * min_area:
             continue
         if any((vis & ~mask).sum() < max(min_area, _MIN_VISIBLE * full.sum())
@@ -183,6 +193,7 @@ def render_cables_sample(index: int, split: str = "train", image_size=(128, 128)
         for c in cables:
             c[2] &= ~mask
         texture = _cable_texture(name, rng, colour, dist, along, half_width)
+        texture[plugs] = _PLUG_SHADE * colour
         image[mask] = texture[mask]
         cables.append([name, mask, mask.copy()])
     if not cables:

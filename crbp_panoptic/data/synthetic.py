@@ -115,6 +115,9 @@ _MARKER = "generation.json"
 # What a split may show (``SplitSpec.kind``); each kind's categories and renderer are
 # looked up by :func:`kind_generator`.
 KINDS = ("shapes", "cables")
+# Version of each kind's rendering other than "shapes" (which GENERATOR_VERSION covers);
+# bump when it changes, so that older data on disk is reported as a mismatch.
+_KIND_VERSIONS = {"cables": 2}
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -262,6 +265,7 @@ class SplitSpec:
         }
         if self.kind != "shapes":
             out["kind"] = self.kind
+            out["kind_version"] = _KIND_VERSIONS[self.kind]
         return out
 
 

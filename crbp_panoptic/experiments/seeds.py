@@ -341,9 +341,9 @@ def markdown(report: dict) -> str:
         f"`{base}` with the same seed. loss_mask: the training mask loss at the last logged "
         "iteration (mean over seeds).",
         "",
-        "| config | rule | mask-head params | PQ, seeds " + seeds + " | mean PQ | mean PQ_th "
-        "| mean PQ_st | mean box AP | mean mask AP | Δ PQ per seed (mean) | loss_mask "
-        "| minutes / run |",
+        ("| config | rule | mask-head params | PQ, seeds " + seeds + " | mean PQ | mean PQ_th "
+         "| mean PQ_st | mean box AP | mean mask AP | Δ PQ per seed (mean) | loss_mask "
+         "| minutes / run |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
@@ -361,11 +361,11 @@ def markdown(report: dict) -> str:
     multiples = [k for k in report["multiples"] if k != 1]
     recurrent = [n for n in names if report["configs"][n]["recurrent"]]
     if multiples and recurrent:
-        lines += ["", "Recurrent configs run for m x T steps at test time (`MODEL.CRBP.TEST_STEPS`, "
-                  "`TEST_TOL` 0), same weights. Change: mean PQ at m x T minus mean PQ at T "
-                  "(over the seeds with both).", "",
-                  "| config | T | m | PQ at m x T, seeds " + seeds + " | mean PQ | mean PQ_th "
-                  "| mean PQ_st | change in PQ |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", ("Recurrent configs run for m x T steps at test time "
+                       "(`MODEL.CRBP.TEST_STEPS`, `TEST_TOL` 0), same weights. Change: mean PQ "
+                       "at m x T minus mean PQ at T (over the seeds with both)."), "",
+                  ("| config | T | m | PQ at m x T, seeds " + seeds + " | mean PQ | mean PQ_th "
+                   "| mean PQ_st | change in PQ |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name in recurrent:
             entry, summ = report["configs"][name], summary[name]
             for k in [1] + multiples:
@@ -491,12 +491,12 @@ def run_probes(report: dict, output_dir: str, log=print) -> dict:
 
 def probe_markdown(report: dict) -> str:
     """The mask-head probe as a markdown table (means over seeds)."""
-    lines = ["The mask head alone (`mask_probe`): ground-truth boxes and classes of the test "
-             "split in, masks out (pasted, threshold 0.5); means over things and seeds. IoU > "
-             "0.5: fraction of things whose mask would match in PQ. Leak: fraction of the "
-             "predicted mask lying on other things of the same class; miss: fraction of the "
-             "thing left out. Last row: the grouping-free mask 'every pixel of the class in "
-             "the box' (ground truth, no model).", "",
+    lines = [("The mask head alone (`mask_probe`): ground-truth boxes and classes of the test "
+              "split in, masks out (pasted, threshold 0.5); means over things and seeds. IoU > "
+              "0.5: fraction of things whose mask would match in PQ. Leak: fraction of the "
+              "predicted mask lying on other things of the same class; miss: fraction of the "
+              "thing left out. Last row: the grouping-free mask 'every pixel of the class in "
+              "the box' (ground truth, no model)."), "",
              "| config | test steps | seeds | mask IoU | IoU > 0.5 | leak | miss |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     box = None

@@ -61,8 +61,9 @@ def test_same_parameters_give_identical_files(split_dir, tmp_path):
     again = generate_split(str(tmp_path / "again"), "val", NUM_IMAGES, SIZE, 0, kind="cables")
     for sub in ("panoptic.json", "instances.json", "images/val_000004.jpg",
                 "panoptic/val_000004.png", "panoptic_stuff/val_000004.png"):
-        with open(os.path.join(split_dir, sub), "rb") as f1, open(os.path.join(again, sub), "rb") as f2:
-            assert f1.read() == f2.read(), sub
+        with open(os.path.join(split_dir, sub), "rb") as f1:
+            with open(os.path.join(again, sub), "rb") as f2:
+                assert f1.read() == f2.read(), sub
 
 
 def test_instance_boxes_hold_other_instances_of_the_same_class():
