@@ -39,6 +39,8 @@ def parse_args(argv=None):
                    help="run nothing; report the runs and evaluations already in --output-dir")
     p.add_argument("--probe", action="store_true",
                    help="also run the mask head alone on ground-truth boxes (mask_probe)")
+    p.add_argument("--probe-seeds", nargs="+", type=int, default=None,
+                   help="seeds whose runs --probe examines (default: all)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     if len(args.opts) % 2:
@@ -54,7 +56,7 @@ def main(argv=None):
                        opts=args.opts, command=command, train=not args.no_train)
     text = markdown(report)
     if args.probe:
-        run_probes(report, args.output_dir)
+        run_probes(report, args.output_dir, seeds=args.probe_seeds)
         text += "\n" + probe_markdown(report)
     with open(os.path.join(args.output_dir, "report.md"), "w") as f:
         f.write(text)

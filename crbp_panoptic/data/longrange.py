@@ -2,7 +2,7 @@
 
 The shapes of ``synthetic.py`` are compact: a few 3x3 convolutions see all of an
 object, so a feedforward mask head has nothing left for recurrence to do. Here every
-*thing* is a long, thin, smoothly curved cable (a cubic Bezier curve, 5 to 7 pixels wide
+*thing* is a long, thin, smoothly curved cable (a cubic Bezier curve, 8 to 10 pixels wide
 at 128x128) and the cables of one image cross and touch each other. All cables of an
 image share one colour, so colour never tells two of them apart; a cable on top hides
 the one below, which is then cut into pieces that belong to the same instance. A cable's
@@ -16,7 +16,7 @@ mask head still has to follow the cable from one plug to the other through the c
 Two thing classes differ by a local texture only: ``cable`` (smooth, shaded like a tube)
 and ``rope`` (dark bands across it every few pixels, like a braid). The stuff is the same
 as in ``synthetic.py`` (two or three wavy bands of sky, water and ground, with the same
-category ids), so PQ has things and stuff. Every image has four to seven cables, each of
+category ids), so PQ has things and stuff. Every image has three to six cables, each of
 the image's main class with probability 3/4, so most boxes hold other cables of their
 own class.
 
@@ -62,8 +62,8 @@ CABLE_CATEGORIES = (
 _THINGS = ("cable", "rope")
 _ID = {c["name"]: c["id"] for c in CABLE_CATEGORIES}
 _SEGMENT_ID_DIVISOR = 1000
-_MIN_CABLES, _MAX_CABLES = 4, 7
-_PLUG_RADIUS, _PLUG_SHADE = 1.7, 0.35  # end plugs: radius (x half width), darker colour
+_MIN_CABLES, _MAX_CABLES = 3, 6
+_PLUG_RADIUS, _PLUG_SHADE = 1.5, 0.35  # end plugs: radius (x half width), darker colour
 _MAIN_CLASS_PROB = 0.75  # each cable is of the image's main class with this probability
 _MIN_VISIBLE = 0.55  # a cable keeps at least this fraction of its pixels visible
 # One colour per image, drawn from these (RGB); none is a stuff colour.
@@ -177,7 +177,7 @@ def render_cables_sample(index: int, split: str = "train", image_size=(128, 128)
         if len(cables) == target:
             break
         name = _THINGS[main if rng.random() < _MAIN_CLASS_PROB else 1 - main]
-        half_width = rng.uniform(2.5, 3.5) * max(scale, 0.5)
+        half_width = rng.uniform(4.0, 5.0) * max(scale, 0.5)
         curve = cable_curve(rng, h, w)
         dist, along = _distance_to_curve(curve, yy, xx, half_width + 1)
         plug_r = _PLUG_RADIUS * half_width

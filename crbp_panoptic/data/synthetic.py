@@ -117,7 +117,7 @@ _MARKER = "generation.json"
 KINDS = ("shapes", "cables")
 # Version of each kind's rendering other than "shapes" (which GENERATOR_VERSION covers);
 # bump when it changes, so that older data on disk is reported as a mismatch.
-_KIND_VERSIONS = {"cables": 2}
+_KIND_VERSIONS = {"cables": 3}
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

@@ -472,13 +472,17 @@ def mask_probe(config_file: str, weights: str, opts: Sequence[str] = (),
             "box_class_iou_above_half": float((a[:, 3] > 0.5).mean())}
 
 
-def run_probes(report: dict, output_dir: str, log=print) -> dict:
+def run_probes(report: dict, output_dir: str, seeds: Optional[Sequence[int]] = None,
+               log=print) -> dict:
     """:func:`mask_probe` for every finished run of a sweep (and every test-step multiple of
-    the recurrent ones); stored under ``report["probe"][config][seed][multiple]`` and in
-    ``<output_dir>/report.json``."""
+    the recurrent ones) of ``seeds`` (default: all); stored under
+    ``report["probe"][config][seed][multiple]`` and in ``<output_dir>/report.json``."""
     probe = report.setdefault("probe", {})
+    wanted = None if seeds is None else {str(s) for s in seeds}
     for name, entry in report["configs"].items():
         for seed, run in entry["runs"].items():
+            if wanted is not None and seed not in wanted:
+                continue
             for m in run["by_multiple"]:
                 steps = int(m) * entry["steps"] if entry["recurrent"] else 0
                 log(f"[{time.strftime('%H:%M:%S')}] probe {name} seed {seed} multiple {m}")
