@@ -42,6 +42,8 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 _COPYPASTE = re.compile(r"copypaste: (.*)$")
 METRICS = {"panoptic_seg": ("PQ", "PQ_th", "PQ_st"), "bbox": ("AP",), "segm": ("AP",)}
+# Training curves kept per run (from metrics.json).
+CURVES = ("loss_mask", "loss_cls", "fast_rcnn/fg_cls_accuracy", "loss_lcp")
 
 
 def parse_copypaste(text: str) -> Dict[str, Dict[str, float]]:
@@ -149,12 +151,21 @@ def _results(run_dir: str) -> Optional[dict]:
 
 
 def _last_metric(run_dir: str, key: str) -> Optional[float]:
-    path, value = os.path.join(run_dir, "metrics.json"), None
+    curve = _metric_curve(run_dir, key)
+    return curve[-1][1] if curve else None
+
+
+def _metric_curve(run_dir: str, key: str) -> List[List[float]]:
+    """[[iteration, value], ...] of ``key`` in ``<run_dir>/metrics.json`` (Detectron2's
+    median over the last 20 iterations at each logged iteration)."""
+    path, out = os.path.join(run_dir, "metrics.json"), []
     if os.path.isfile(path):
         with open(path) as f:
             for line in f:
-                value = json.loads(line).get(key, value)
-    return value
+                row = json.loads(line)
+                if key in row:
+                    out.append([int(row.get("iteration", -1)), float(row[key])])
+    return out
 
 
 def _train(config: str, seed: int, run_dir: str, opts: Sequence[str], python: str,
@@ -173,7 +184,8 @@ def _train(config: str, seed: int, run_dir: str, opts: Sequence[str], python: st
         raise RuntimeError(f"{run_dir}/log.txt holds no panoptic evaluation")
     seconds = seconds if seconds is not None else _recorded_seconds(run_dir)
     return {"seconds": seconds, "weights": weights, "results": results,
-            "loss_mask": _last_metric(run_dir, "loss_mask")}
+            "loss_mask": _last_metric(run_dir, "loss_mask"),
+            "curves": {k: _metric_curve(run_dir, k) for k in CURVES}}
 
 
 def _evaluate(config: str, run_dir: str, steps: int, opts: Sequence[str], python: str,
@@ -518,4 +530,24 @@ def probe_markdown(report: dict) -> str:
     if box:
         lines.append(f"| every pixel of the class in the box | - | - | {box['box_class_iou']:.3f} "
                      f"| {box['box_class_iou_above_half']:.3f} | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def curves_markdown(report: dict, points: Sequence[int] = (99, 199, 299)) -> str:
+    """Training curves at a few iterations, means over seeds: is a config still learning?"""
+    lines = [("Training curves (Detectron2's running median over 20 iterations, mean over "
+              "seeds) at iterations " + ", ".join(str(p + 1) for p in points) + ": the mask "
+              "loss, the box classifier's loss and its accuracy on foreground ROIs."), "",
+             "| config | " + " | ".join(
+                 f"{k} @ {p + 1}" for k in ("loss_mask", "loss_cls", "fg_cls_acc")
+                 for p in points) + " |",
+             "|---|" + "---:|" * (3 * len(points))]
+    for name, entry in report["configs"].items():
+        cells = []
+        for key in ("loss_mask", "loss_cls", "fast_rcnn/fg_cls_accuracy"):
+            for p in points:
+                vals = [v for r in entry["runs"].values()
+                        for it, v in r.get("curves", {}).get(key, []) if it == p]
+                cells.append(_fmt(_mean(vals), ".3f"))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ pytest.importorskip("detectron2")
 
 from crbp_panoptic.experiments.seeds import (  # noqa: E402
     config_info,
+    curves_markdown,
     markdown,
     parse_copypaste,
     run_sweep,
@@ -105,6 +106,8 @@ def test_sweep_trains_once_per_seed_evaluates_multiples_and_resumes(tmp_path, mo
     assert set(partial["configs"]["longrange_panoptic_fpn_R_18"]["runs"]) == {"0", "1"}
     assert partial["summary"]["longrange_panoptic_crbp_mask_R_18"]["seeds"] == ["0", "1"]
 
+    assert crbp["runs"]["0"]["curves"]["loss_mask"] == [[9, 0.25]]
+    assert "| `longrange_panoptic_crbp_mask_R_18` | 0.250 |" in curves_markdown(report, (9,))
     text = markdown(report)
     assert "| `longrange_panoptic_crbp_mask_R_18` | C-RBP, T = 10 |" in text
     assert "40.0 / 41.0" in text and "+2.5" in text
