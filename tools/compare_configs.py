@@ -24,6 +24,7 @@ import sys
 
 from crbp_panoptic.experiments.seeds import (
     curves_markdown,
+    dynamics_markdown,
     markdown,
     probe_markdown,
     run_probes,
@@ -60,7 +61,7 @@ def main(argv=None):
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     report = run_sweep(args.configs, args.seeds, args.test_steps_multiples, args.output_dir,
                        opts=args.opts, command=command, train=not args.no_train)
-    text = markdown(report) + "\n" + curves_markdown(report)
+    text = markdown(report) + "\n" + curves_markdown(report) + "\n" + dynamics_markdown(report)
     if args.probe:
         run_probes(report, args.output_dir, seeds=args.probe_seeds)
         text += "\n" + probe_markdown(report)

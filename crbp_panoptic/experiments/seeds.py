@@ -155,6 +155,19 @@ def _last_metric(run_dir: str, key: str) -> Optional[float]:
     return curve[-1][1] if curve else None
 
 
+def _last_dynamics(run_dir: str) -> Dict[str, float]:
+    """The last logged value of every recurrent module's telemetry (``crbp/<module>/<name>``
+    in ``metrics.json``), keyed by ``<name>`` (one recurrent module assumed)."""
+    path, out = os.path.join(run_dir, "metrics.json"), {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                for k, v in json.loads(line).items():
+                    if k.startswith("crbp/"):
+                        out[k.rsplit("/", 1)[-1]] = float(v)
+    return out
+
+
 def _metric_curve(run_dir: str, key: str) -> List[List[float]]:
     """[[iteration, value], ...] of ``key`` in ``<run_dir>/metrics.json`` (Detectron2's
     median over the last 20 iterations at each logged iteration)."""
@@ -185,7 +198,8 @@ def _train(config: str, seed: int, run_dir: str, opts: Sequence[str], python: st
     seconds = seconds if seconds is not None else _recorded_seconds(run_dir)
     return {"seconds": seconds, "weights": weights, "results": results,
             "loss_mask": _last_metric(run_dir, "loss_mask"),
-            "curves": {k: _metric_curve(run_dir, k) for k in CURVES}}
+            "curves": {k: _metric_curve(run_dir, k) for k in CURVES},
+            "dynamics": _last_dynamics(run_dir)}
 
 
 def _evaluate(config: str, run_dir: str, steps: int, opts: Sequence[str], python: str,
@@ -549,5 +563,26 @@ def curves_markdown(report: dict, points: Sequence[int] = (99, 199, 299)) -> str
                 vals = [v for r in entry["runs"].values()
                         for it, v in r.get("curves", {}).get(key, []) if it == p]
                 cells.append(_fmt(_mean(vals), ".3f"))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+DYNAMICS = ("residual", "neumann_terms", "neumann_residual", "colsum_p50", "colsum_p90",
+            "colsum_max", "frac_above_tau", "contrast", "lcp")
+
+
+def dynamics_markdown(report: dict) -> str:
+    """The recurrent modules' last logged telemetry, means over seeds."""
+    lines = [("Dynamics of the recurrent mask head at the end of training (last logged value, "
+              "mean over seeds): relative forward residual ||h_T - h_(T-1)|| / ||h_T||, Neumann "
+              "terms used and the series' last relative term, Jacobian column sums 1^T dF/dh "
+              "(median, 90th percentile, max; fraction above LCP_TAU), the state's spatial "
+              "contrast, and the unweighted penalty."), "",
+             "| config | " + " | ".join(DYNAMICS) + " |", "|---|" + "---:|" * len(DYNAMICS)]
+    for name, entry in report["configs"].items():
+        if not entry["recurrent"]:
+            continue
+        cells = [_fmt(_mean(r.get("dynamics", {}).get(k) for r in entry["runs"].values()), ".3g")
+                 for k in DYNAMICS]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ pytest.importorskip("detectron2")
 from crbp_panoptic.experiments.seeds import (  # noqa: E402
     config_info,
     curves_markdown,
+    dynamics_markdown,
     markdown,
     parse_copypaste,
     run_sweep,
@@ -47,7 +48,8 @@ with open(os.path.join(out, "log.txt"), "a") as f:
 if "--eval-only" not in args:
     open(os.path.join(out, "model_final.pth"), "w").close()
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        f.write(json.dumps({"iteration": 9, "loss_mask": 0.25}) + "\n")
+        f.write(json.dumps({"iteration": 9, "loss_mask": 0.25,
+                            "crbp/roi_heads.mask_head.mask_recurrent/residual": 0.0125}) + "\n")
 with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\n")
 '''
@@ -107,6 +109,8 @@ def test_sweep_trains_once_per_seed_evaluates_multiples_and_resumes(tmp_path, mo
     assert partial["summary"]["longrange_panoptic_crbp_mask_R_18"]["seeds"] == ["0", "1"]
 
     assert crbp["runs"]["0"]["curves"]["loss_mask"] == [[9, 0.25]]
+    assert crbp["runs"]["0"]["dynamics"] == {"residual": 0.0125}
+    assert "| `longrange_panoptic_crbp_mask_R_18` | 0.0125 |" in dynamics_markdown(report)
     assert "| `longrange_panoptic_crbp_mask_R_18` | 0.250 |" in curves_markdown(report, (9,))
     text = markdown(report)
     assert "| `longrange_panoptic_crbp_mask_R_18` | C-RBP, T = 10 |" in text
