@@ -43,7 +43,10 @@ REPO = Path(__file__).resolve().parents[2]
 _COPYPASTE = re.compile(r"copypaste: (.*)$")
 METRICS = {"panoptic_seg": ("PQ", "PQ_th", "PQ_st"), "bbox": ("AP",), "segm": ("AP",)}
 # Training curves kept per run (from metrics.json).
-CURVES = ("loss_mask", "loss_cls", "fast_rcnn/fg_cls_accuracy", "loss_lcp")
+CURVES = ("loss_mask", "mask_rcnn/false_negative", "loss_cls", "fast_rcnn/fg_cls_accuracy",
+          "loss_lcp")
+_CURVE_COLUMNS = (("loss_mask", "loss_mask"), ("mask_rcnn/false_negative", "mask FN"),
+                  ("loss_cls", "loss_cls"), ("fast_rcnn/fg_cls_accuracy", "fg_cls_acc"))
 
 
 def parse_copypaste(text: str) -> Dict[str, Dict[str, float]]:
@@ -547,18 +550,28 @@ def probe_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def curves_markdown(report: dict, points: Sequence[int] = (99, 199, 299)) -> str:
-    """Training curves at a few iterations, means over seeds: is a config still learning?"""
+def curves_markdown(report: dict, points: Optional[Sequence[int]] = None) -> str:
+    """Training curves at a few iterations, means over seeds: is a config still learning?
+
+    ``points``: 0-based iterations (default: the logged ones nearest a third, two thirds and
+    the end of the first config's curve)."""
+    if points is None:
+        its = [it for r in next(iter(report["configs"].values()))["runs"].values()
+               for it, _v in r.get("curves", {}).get("loss_mask", [])]
+        last = max(its) if its else 299
+        points = [min(its or [last], key=lambda i, t=((last + 1) * k) // 3 - 1: abs(i - t))
+                  for k in (1, 2, 3)]
     lines = [("Training curves (Detectron2's running median over 20 iterations, mean over "
               "seeds) at iterations " + ", ".join(str(p + 1) for p in points) + ": the mask "
-              "loss, the box classifier's loss and its accuracy on foreground ROIs."), "",
+              "loss, the mask head's false-negative rate on foreground pixels of its training "
+              "ROIs (1.0: it predicts no foreground), the box classifier's loss and its "
+              "accuracy on foreground ROIs."), "",
              "| config | " + " | ".join(
-                 f"{k} @ {p + 1}" for k in ("loss_mask", "loss_cls", "fg_cls_acc")
-                 for p in points) + " |",
-             "|---|" + "---:|" * (3 * len(points))]
+                 f"{label} @ {p + 1}" for _k, label in _CURVE_COLUMNS for p in points) + " |",
+             "|---|" + "---:|" * (len(_CURVE_COLUMNS) * len(points))]
     for name, entry in report["configs"].items():
         cells = []
-        for key in ("loss_mask", "loss_cls", "fast_rcnn/fg_cls_accuracy"):
+        for key, _label in _CURVE_COLUMNS:
             for p in points:
                 vals = [v for r in entry["runs"].values()
                         for it, v in r.get("curves", {}).get(key, []) if it == p]
