@@ -1,12 +1,16 @@
-# The two commands of the README. Both set up .venv first (idempotent: quick the second time).
+# The commands of the README. Each sets up .venv first (idempotent: quick the second time).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean-demo
+.PHONY: setup lint test demo clean-demo
 
 setup:
 	@bash tools/setup_env.sh $(VENV)
+
+# Static checks (ruff: pyflakes, pycodestyle, import order; settings in pyproject.toml).
+lint: setup
+	$(PY) -m ruff check .
 
 # The whole pytest suite, on the CPU.
 test: setup

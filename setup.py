@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """crbp_panoptic: contractor recurrent back-propagation (C-RBP) for Detectron2."""
+
 from setuptools import find_packages, setup
 
 setup(

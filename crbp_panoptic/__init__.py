@@ -6,6 +6,7 @@ Floors, arrows only downward:
 * ``crbp_panoptic.pathfinder`` -- the contour-tracing task; torch only.
 * ``crbp_panoptic.modeling`` / ``crbp_panoptic.data`` -- Detectron2 wiring.
 """
+
 import importlib.util
 
 from .config import add_crbp_config

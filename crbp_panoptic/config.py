@@ -42,10 +42,13 @@ def add_crbp_config(cfg):
     crbp.LCP_CROP = 0
     # Forward solver: "fixed_point" (plain iteration) or "anderson" (Anderson acceleration).
     crbp.SOLVER = "fixed_point"
+    # Forward solver at inference; "" = SOLVER. "anderson" is allowed here with any GRAD.
+    crbp.TEST_SOLVER = ""
     # Training: stop the forward iteration once ||h_t - h_{t-1}|| / ||h_t|| < this; 0 = run STEPS.
     crbp.FORWARD_TOL = 0.0
-    # Inference: the same early stop at test time; 0 = run TEST_STEPS exactly.
-    crbp.TEST_TOL = 0.0
+    # Inference: the same early stop at test time (TEST_STEPS is then a maximum); 0 = run
+    # TEST_STEPS exactly. 1e-2 cost no PQ on the synthetic models (docs/results/speed_cpu.md).
+    crbp.TEST_TOL = 0.01
     # RBP backward: stop the Neumann series once a term is below this fraction of the sum; 0 = off.
     crbp.NEUMANN_TOL = 0.0
     # hGRU cell: kernel size of the inhibition / excitation convolutions.
@@ -66,3 +69,6 @@ def add_crbp_config(cfg):
     crbp.DIAGNOSTICS_PERIOD = 20
     # Recurrent FPN backbone: the FPN levels whose lateral feature is refined to equilibrium.
     crbp.FPN_LEVELS = ["p2", "p3", "p4", "p5"]
+    # Recurrent FPN backbone: hGRU channels; other than MODEL.FPN.OUT_CHANNELS adds 1x1
+    # projections in and out (a bottleneck: a step costs ~(this / OUT_CHANNELS)^2); 0 = same.
+    crbp.FPN_CHANNELS = 0

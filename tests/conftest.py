@@ -1,4 +1,5 @@
-"""Session-wide test settings."""
+"""Test settings shared by the whole pytest run."""
+
 import os
 
 import pytest

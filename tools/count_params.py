@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Parameter counts of the stock Panoptic FPN and both recurrent placements, from their YAMLs.
 
-    python tools/count_params.py [CONFIG ...]
+python tools/count_params.py [CONFIG ...]
 """
+
 import argparse
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import crbp_panoptic  # noqa: F401  (registers)
-from crbp_panoptic import add_crbp_config
+from crbp_panoptic.engine import setup_cfg
 
 DEFAULT = [
     "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml",
@@ -29,13 +29,11 @@ def main():
     print("| config | whole model | backbone (+FPN) | mask head |")
     print("|---|---:|---:|---:|")
     for path in args.configs:
-        cfg = get_cfg()
-        add_crbp_config(cfg)
-        cfg.merge_from_file(path)
-        cfg.MODEL.DEVICE = "cpu"
-        model = build_model(cfg)
-        print(f"| {path.split('/')[-1]} | {count(model):,} | {count(model.backbone):,} "
-              f"| {count(model.roi_heads.mask_head):,} |")
+        model = build_model(setup_cfg(path, ["MODEL.DEVICE", "cpu"]))
+        print(
+            f"| {path.split('/')[-1]} | {count(model):,} | {count(model.backbone):,} "
+            f"| {count(model.roi_heads.mask_head):,} |"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 #   tools/setup_env.sh [VENV_DIR]        (default .venv)
 # Each step names itself when it fails. torch and Detectron2 already importable in the
 # environment are kept (GPU users bring their own builds).
+# Environment: DETECTRON2_SOURCE=/path/to/detectron2 installs Detectron2 from that source
+# tree (e.g. a clone of the official repository) instead of the PyPI sdist of 0.6, pure
+# Python unless DETECTRON2_BUILD_EXT=1 (then its C++/CUDA ops are compiled).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
@@ -31,8 +34,8 @@ if ! importable torch || ! importable torchvision; then
 fi
 DEPS=(numpy Pillow matplotlib pycocotools opencv-python-headless termcolor yacs tabulate
       cloudpickle tqdm tensorboard 'fvcore>=0.1.5,<0.1.6' 'iopath>=0.1.7,<0.1.10'
-      'omegaconf>=2.1' 'hydra-core>=1.1' pytest scipy)
-if ! importable "fvcore, pycocotools, cv2, tensorboard, yacs, omegaconf, hydra, pytest, scipy"; then
+      'omegaconf>=2.1' 'hydra-core>=1.1' packaging pytest scipy ruff faster-coco-eval)
+if ! importable "fvcore, pycocotools, cv2, tensorboard, yacs, omegaconf, hydra, packaging, pytest, scipy, ruff, faster_coco_eval"; then
   step "install Detectron2's dependencies" pip_install "${DEPS[@]}"
 fi
 if ! importable panopticapi; then
@@ -40,7 +43,12 @@ if ! importable panopticapi; then
   step "install panopticapi (panopticapi-lite, --no-deps)" pip_install --no-deps panopticapi-lite==0.2.0
 fi
 if ! importable detectron2; then
-  step "install Detectron2 0.6 (pure Python, from PyPI)" "$PY" tools/install_detectron2.py
+  if [ -n "${DETECTRON2_SOURCE:-}" ]; then
+    step "install Detectron2 from $DETECTRON2_SOURCE" "$PY" tools/install_detectron2.py \
+      --source "$DETECTRON2_SOURCE"
+  else
+    step "install Detectron2 0.6 (pure Python, from PyPI)" "$PY" tools/install_detectron2.py
+  fi
 fi
 # Installed (editable, from this checkout)? Look with the current directory off sys.path:
 # `python -c` puts it first, where the source tree alone would pass for an install.

@@ -14,12 +14,20 @@
 * :class:`HGRUCell` -- the hGRU step; :class:`RecurrentRefiner` runs a cell to
   equilibrium and is shared by every placement (FPN, mask head, Pathfinder).
 """
+
 from .arms import Arm, parse_arm
 from .diagnostics import cell_diagnostics
 from .equilibrium import OPTIONS, EquilibriumResult, equilibrium
 from .hgru import HGRUCell
+from .lcp import (
+    BatchSubsample,
+    SpatialCrop,
+    batch_subsample,
+    lipschitz_penalty,
+    spatial_crop,
+    step_penalty,
+)
 from .options import MODES, NORMS, PENALISED_MODES, UNROLLED_MODES, VARIANTS
-from .lcp import BatchSubsample, SpatialCrop, batch_subsample, lipschitz_penalty, spatial_crop, step_penalty
 from .rbp import neumann_adjoint, rbp_adjoint
 from .refiner import RecurrentRefiner
 from .solvers import SOLVERS, SolverInfo, anderson, fixed_point, get_solver

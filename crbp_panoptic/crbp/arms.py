@@ -10,6 +10,7 @@ Every command-line tool that compares training rules takes arms in this form::
 ``MODE`` is one of :data:`~crbp_panoptic.crbp.MODES` (the value of ``MODEL.CRBP.GRAD``).
 Labels for tables (:attr:`Arm.label`) follow the paper's spelling: ``C-RBP-20``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,10 +76,14 @@ class Arm:
         if not self.recurrent:
             return []
         return [
-            "MODEL.CRBP.GRAD", self.mode,
-            "MODEL.CRBP.STEPS", self.steps,
-            "MODEL.CRBP.LCP_SUBSAMPLE", float(self.lcp_subsample or 0.0),
-            "MODEL.CRBP.LCP_CROP", self.lcp_crop,
+            "MODEL.CRBP.GRAD",
+            self.mode,
+            "MODEL.CRBP.STEPS",
+            self.steps,
+            "MODEL.CRBP.LCP_SUBSAMPLE",
+            float(self.lcp_subsample or 0.0),
+            "MODEL.CRBP.LCP_CROP",
+            self.lcp_crop,
         ]
 
 

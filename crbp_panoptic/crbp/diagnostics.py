@@ -4,6 +4,7 @@ The LCP penalises column sums ``u = 1^T dF/dh`` above ``tau``. A cell whose colu
 far below ``tau`` forgets its state within a few steps (nearly feedforward); one whose sums
 sit near ``tau`` integrates over many steps while staying contractive.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict
@@ -40,8 +41,16 @@ def cell_diagnostics(
     """
     if state.numel() == 0:
         return dict.fromkeys(
-            ("contrast", "contrast_rel", "colsum_mean", *_QUANTILES, "colsum_max",
-             "frac_above_tau"), 0.0)
+            (
+                "contrast",
+                "contrast_rel",
+                "colsum_mean",
+                *_QUANTILES,
+                "colsum_max",
+                "frac_above_tau",
+            ),
+            0.0,
+        )
     with torch.enable_grad():
         h = state.detach().requires_grad_()
         out = cell(x.detach(), h)

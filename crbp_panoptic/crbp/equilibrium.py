@@ -17,6 +17,7 @@ Memory: ``bptt``/``cbptt`` keep every step's activations (O(T)); ``rbp``/``crbp`
 keep one step's (O(1) in T). Under ``torch.no_grad()``, or when nothing ``f``
 uses requires grad, every mode just iterates and the penalty is zero.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,8 @@ OPTIONS: Dict[str, Any] = {
     "solver": "fixed_point",  # forward solver, a key of SOLVERS
     "anderson_m": None,  # Anderson history size (solver="anderson" only; default 5)
     "neumann_tol": 0.0,  # relative tolerance of the Neumann series (0 = all terms)
-    "lcp_subsample": None,  # None (exact LCP) or h_prev -> (f_sub, h_sub): BatchSubsample, SpatialCrop
+    # None (exact LCP) or h_prev -> (f_sub, h_sub): a BatchSubsample or a SpatialCrop
+    "lcp_subsample": None,
 }
 
 
@@ -93,8 +95,12 @@ def check_arguments(
     # Any solver is valid here (the unrolled modes reject Anderson only when recording), so
     # the solver is checked with the rule of an evaluation solver.
     check_refiner_args(
-        mode=mode, steps=steps, neumann_steps=neumann_steps, lcp_tau=lcp_tau,
-        forward_tol=opts["forward_tol"], neumann_tol=opts["neumann_tol"],
+        mode=mode,
+        steps=steps,
+        neumann_steps=neumann_steps,
+        lcp_tau=lcp_tau,
+        forward_tol=opts["forward_tol"],
+        neumann_tol=opts["neumann_tol"],
         test_solver=opts["solver"],
         **({} if opts["anderson_m"] is None else {"anderson_m": opts["anderson_m"]}),
     )
@@ -185,8 +191,11 @@ def equilibrium(
         ValueError: invalid mode, counts, tolerance or solver (named, with choices).
         TypeError: unknown option names.
     """
-    opts = check_arguments(mode, steps, neumann_steps, lcp_tau, options) if check else {
-        **OPTIONS, **options}
+    opts = (
+        check_arguments(mode, steps, neumann_steps, lcp_tau, options)
+        if check
+        else {**OPTIONS, **options}
+    )
     solver = get_solver(opts["solver"])
     if opts["solver"] == "anderson":
         m = opts["anderson_m"] if opts["anderson_m"] is not None else 5
@@ -238,6 +247,7 @@ def equilibrium(
 
     result = EquilibriumResult(h_next, lcp, n_steps, residual, mode, trace)
     if mode not in UNROLLED_MODES:
-        result.state = rbp_adjoint(h_next, h_prev, neumann_steps, opts["neumann_tol"], result.backward_info)
+        result.state = rbp_adjoint(
+            h_next, h_prev, neumann_steps, opts["neumann_tol"], result.backward_info
+        )
     return result
-

@@ -9,13 +9,15 @@ The cell follows Linsley et al. (2018, 2020); docs/DESIGN.md explains the choice
     i  = sp(sp(x) - sp(c1 . (alpha h + mu)))      # "pathfinder": sp(x - sp(...))
     g2 = sigmoid(U2 i + b2)                       # update (mix) gate
     e  = sp(N2(W_exc * i))                        # "pathfinder": N2(W_exc * i)
-    h~ = sp(kappa (i + e) + omega (i . e))        # "pathfinder": sp(kappa i + gamma e + omega i . e)
+    h~ = sp(kappa (i + e) + omega (i . e))        # "pathfinder": sp(kappa i + gamma e
+                                                  #               + omega i . e)
     h' = sp((1 - g2) . h + g2 . h~)
 
 The excitation ``h~`` carries the inhibited drive ``i`` into the state (the ``kappa`` and
 ``omega`` paths), so the state has the drive's spatial structure from the first step, and
 the update gate starts mostly closed, so the state integrates over many steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -101,8 +103,13 @@ class HGRUCell(nn.Module):
     ):
         super().__init__()
         check_cell_args(
-            channels=channels, kernel_size=kernel_size, norm=norm, num_groups=num_groups,
-            variant=variant, norm_gain=norm_gain, gate_bias_range=gate_bias_range,
+            channels=channels,
+            kernel_size=kernel_size,
+            norm=norm,
+            num_groups=num_groups,
+            variant=variant,
+            norm_gain=norm_gain,
+            gate_bias_range=gate_bias_range,
         )
         self.channels, self.kernel_size, self.norm = channels, kernel_size, norm
         self.gala, self.variant, self.norm_gain = bool(gala), variant, float(norm_gain)

@@ -70,6 +70,7 @@ count at least the batch) costs *more* than the exact penalty (about 2.9x RBP),
 because the step is evaluated again: use the crop on large maps, not on 14x14
 ROIs.
 """
+
 from __future__ import annotations
 
 import math
@@ -195,7 +196,9 @@ class BatchSubsample:
         self.generator = generator
         self.last_index: Optional[torch.Tensor] = None
 
-    def __call__(self, h_prev: torch.Tensor) -> Tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    def __call__(
+        self, h_prev: torch.Tensor
+    ) -> Tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
         """Choose rows of ``h_prev`` (shape (B, ...)).
 
         Returns:
@@ -281,9 +284,15 @@ class SpatialCrop:
         if extent <= side:
             return 0
         gen_device = self.generator.device if self.generator is not None else "cpu"
-        return int(torch.randint(extent - side + 1, (1,), generator=self.generator, device=gen_device).item())
+        return int(
+            torch.randint(
+                extent - side + 1, (1,), generator=self.generator, device=gen_device
+            ).item()
+        )
 
-    def __call__(self, h_prev: torch.Tensor) -> Tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    def __call__(
+        self, h_prev: torch.Tensor
+    ) -> Tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
         """Choose a window of ``h_prev`` (shape (..., H, W), e.g. (B, C, H, W)).
 
         Returns:

@@ -1,4 +1,5 @@
 """Counting the memory autograd keeps for the backward pass (benchmarks and tests)."""
+
 from typing import Dict
 
 import torch

@@ -6,6 +6,7 @@ The modules call them when they are built; the Detectron2 builders call them fir
 ``labels`` that map each argument to its config key, so an error names
 ``MODEL.CRBP.STEPS`` rather than ``steps``. Nothing is re-checked in ``forward``.
 """
+
 from __future__ import annotations
 
 import math
@@ -108,8 +109,13 @@ def check_refiner_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any
     get = kwargs.get
     if "mode" in kwargs:
         check.choice("mode", kwargs["mode"], MODES)
-    for name, low in (("steps", 1), ("test_steps", 0), ("neumann_steps", 0), ("lcp_crop", 0),
-                      ("anderson_m", 1)):
+    for name, low in (
+        ("steps", 1),
+        ("test_steps", 0),
+        ("neumann_steps", 0),
+        ("lcp_crop", 0),
+        ("anderson_m", 1),
+    ):
         if name in kwargs:
             check.integer(name, kwargs[name], low)
     for name in ("neumann_tol", "forward_tol", "test_tol"):
@@ -125,22 +131,39 @@ def check_refiner_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any
         fraction = isinstance(sub, float) and 0 < sub <= 1
         count = isinstance(sub, Integral) and not isinstance(sub, bool) and sub >= 1
         if not (fraction or count):
-            check.fail("lcp_subsample", sub,
-                       "expected None (exact), a fraction in (0, 1] or a row count >= 1")
+            check.fail(
+                "lcp_subsample",
+                sub,
+                "expected None (exact), a fraction in (0, 1] or a row count >= 1",
+            )
         if get("lcp_crop"):
             other = check.labels.get("lcp_subsample", "lcp_subsample")
-            check.fail("lcp_crop", kwargs["lcp_crop"],
-                       f"choose at most one cheap penalty ({other}={sub!r})")
+            check.fail(
+                "lcp_crop",
+                kwargs["lcp_crop"],
+                f"choose at most one cheap penalty ({other}={sub!r})",
+            )
     if get("mode") in UNROLLED_MODES and get("solver", "fixed_point") != "fixed_point":
-        check.fail("solver", kwargs["solver"],
-                   f"with mode={kwargs['mode']!r} (BPTT differentiates through the iterations) "
-                   "train with 'fixed_point'; test_solver may be 'anderson'")
+        check.fail(
+            "solver",
+            kwargs["solver"],
+            f"with mode={kwargs['mode']!r} (BPTT differentiates through the iterations) "
+            "train with 'fixed_point'; test_solver may be 'anderson'",
+        )
     cell = {k: v for k, v in kwargs.items() if k in _CELL_ARGS}
     check_cell_args(labels, **cell)
 
 
-_CELL_ARGS = ("channels", "kernel_size", "norm", "num_groups", "gala", "variant", "norm_gain",
-              "gate_bias_range")
+_CELL_ARGS = (
+    "channels",
+    "kernel_size",
+    "norm",
+    "num_groups",
+    "gala",
+    "variant",
+    "norm_gain",
+    "gate_bias_range",
+)
 
 
 def split_cell_args(kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:

@@ -12,6 +12,7 @@ At a fixed point this is the implicit-function-theorem gradient truncated at
 ``K`` terms; for a linear map it is exactly truncated BPTT over ``K + 1`` steps
 started at the fixed point.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """A module that runs a recurrent cell to equilibrium: the one refiner every placement shares."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -116,11 +117,21 @@ class RecurrentRefiner(nn.Module):
             # Chronos gate init over the trained horizon unless asked otherwise.
             cell_kwargs.setdefault("gate_bias_range", (1.0, float(max(steps - 1, 1))))
         check_refiner_args(
-            mode=mode, steps=steps, test_steps=test_steps, neumann_steps=neumann_steps,
-            neumann_tol=neumann_tol, lcp_tau=lcp_tau, lcp_subsample=lcp_subsample,
-            lcp_crop=lcp_crop, forward_tol=forward_tol, test_tol=test_tol, solver=solver,
-            test_solver=test_solver, anderson_m=anderson_m,
-            **({} if channels is None else {"channels": channels}), **cell_kwargs,
+            mode=mode,
+            steps=steps,
+            test_steps=test_steps,
+            neumann_steps=neumann_steps,
+            neumann_tol=neumann_tol,
+            lcp_tau=lcp_tau,
+            lcp_subsample=lcp_subsample,
+            lcp_crop=lcp_crop,
+            forward_tol=forward_tol,
+            test_tol=test_tol,
+            solver=solver,
+            test_solver=test_solver,
+            anderson_m=anderson_m,
+            **({} if channels is None else {"channels": channels}),
+            **cell_kwargs,
         )
         self.cell = cell if cell is not None else HGRUCell(channels, **cell_kwargs)
         self.mode, self.steps, self.test_steps = mode, steps, test_steps
@@ -190,6 +201,7 @@ class RecurrentRefiner(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode!r}, steps={self.steps}, test_steps={self.test_steps or self.steps}, "
-            f"neumann_steps={self.neumann_steps}, lcp_tau={self.lcp_tau}, lcp_subsample={self.lcp_subsample}, "
+            f"neumann_steps={self.neumann_steps}, lcp_tau={self.lcp_tau}, "
+            f"lcp_subsample={self.lcp_subsample}, "
             f"lcp_crop={self.lcp_crop}"
         )

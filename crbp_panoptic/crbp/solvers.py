@@ -21,6 +21,7 @@ With ``tol > 0`` each step reads the residual back to the host to decide
 whether to stop (one device synchronisation per step); with ``tol == 0`` only
 the final residual is computed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -192,7 +193,9 @@ def anderson(
         # Ridge relative to the residuals' scale: an absolute lam would dominate
         # GG^T (and stall the method) once the residuals are small.
         scale = GG.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(torch.finfo(work).tiny)
-        H[:, 1:, 1:] = GG + (lam * scale)[:, None, None] * torch.eye(n, dtype=work, device=z0.device)
+        H[:, 1:, 1:] = GG + (lam * scale)[:, None, None] * torch.eye(
+            n, dtype=work, device=z0.device
+        )
         rhs = torch.zeros(bsz, n + 1, 1, dtype=work, device=z0.device)
         rhs[:, 0] = 1
         alpha = torch.linalg.solve(H, rhs)[:, 1:]  # (B, n, 1)

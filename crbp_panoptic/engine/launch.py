@@ -6,6 +6,7 @@ process layout on the CPU with the gloo backend, so multi-process training (DDP,
 RBP backward and the penalty's double backward included) also runs and is tested on
 machines with no GPU.
 """
+
 import logging
 from datetime import timedelta
 
@@ -23,8 +24,15 @@ __all__ = ["launch"]
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 
-def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None,
-           args=(), timeout=DEFAULT_TIMEOUT):
+def launch(
+    main_func,
+    num_gpus_per_machine,
+    num_machines=1,
+    machine_rank=0,
+    dist_url=None,
+    args=(),
+    timeout=DEFAULT_TIMEOUT,
+):
     """Run ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes.
 
     Same arguments as :func:`detectron2.engine.launch`; on a machine without CUDA,
@@ -32,11 +40,20 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     """
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1 or torch.cuda.is_available():
-        return d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url,
-                         args=args, timeout=timeout)
+        return d2_launch(
+            main_func,
+            num_gpus_per_machine,
+            num_machines,
+            machine_rank,
+            dist_url,
+            args=args,
+            timeout=timeout,
+        )
     if dist_url == "auto":
         if num_machines != 1:
-            raise ValueError("--dist-url auto works only with --num-machines 1; give tcp://HOST:PORT")
+            raise ValueError(
+                "--dist-url auto works only with --num-machines 1; give tcp://HOST:PORT"
+            )
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     mp.spawn(
         _cpu_worker,
@@ -55,12 +72,14 @@ def _cpu_create_ddp_model(model, **kwargs):
 _D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
 
 
-def _cpu_worker(local_rank, main_func, world_size, procs_per_machine, machine_rank, dist_url,
-                args, timeout):
+def _cpu_worker(
+    local_rank, main_func, world_size, procs_per_machine, machine_rank, dist_url, args, timeout
+):
     global_rank = machine_rank * procs_per_machine + local_rank
     try:
-        dist.init_process_group("gloo", init_method=dist_url, world_size=world_size,
-                                rank=global_rank, timeout=timeout)
+        dist.init_process_group(
+            "gloo", init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
+        )
     except Exception:
         logging.getLogger(__name__).error("Process group URL: %s", dist_url)
         raise

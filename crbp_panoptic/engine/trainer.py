@@ -1,4 +1,5 @@
 """``DefaultTrainer`` with the evaluators of a panoptic dataset; nothing else differs."""
+
 import os
 import random
 
@@ -7,32 +8,31 @@ import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
-from detectron2.evaluation import (
-    COCOEvaluator,
-    COCOPanopticEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-)
 
 from crbp_panoptic.data.checks import prepare_dataset
+from crbp_panoptic.evaluation import CRBPCOCOEvaluator, has_detectron2_cocoeval
 
 __all__ = ["RNGStateHook", "Trainer", "build_evaluator", "has_fast_coco_eval"]
 
 
 def has_fast_coco_eval():
-    """bool: whether Detectron2's compiled COCOeval is present (absent in the pure-Python build)."""
-    import detectron2._C as d2_c
+    """bool: whether Detectron2's compiled COCOeval is present (absent in the pure-Python build).
 
-    return hasattr(d2_c, "COCOevalAccumulate")
+    False also where ``detectron2._C`` does not exist at all (upstream Detectron2 installed
+    without its C++ extension).
+    """
+    return has_detectron2_cocoeval()
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
     """Detectron2's evaluators for ``dataset_name``, chosen by its ``evaluator_type``.
 
     For a panoptic ("separated") dataset: semantic segmentation (mIoU), COCO box/mask
-    AP and panoptic quality (PQ), as Detectron2's own ``tools/train_net.py`` does. The
-    COCO evaluation falls back to pycocotools' COCOeval when the compiled one is absent.
+    AP and panoptic quality (PQ), as Detectron2's own ``tools/train_net.py`` does. Box and
+    mask AP use the fastest COCOeval installed: Detectron2's compiled one, else
+    faster-coco-eval's, else pycocotools' (:class:`~crbp_panoptic.evaluation.CRBPCOCOEvaluator`).
     """
     prepare_dataset(dataset_name)  # synthetic data: the evaluators read its files now
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
@@ -41,9 +41,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     if evaluator_type in ("sem_seg", "coco_panoptic_seg"):
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     if evaluator_type in ("coco", "coco_panoptic_seg"):
-        evaluators.append(
-            COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=has_fast_coco_eval())
-        )
+        evaluators.append(CRBPCOCOEvaluator(dataset_name, output_dir=output_folder))
     if evaluator_type == "coco_panoptic_seg":
         evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
     if not evaluators:

@@ -4,6 +4,7 @@
 * ``CRBPMaskHead`` in ``ROI_MASK_HEAD_REGISTRY``,
 * ``CRBPPanopticFPN`` in ``META_ARCH_REGISTRY``.
 """
+
 from .backbone import CRBPFPN, RecurrentLateral, build_resnet_crbp_fpn_backbone
 from .mask_head import CRBPMaskHead
 from .meta_arch import CRBPPanopticFPN, recurrent_modules

@@ -1,5 +1,8 @@
 """The recurrent FPN backbone: Detectron2's FPN with hGRU-refined lateral features."""
+
 import math
+
+import fvcore.nn.weight_init as weight_init
 
 from detectron2.layers import Conv2d
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -9,7 +12,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from crbp_panoptic.crbp import RecurrentRefiner
 
-from .config_args import fpn_levels, refiner_args
+from .config_args import fpn_channels, fpn_levels, refiner_args
 
 __all__ = ["CRBPFPN", "RecurrentLateral", "build_resnet_crbp_fpn_backbone"]
 
@@ -21,21 +24,42 @@ class RecurrentLateral(Conv2d):
     ``bias``, ``norm``), so a stock checkpoint's ``fpn_lateral{k}.*`` load into it; the
     refiner's parameters are the new ``fpn_lateral{k}.recurrent.*``.
 
+    With a bottleneck (the refiner's channels differ from the conv's output channels C),
+    1x1 convs ``recurrent_in`` (C -> C_h) and ``recurrent_out`` (C_h -> C) project the
+    drive into and the state out of the hGRU: a step then costs about (C_h / C)^2 of the
+    full-width one.
+
     Args:
         conv (Conv2d): the FPN's lateral conv (its parameters are taken over, not copied).
-        refiner (RecurrentRefiner): runs the hGRU on the conv's output.
+        refiner (RecurrentRefiner): runs the hGRU on the (projected) conv output.
+        channels (int): the refiner's channel count C_h.
     """
 
-    def __init__(self, conv, refiner):
-        super().__init__(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size,
-                         bias=conv.bias is not None, norm=conv.norm, activation=conv.activation)
+    def __init__(self, conv, refiner, channels):
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            kernel_size=conv.kernel_size,
+            bias=conv.bias is not None,
+            norm=conv.norm,
+            activation=conv.activation,
+        )
         self.weight = conv.weight
         self.bias = conv.bias
         self.recurrent = refiner
+        self.recurrent_in = self.recurrent_out = None
+        if channels != conv.out_channels:
+            self.recurrent_in = Conv2d(conv.out_channels, channels, kernel_size=1)
+            self.recurrent_out = Conv2d(channels, conv.out_channels, kernel_size=1)
+            for proj in (self.recurrent_in, self.recurrent_out):
+                weight_init.c2_xavier_fill(proj)
 
     def forward(self, x):
-        """(N, C_in, H, W) features -> (N, C, H, W) equilibrium state."""
-        return self.recurrent(super().forward(x))
+        """(N, C_in, H, W) features -> (N, C, H, W) equilibrium state (projected back)."""
+        x = super().forward(x)
+        if self.recurrent_in is None:
+            return self.recurrent(x)
+        return self.recurrent_out(self.recurrent(self.recurrent_in(x)))
 
 
 class CRBPFPN(FPN):
@@ -52,23 +76,43 @@ class CRBPFPN(FPN):
     Outputs, strides and channels are exactly the stock FPN's (``output_shape()``).
     """
 
-    def __init__(self, bottom_up, in_features, out_channels, *, recurrent_levels, refiner_kwargs,
-                 norm="", top_block=None, fuse_type="sum"):
+    def __init__(
+        self,
+        bottom_up,
+        in_features,
+        out_channels,
+        *,
+        recurrent_levels,
+        refiner_kwargs,
+        norm="",
+        top_block=None,
+        fuse_type="sum",
+    ):
         """
         Args:
             bottom_up, in_features, out_channels, norm, top_block, fuse_type: as :class:`FPN`.
             recurrent_levels (list[str]): output levels (``"p2"``...) whose lateral recurs.
             refiner_kwargs (dict): :class:`RecurrentRefiner` keyword arguments (those of its
-                :class:`HGRUCell` included; ``channels`` must be ``out_channels``).
+                :class:`HGRUCell` included); ``channels`` other than ``out_channels`` adds
+                1x1 projections around the refiner (see :class:`RecurrentLateral`).
         """
-        super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
-                         fuse_type=fuse_type)
+        super().__init__(
+            bottom_up,
+            in_features,
+            out_channels,
+            norm=norm,
+            top_block=top_block,
+            fuse_type=fuse_type,
+        )
         strides = bottom_up.output_shape()
         # self.lateral_convs runs top-down (coarsest level first), like reversed(in_features).
         for idx, name in enumerate(reversed(self.in_features)):
             stage = int(math.log2(strides[name].stride))
             if f"p{stage}" in recurrent_levels:
-                lateral = RecurrentLateral(self.lateral_convs[idx], RecurrentRefiner(**refiner_kwargs))
+                refiner = RecurrentRefiner(**refiner_kwargs)
+                lateral = RecurrentLateral(
+                    self.lateral_convs[idx], refiner, refiner_kwargs["channels"]
+                )
                 self.lateral_convs[idx] = lateral
                 setattr(self, f"fpn_lateral{stage}", lateral)
 
@@ -89,9 +133,8 @@ def build_resnet_crbp_fpn_backbone(cfg, input_shape):
         in_features,
         out_channels,
         recurrent_levels=fpn_levels(cfg, available),
-        refiner_kwargs=refiner_args(cfg, out_channels),
+        refiner_kwargs=refiner_args(cfg, fpn_channels(cfg, out_channels)),
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
-

@@ -5,9 +5,10 @@ by the engine's own rules (:mod:`crbp_panoptic.crbp.options`) with each argument
 by its config key, so an error names ``MODEL.CRBP.<KEY>`` and what is allowed, when the
 model is built.
 """
+
 from crbp_panoptic.crbp.options import check_refiner_args
 
-__all__ = ["diagnostics_period", "fpn_levels", "lcp_weight", "refiner_args"]
+__all__ = ["diagnostics_period", "fpn_channels", "fpn_levels", "lcp_weight", "refiner_args"]
 
 #: Refiner / cell keyword argument -> the MODEL.CRBP key it comes from.
 KEYS = {
@@ -25,6 +26,7 @@ KEYS = {
     "lcp_subsample": "LCP_SUBSAMPLE",
     "lcp_crop": "LCP_CROP",
     "solver": "SOLVER",
+    "test_solver": "TEST_SOLVER",
     "forward_tol": "FORWARD_TOL",
     "test_tol": "TEST_TOL",
     "neumann_tol": "NEUMANN_TOL",
@@ -82,6 +84,7 @@ def refiner_args(cfg, channels):
     c = cfg.MODEL.CRBP
     kwargs = {arg: c[key] for arg, key in KEYS.items()}
     kwargs["gala"] = bool(kwargs["gala"])
+    kwargs["test_solver"] = kwargs["test_solver"] or None
     kwargs["lcp_subsample"] = _subsample(kwargs["lcp_subsample"])
     kwargs["gate_bias_range"] = _gate_bias_range(kwargs["gate_bias_range"], kwargs["steps"])
     check_refiner_args(_LABELS, channels=channels, **kwargs)
@@ -96,3 +99,11 @@ def fpn_levels(cfg, available):
     if unknown or not levels or len(set(levels)) != len(levels):
         _fail("FPN_LEVELS", levels, f"expected distinct levels from {list(available)}")
     return levels
+
+
+def fpn_channels(cfg, out_channels):
+    """The recurrent FPN's hGRU channels: ``MODEL.CRBP.FPN_CHANNELS``, or the FPN's own."""
+    value = cfg.MODEL.CRBP.FPN_CHANNELS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail("FPN_CHANNELS", value, "expected an integer >= 0 (0 = MODEL.FPN.OUT_CHANNELS)")
+    return value or out_channels

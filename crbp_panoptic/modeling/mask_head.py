@@ -1,4 +1,5 @@
 """The paper's recurrent ROI mask head: an hGRU at equilibrium instead of four 3x3 convs."""
+
 import fvcore.nn.weight_init as weight_init
 from torch import nn
 
@@ -60,7 +61,9 @@ class CRBPMaskHead(BaseMaskRCNNHead):
         ret = super().from_config(cfg, input_shape)
         ret.update(
             input_shape=input_shape,
-            num_classes=1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            num_classes=1
+            if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK
+            else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             conv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
             refiner_kwargs=refiner_args(cfg, input_shape.channels),
         )

@@ -1,4 +1,5 @@
 """Panoptic FPN that adds the recurrent modules' penalty to its losses and logs their dynamics."""
+
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.utils.events import get_event_storage

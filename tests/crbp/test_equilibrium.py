@@ -1,5 +1,6 @@
 """equilibrium(): gradients against dense implicit-function-theorem references, RBP
 identities, memory scaling, the Neumann guard, options and edge cases."""
+
 import math
 
 import pytest
@@ -80,7 +81,11 @@ def ift_reference(step, params, shape, cot):
     assert torch.linalg.matrix_norm(J, 2) < 0.95, "test problem must be contractive"
     a = torch.linalg.solve((torch.eye(n, dtype=f64) - J).T, cot.reshape(n))
     names = list(params)
-    J_p = jacobian(lambda *ps: step(dict(zip(names, ps)), h_star), tuple(params[k] for k in names), vectorize=True)
+    J_p = jacobian(
+        lambda *ps: step(dict(zip(names, ps)), h_star),
+        tuple(params[k] for k in names),
+        vectorize=True,
+    )
     return {k: (a @ jp.reshape(n, -1)).reshape(params[k].shape) for k, jp in zip(names, J_p)}
 
 
@@ -98,11 +103,15 @@ def test_gradients_match_implicit_function_theorem(problem, mode):
     cot = torch.randn(shape, dtype=f64, generator=torch.Generator().manual_seed(1))
     ref = ift_reference(step, params, shape, cot)
     p = leaf_params(params)
-    res = equilibrium(lambda h: step(p, h), torch.zeros(shape, dtype=f64), mode=mode, steps=60, neumann_steps=60)
+    res = equilibrium(
+        lambda h: step(p, h), torch.zeros(shape, dtype=f64), mode=mode, steps=60, neumann_steps=60
+    )
     assert res.steps == 60 and res.residual < 1e-12
     grads = torch.autograd.grad((cot * res.state).sum(), list(p.values()))
-    for (name, got) in zip(p, grads):
-        torch.testing.assert_close(got, ref[name], rtol=1e-8, atol=1e-10, msg=f"{problem}/{mode}/{name}")
+    for name, got in zip(p, grads):
+        torch.testing.assert_close(
+            got, ref[name], rtol=1e-8, atol=1e-10, msg=f"{problem}/{mode}/{name}"
+        )
     if mode in ("rbp", "crbp"):
         assert res.backward_info["neumann_cut"] is False
         assert res.backward_info["neumann_terms"] == 60
@@ -114,7 +123,12 @@ def test_anderson_forward_with_rbp_matches_ift():
     ref = ift_reference(step, params, shape, cot)
     p = leaf_params(params)
     res = equilibrium(
-        lambda h: step(p, h), torch.zeros(shape, dtype=f64), mode="rbp", steps=40, neumann_steps=60, solver="anderson"
+        lambda h: step(p, h),
+        torch.zeros(shape, dtype=f64),
+        mode="rbp",
+        steps=40,
+        neumann_steps=60,
+        solver="anderson",
     )
     grads = torch.autograd.grad(res.state.sum(), list(p.values()))
     for name, got in zip(p, grads):
@@ -206,7 +220,9 @@ def small_cell():
 
 def _memory(cell, x, mode, steps, **options):
     def run():
-        res = equilibrium(lambda h: cell(x, h), torch.zeros_like(x), mode=mode, steps=steps, **options)
+        res = equilibrium(
+            lambda h: cell(x, h), torch.zeros_like(x), mode=mode, steps=steps, **options
+        )
         return res
 
     nbytes, res = saved_bytes(run)
@@ -234,7 +250,11 @@ def test_subsampled_penalty_saves_less(small_cell):
     exact = _memory(cell, x, "crbp", 4)
     rbp = _memory(cell, x, "rbp", 4)
     sub = _memory(
-        cell, x, "crbp", 4, lcp_subsample=batch_subsample(lambda i, h: cell(x.index_select(0, i), h), 1)
+        cell,
+        x,
+        "crbp",
+        4,
+        lcp_subsample=batch_subsample(lambda i, h: cell(x.index_select(0, i), h), 1),
     )
     assert rbp < sub < exact
 
@@ -244,7 +264,9 @@ def test_subsampled_penalty_saves_less(small_cell):
 
 def test_neumann_guard_on_non_contractive_map():
     x = torch.randn(3, 4, dtype=f64, requires_grad=True)
-    res = equilibrium(lambda h: 2.0 * h + x, torch.zeros(3, 4, dtype=f64), mode="rbp", steps=5, neumann_steps=10)
+    res = equilibrium(
+        lambda h: 2.0 * h + x, torch.zeros(3, 4, dtype=f64), mode="rbp", steps=5, neumann_steps=10
+    )
     (gx,) = torch.autograd.grad(res.state.sum(), [x])
     assert torch.isfinite(gx).all()
     info = res.backward_info
@@ -257,7 +279,9 @@ def test_neumann_guard_keeps_last_good_sum():
     x = torch.randn(2, 3, dtype=f64, requires_grad=True)
     M = torch.zeros(3, 3, dtype=f64)
     M[1, 0], M[2, 1] = 0.5, 3.0  # f(h) = h M + x, so the VJP is v -> v M^T
-    res = equilibrium(lambda h: h @ M + x, torch.zeros(2, 3, dtype=f64), mode="rbp", steps=3, neumann_steps=5)
+    res = equilibrium(
+        lambda h: h @ M + x, torch.zeros(2, 3, dtype=f64), mode="rbp", steps=3, neumann_steps=5
+    )
     g = torch.tensor([[1.0, 0.0, 0.0]] * 2, dtype=f64)
     (gx,) = torch.autograd.grad((g * res.state).sum(), [x])
     # v1 = g M^T = 0.5 e1 (shrinks), v2 = v1 M^T = 1.5 e2 (grows: rejected)
@@ -271,7 +295,12 @@ def test_neumann_tol_stops_early():
     step, params, shape = tanh_problem(norm=0.5)
     p = leaf_params(params)
     res = equilibrium(
-        lambda h: step(p, h), torch.zeros(shape, dtype=f64), mode="rbp", steps=40, neumann_steps=50, neumann_tol=1e-4
+        lambda h: step(p, h),
+        torch.zeros(shape, dtype=f64),
+        mode="rbp",
+        steps=40,
+        neumann_steps=50,
+        neumann_tol=1e-4,
     )
     res.state.sum().backward()
     info = res.backward_info
@@ -288,7 +317,9 @@ def test_autocast_bf16(mode):
     cell = HGRUCell(16, num_groups=4)
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        res = equilibrium(lambda h: cell(x, h), torch.zeros_like(x), mode=mode, steps=4, lcp_tau=0.2)
+        res = equilibrium(
+            lambda h: cell(x, h), torch.zeros_like(x), mode=mode, steps=4, lcp_tau=0.2
+        )
     loss = res.state.float().square().mean() + res.lcp
     loss.backward()
     assert torch.isfinite(res.state).all() and torch.isfinite(res.lcp)
@@ -356,7 +387,13 @@ def test_anderson_converges_in_fewer_steps():
     with torch.no_grad():
         fp = equilibrium(f, torch.zeros(4, n, dtype=f64), mode="crbp", steps=1000, forward_tol=1e-9)
         aa = equilibrium(
-            f, torch.zeros(4, n, dtype=f64), mode="crbp", steps=1000, forward_tol=1e-9, solver="anderson", anderson_m=5
+            f,
+            torch.zeros(4, n, dtype=f64),
+            mode="crbp",
+            steps=1000,
+            forward_tol=1e-9,
+            solver="anderson",
+            anderson_m=5,
         )
     assert aa.residual < 1e-9 and aa.steps < fp.steps / 3, (aa.steps, fp.steps)
     torch.testing.assert_close(aa.state, h_star, atol=1e-6, rtol=0)
@@ -396,7 +433,9 @@ def test_empty_batch(mode, problem):
     step, params, shape = PROBLEMS[problem]()
     params["x"] = params["x"][:0]
     p = leaf_params(params)
-    res = equilibrium(lambda h: step(p, h), torch.zeros((0,) + shape[1:], dtype=f64), mode=mode, steps=3)
+    res = equilibrium(
+        lambda h: step(p, h), torch.zeros((0,) + shape[1:], dtype=f64), mode=mode, steps=3
+    )
     assert res.state.shape == (0,) + shape[1:]
     assert res.residual == 0.0 and res.lcp.item() == 0.0 and not math.isnan(res.lcp.item())
     (res.state.sum() + res.lcp).backward()

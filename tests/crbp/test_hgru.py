@@ -1,5 +1,6 @@
 """HGRUCell: the equations against an independent computation, each init, validation, and
 dynamics that start near (not far below) the LCP's threshold."""
+
 import math
 
 import pytest
@@ -54,7 +55,9 @@ def reference_step(cell, x, h, groups):
         return t
 
     def one_by_one(t, conv):
-        return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], t) + conv.bias.view(1, -1, 1, 1)
+        return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], t) + conv.bias.view(
+            1, -1, 1, 1
+        )
 
     g1 = torch.sigmoid(one_by_one(h, cell.attention))
     c1 = norm(_conv(h * g1, cell.w_inh.weight), cell.norm_inh)

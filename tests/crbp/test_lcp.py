@@ -1,4 +1,5 @@
 """Lipschitz-coefficient penalty against explicitly built Jacobians, and its subsample."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -72,11 +73,14 @@ def test_penalty_value_and_gradient_match_dense_jacobian(tanh_case):
 
     # finite differences on a few entries of W (independent of autograd altogether)
     eps = 1e-6
-    for (i, j) in [(0, 0), (1, 3), (4, 2)]:
+    for i, j in [(0, 0), (1, 3), (4, 2)]:
         Wp, Wm = W.clone(), W.clone()
         Wp[i, j] += eps
         Wm[i, j] -= eps
-        fd = (dense_penalty(tanh_step(Wp, U, x), h, tau)[0] - dense_penalty(tanh_step(Wm, U, x), h, tau)[0]) / (2 * eps)
+        fd = (
+            dense_penalty(tanh_step(Wp, U, x), h, tau)[0]
+            - dense_penalty(tanh_step(Wm, U, x), h, tau)[0]
+        ) / (2 * eps)
         assert abs(fd.item() - gW[i, j].item()) < 1e-7
 
 
@@ -167,7 +171,9 @@ def test_batch_subsample_gives_exact_rows():
     tau = median_tau(u_full)
 
     wl2 = w.clone().requires_grad_()
-    sampler = batch_subsample(lambda i, hs: step_rows(wl2, i, hs), 2, generator=torch.Generator().manual_seed(5))
+    sampler = batch_subsample(
+        lambda i, hs: step_rows(wl2, i, hs), 2, generator=torch.Generator().manual_seed(5)
+    )
     f_sub, h_sub = sampler(h)
     idx = sampler.last_index
     assert idx.shape == (2,) and torch.equal(h_sub, h[idx])
@@ -198,7 +204,9 @@ def test_equilibrium_with_subsample():
         return step_rows(wl, i, hs)
 
     sampler = BatchSubsample(f_rows, 0.5, generator=torch.Generator().manual_seed(0))
-    res = equilibrium(f, torch.zeros_like(x), mode="crbp", steps=3, lcp_tau=0.05, lcp_subsample=sampler)
+    res = equilibrium(
+        f, torch.zeros_like(x), mode="crbp", steps=3, lcp_tau=0.05, lcp_subsample=sampler
+    )
     assert calls == [6, 6, 6, 3] and res.steps == 3
     # reference: the exact penalty at h_{T-1}, restricted to the chosen rows
     with torch.no_grad():
@@ -246,7 +254,12 @@ def side_distance(box, hw):
     top, left, hc, wc = box
     rows, cols = torch.arange(hc)[:, None].expand(hc, wc), torch.arange(wc)[None, :].expand(hc, wc)
     d = torch.full((hc, wc), 10**6)
-    sides = ((top > 0, rows), (top + hc < hw[0], hc - 1 - rows), (left > 0, cols), (left + wc < hw[1], wc - 1 - cols))
+    sides = (
+        (top > 0, rows),
+        (top + hc < hw[0], hc - 1 - rows),
+        (left > 0, cols),
+        (left + wc < hw[1], wc - 1 - cols),
+    )
     for inner, dist in sides:
         if inner:
             d = torch.minimum(d, dist)
@@ -287,14 +300,19 @@ def test_spatial_crop_sums_exact_beyond_margin_without_norm():
         d = side_distance(box, (24, 24))
         inside, band = d >= margin, d == margin - 1
         assert inside.sum() >= 64
-        torch.testing.assert_close(u_crop[..., inside], u_exact[..., inside], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            u_crop[..., inside], u_exact[..., inside], rtol=1e-12, atol=1e-14
+        )
         # the margin is tight: one position nearer the inner sides it no longer holds
         assert (u_crop[..., band] - u_exact[..., band]).abs().max() > 1e-9
-    assert any(b[0] == 0 or b[1] == 0 or b[0] == 8 or b[1] == 8 for b in boxes)  # touched a map side
+    assert any(
+        b[0] == 0 or b[1] == 0 or b[0] == 8 or b[1] == 8 for b in boxes
+    )  # touched a map side
 
 
 def test_spatial_crop_sums_with_groupnorm_are_approximate():
-    """norm='GN': crop statistics replace the map's, so no position is exact, but interior ones are close."""
+    """norm='GN': crop statistics replace the map's, so no position is exact, but interior
+    ones are close."""
     cell, x, h = hgru_state("GN")
     margin = SpatialCrop.margin(cell.kernel_size)
     worst = 0.0
@@ -310,7 +328,9 @@ def test_spatial_crop_sums_with_groupnorm_are_approximate():
 def test_spatial_crop_penalty_and_gradients():
     cell, x, h = hgru_state("GN")
     xl = x.clone().requires_grad_()
-    sampler = SpatialCrop(lambda box, hs: cell(crop(xl, box), hs), 10, generator=torch.Generator().manual_seed(3))
+    sampler = SpatialCrop(
+        lambda box, hs: cell(crop(xl, box), hs), 10, generator=torch.Generator().manual_seed(3)
+    )
     hl = h.clone().requires_grad_()
     f_sub, h_sub = sampler(hl)
     box = sampler.last_box
@@ -340,14 +360,19 @@ def test_spatial_crop_sizes_and_errors():
     assert spatial_crop(step, 4)(torch.zeros(1, 2, 6, 9))[1].shape == (1, 2, 4, 4)
     assert spatial_crop(step, 7)(torch.zeros(1, 2, 6, 9))[1].shape == (1, 2, 6, 7)  # clipped to H
     sampler = spatial_crop(step, 50)
-    assert sampler(torch.zeros(0, 2, 6, 9))[1].shape == (0, 2, 6, 9) and sampler.last_box == (0, 0, 6, 9)
+    assert sampler(torch.zeros(0, 2, 6, 9))[1].shape == (0, 2, 6, 9) and sampler.last_box == (
+        0,
+        0,
+        6,
+        9,
+    )
     seen = set()
     gen = torch.Generator().manual_seed(0)
     sampler = spatial_crop(step, 2, gen)
     for _ in range(40):
         sampler(torch.zeros(1, 1, 3, 4))
         seen.add(sampler.last_box[:2])
-    assert seen == {(t, l) for t in range(2) for l in range(3)}  # every corner that fits
+    assert seen == {(t, c) for t in range(2) for c in range(3)}  # every corner that fits
     for bad in (0, -1, 2.0, True, None, "16"):
         with pytest.raises(ValueError, match="lcp_crop"):
             SpatialCrop(step, bad)
@@ -368,7 +393,9 @@ def test_equilibrium_with_spatial_crop():
         return cell(crop(x, box), hs)
 
     sampler = SpatialCrop(f_crop, 12, generator=torch.Generator().manual_seed(1))
-    res = equilibrium(f, torch.zeros_like(x), mode="crbp", steps=3, lcp_tau=0.05, lcp_subsample=sampler)
+    res = equilibrium(
+        f, torch.zeros_like(x), mode="crbp", steps=3, lcp_tau=0.05, lcp_subsample=sampler
+    )
     assert calls == [(24, 24)] * 3 + [(12, 12)] and res.steps == 3
     with torch.no_grad():
         h_prev = cell(x, cell(x, torch.zeros_like(x)))

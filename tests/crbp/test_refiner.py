@@ -1,4 +1,5 @@
 """RecurrentRefiner: step counts per phase, penalty plumbing, validation."""
+
 import pytest
 import torch
 from torch import nn
@@ -108,7 +109,9 @@ def test_lcp_crop_gradient_reaches_cell_and_cropped_drive():
     ref(x)
     top, left, hc, wc = ref.last_lcp_sample
     lcp = ref.last_result.lcp
-    grads = torch.autograd.grad(lcp, [x, ref.cell.w_exc.weight, ref.cell.gate.weight, ref.cell.alpha])
+    grads = torch.autograd.grad(
+        lcp, [x, ref.cell.w_exc.weight, ref.cell.gate.weight, ref.cell.alpha]
+    )
     assert all(g.abs().sum() > 0 for g in grads)
     outside = torch.ones(9, 9, dtype=torch.bool)
     outside[top : top + hc, left : left + wc] = False

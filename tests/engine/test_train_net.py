@@ -1,7 +1,8 @@
-"""tools/train_net.py end to end on tiny synthetic data: train, eval-only, resume, 2 processes."""
+"""crbp_panoptic.engine.setup (what tools/train_net.py runs) end to end on tiny synthetic data:
+train, eval-only, resume, 2 processes."""
+
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,24 +10,15 @@ import torch
 
 from detectron2.engine import HookBase, default_argument_parser
 
-from crbp_panoptic.data import register_synthetic_panoptic
-from crbp_panoptic.engine import Trainer, launch
+from crbp_panoptic.engine import Trainer, launch, setup, train_or_evaluate
 
-from tests.tiny import REPO
-
-sys.path.insert(0, str(REPO / "tools"))
-import train_net  # noqa: E402
+from tests.tiny import REPO, register_tiny_datasets, tiny_train_opts
 
 CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_quick.yaml"
 
 
 def _register(root):
-    register_synthetic_panoptic("engine_test_train", root=root, split="train", num_images=4,
-                                image_size=(64, 64), seed=1)
-    register_synthetic_panoptic("engine_test_one", root=root, split="train", num_images=1,
-                                image_size=(64, 64), seed=2)
-    register_synthetic_panoptic("engine_test_val", root=root, split="val", num_images=3,
-                                image_size=(64, 64), seed=1)
+    register_tiny_datasets(root, "engine_test")
 
 
 @pytest.fixture(scope="module")
@@ -37,33 +29,18 @@ def datasets(tmp_path_factory):
 
 
 def _tiny_opts(output_dir, train="engine_test_train_separated"):
-    """Config overrides: a tiny model, 3 iterations on the 4 tiny training images."""
-    return [
-        "OUTPUT_DIR", str(output_dir),
-        "DATASETS.TRAIN", f"('{train}',)",
-        "DATASETS.TEST", "('engine_test_val_separated',)",
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", "3",
-        "SOLVER.WARMUP_ITERS", "1",
-        "SOLVER.CHECKPOINT_PERIOD", "100",
-        "DATALOADER.NUM_WORKERS", "0",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)",
-        "INPUT.MAX_SIZE_TRAIN", "64",
-        "INPUT.MIN_SIZE_TEST", "64",
-        "INPUT.MAX_SIZE_TEST", "64",
-        "MODEL.FPN.OUT_CHANNELS", "32",
-        "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
-        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-        "MODEL.CRBP.STEPS", "3",
-        "MODEL.CRBP.NEUMANN_STEPS", "3",
-        "SEED", "7",
-    ]
+    return tiny_train_opts(output_dir, train, "engine_test_val_separated")
 
 
 def _args(output_dir, *opts, train="engine_test_train_separated", extra=()):
     return default_argument_parser().parse_args(
-        ["--config-file", str(REPO / CONFIG), *extra, *_tiny_opts(output_dir, train), *[str(o) for o in opts]]
+        [
+            "--config-file",
+            str(REPO / CONFIG),
+            *extra,
+            *_tiny_opts(output_dir, train),
+            *[str(o) for o in opts],
+        ]
     )
 
 
@@ -83,7 +60,7 @@ class _StopAfter(HookBase):
 
 
 def test_training_gives_finite_losses_and_lcp(datasets, tmp_path):
-    cfg = train_net.setup(_args(tmp_path, "DATASETS.TEST", "()"))
+    cfg = setup(_args(tmp_path, "DATASETS.TEST", "()"))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -97,15 +74,19 @@ def test_training_gives_finite_losses_and_lcp(datasets, tmp_path):
 
 
 def test_eval_only_prints_pq(datasets, tmp_path, capfd):
-    train_net.main(_args(tmp_path))
+    train_or_evaluate(_args(tmp_path))
     capfd.readouterr()
-    results = train_net.main(
-        _args(tmp_path / "eval", "MODEL.WEIGHTS", tmp_path / "model_final.pth", extra=["--eval-only"])
+    results = train_or_evaluate(
+        _args(
+            tmp_path / "eval", "MODEL.WEIGHTS", tmp_path / "model_final.pth", extra=["--eval-only"]
+        )
     )
     out = capfd.readouterr().out
     assert "Panoptic Evaluation Results" in out and "PQ" in out
     pq = results["panoptic_seg"]
-    assert {"PQ", "PQ_th", "PQ_st"} <= set(pq) and all(math.isfinite(pq[k]) for k in ("PQ", "PQ_st"))
+    assert {"PQ", "PQ_th", "PQ_st"} <= set(pq) and all(
+        math.isfinite(pq[k]) for k in ("PQ", "PQ_st")
+    )
     assert "sem_seg" in results and "mIoU" in results["sem_seg"]
 
 
@@ -113,18 +94,18 @@ def test_resume_continues_with_the_same_losses(datasets, tmp_path):
     opts = ("SOLVER.MAX_ITER", 4, "SOLVER.CHECKPOINT_PERIOD", 2, "DATASETS.TEST", "()")
     one = "engine_test_one_separated"  # one image: batches do not depend on sampler order
 
-    full = Trainer(train_net.setup(_args(tmp_path / "full", *opts, train=one)))
+    full = Trainer(setup(_args(tmp_path / "full", *opts, train=one)))
     full.resume_or_load(resume=False)
     full.train()
 
-    first = Trainer(train_net.setup(_args(tmp_path / "resumed", *opts, train=one)))
+    first = Trainer(setup(_args(tmp_path / "resumed", *opts, train=one)))
     first.resume_or_load(resume=False)
     first.register_hooks([_StopAfter(1)])
     with pytest.raises(KeyboardInterrupt):
         first.train()
     assert (tmp_path / "resumed" / "model_0000001.pth").is_file()
 
-    second = Trainer(train_net.setup(_args(tmp_path / "resumed", *opts, train=one)))
+    second = Trainer(setup(_args(tmp_path / "resumed", *opts, train=one)))
     second.resume_or_load(resume=True)
     assert second.start_iter == 2
     second.train()
@@ -137,7 +118,7 @@ def test_resume_continues_with_the_same_losses(datasets, tmp_path):
 
 def _ddp_main(args, out_dir, datasets_root):
     _register(datasets_root)  # a spawned process starts with Detectron2's builtin catalog only
-    cfg = train_net.setup(args)
+    cfg = setup(args)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -153,7 +134,9 @@ def _ddp_main(args, out_dir, datasets_root):
 
 
 def test_two_cpu_processes_keep_parameters_identical(datasets, tmp_path):
-    args = _args(tmp_path, "SOLVER.IMS_PER_BATCH", 4, "MODEL.CRBP.GRAD", "crbp", "DATASETS.TEST", "()")
+    args = _args(
+        tmp_path, "SOLVER.IMS_PER_BATCH", 4, "MODEL.CRBP.GRAD", "crbp", "DATASETS.TEST", "()"
+    )
     launch(_ddp_main, 2, dist_url="auto", args=(args, str(tmp_path), datasets))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["params"], r1["params"])
@@ -162,29 +145,16 @@ def test_two_cpu_processes_keep_parameters_identical(datasets, tmp_path):
 
 
 def test_unknown_dataset_lists_registered_names(datasets, tmp_path):
-    with pytest.raises(KeyError, match=r"'no_such_dataset'.*registered:.*engine_test_val_separated"):
-        train_net.main(_args(tmp_path, "DATASETS.TEST", "('no_such_dataset',)"))
+    with pytest.raises(
+        KeyError, match=r"'no_such_dataset'.*registered:.*engine_test_val_separated"
+    ):
+        train_or_evaluate(_args(tmp_path, "DATASETS.TEST", "('no_such_dataset',)"))
 
 
 def test_missing_coco_files_fail_before_training(datasets, tmp_path):
     # The builtin COCO registration points at $DETECTRON2_DATASETS/coco/..., absent here.
-    with pytest.raises(FileNotFoundError, match=r"coco_2017_val_panoptic_separated.*DETECTRON2_DATASETS"):
-        train_net.main(_args(tmp_path, "DATASETS.TEST", "('coco_2017_val_panoptic_separated',)"))
+    with pytest.raises(
+        FileNotFoundError, match=r"coco_2017_val_panoptic_separated.*DETECTRON2_DATASETS"
+    ):
+        train_or_evaluate(_args(tmp_path, "DATASETS.TEST", "('coco_2017_val_panoptic_separated',)"))
     assert not (tmp_path / "model_final.pth").exists()
-
-
-def test_demo_prints_pq_and_writes_overlays(datasets, tmp_path, capfd):
-    import demo  # tools/demo.py
-
-    demo.main(["--config-file", str(REPO / CONFIG), "--output-dir", str(tmp_path), "--num-vis", "2",
-               *_tiny_opts(tmp_path)[2:]])  # the demo sets OUTPUT_DIR itself
-    out = capfd.readouterr().out
-    table = out[out.index("== crbp_panoptic demo"):]
-    for row in ("All", "Things", "Stuff"):
-        assert row in table
-    overlays = sorted((tmp_path / "overlays").glob("*.png"))
-    assert len(overlays) == 2
-    from PIL import Image
-
-    width, height = Image.open(overlays[0]).size
-    assert (width, height) == (2 * 3 * 64 + 4, 3 * 64)  # ground truth | prediction, scale 3

@@ -1,4 +1,5 @@
 """The Detectron2 wiring: configs, backbone, mask head, penalty in the loss dict, errors."""
+
 import math
 
 import pytest
@@ -15,8 +16,11 @@ from tests.tiny import CONFIGS, tiny_batch, tiny_cfg
 FPN_YAML = "COCO-PanopticSegmentation/panoptic_crbp_fpn_R_50_1x.yaml"
 MASK_YAML = "COCO-PanopticSegmentation/panoptic_crbp_mask_R_50_1x.yaml"
 STOCK_YAML = "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
-ALL_YAMLS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
-                   if not p.name.startswith("Base-"))
+ALL_YAMLS = sorted(
+    p.relative_to(CONFIGS).as_posix()
+    for p in CONFIGS.rglob("*.yaml")
+    if not p.name.startswith("Base-")
+)
 GRADS = ["crbp", "rbp", "bptt", "cbptt"]
 
 
@@ -103,6 +107,23 @@ def test_recurrent_fpn_runs_detectron2s_own_forward():
     assert out["p3"].shape[-2:] == (8, 8)
 
 
+def test_fpn_bottleneck_projects_into_and_out_of_a_narrower_hgru():
+    model = _build(FPN_YAML, "MODEL.CRBP.FPN_CHANNELS", 16, "MODEL.CRBP.NUM_GROUPS", 4)
+    for name, refiner in recurrent_modules(model):
+        assert refiner.cell.channels == 16, name
+    lateral = model.backbone.fpn_lateral4
+    assert lateral.recurrent_in.weight.shape[:2] == (16, 32)
+    assert lateral.recurrent_out.weight.shape[:2] == (32, 16)
+    model.eval()
+    with torch.no_grad():
+        out = model.backbone(torch.randn(1, 3, 64, 64))
+    assert out["p4"].shape == (1, 32, 4, 4)
+    plain = _build(FPN_YAML).backbone.fpn_lateral4
+    assert plain.recurrent_in is None and plain.recurrent.cell.channels == 32
+    with pytest.raises(ValueError, match="MODEL.CRBP.FPN_CHANNELS=-1"):
+        _build(FPN_YAML, "MODEL.CRBP.FPN_CHANNELS", -1)
+
+
 @pytest.mark.parametrize("config_file,replaced", [(FPN_YAML, ()), (MASK_YAML, ("mask_fcn",))])
 def test_stock_checkpoint_loads_into_every_part_that_is_not_new(config_file, replaced):
     stock = _build(STOCK_YAML).state_dict()
@@ -110,9 +131,13 @@ def test_stock_checkpoint_loads_into_every_part_that_is_not_new(config_file, rep
     result = model.load_state_dict(stock, strict=False)  # raises on any shape mismatch
     new = [k for k in result.missing_keys if "recurrent" not in k]
     assert new == [], f"stock parts without a stock weight: {new}"
-    assert all(any(r in k for r in replaced) for k in result.unexpected_keys), result.unexpected_keys
+    assert all(any(r in k for r in replaced) for k in result.unexpected_keys), (
+        result.unexpected_keys
+    )
     if replaced:  # the four 3x3 convs of the stock head are exactly what was replaced
-        assert {k.split(".")[2] for k in result.unexpected_keys} == {f"mask_fcn{i}" for i in range(1, 5)}
+        assert {k.split(".")[2] for k in result.unexpected_keys} == {
+            f"mask_fcn{i}" for i in range(1, 5)
+        }
     for key, value in stock.items():
         if key in model.state_dict():
             assert torch.equal(model.state_dict()[key], value)
@@ -122,8 +147,14 @@ def test_mask_head_has_fewer_parameters_than_stock():
     def count(m):
         return sum(p.numel() for p in m.parameters())
 
-    full = ("MODEL.FPN.OUT_CHANNELS", "256", "MODEL.ROI_MASK_HEAD.CONV_DIM", "256",
-            "MODEL.CRBP.NUM_GROUPS", "32")
+    full = (
+        "MODEL.FPN.OUT_CHANNELS",
+        "256",
+        "MODEL.ROI_MASK_HEAD.CONV_DIM",
+        "256",
+        "MODEL.CRBP.NUM_GROUPS",
+        "32",
+    )
     ours = _build(MASK_YAML, *full).roi_heads.mask_head
     stock = _build(STOCK_YAML, *full).roi_heads.mask_head
     assert isinstance(ours, CRBPMaskHead)
@@ -168,7 +199,9 @@ def test_penalty_reaches_loss_and_changes_recurrent_gradients(config_file):
     def recurrent_grads(weight):
         model = _build(config_file, "MODEL.CRBP.LCP_WEIGHT", weight, "MODEL.CRBP.LCP_TAU", 0.05)
         losses = _train_step(model, batch)
-        grads = torch.cat([p.grad.flatten() for _, m in recurrent_modules(model) for p in m.parameters()])
+        grads = torch.cat(
+            [p.grad.flatten() for _, m in recurrent_modules(model) for p in m.parameters()]
+        )
         return losses, grads
 
     losses0, g0 = recurrent_grads(0.0)
@@ -178,8 +211,15 @@ def test_penalty_reaches_loss_and_changes_recurrent_gradients(config_file):
     assert not torch.allclose(g0, g1), "the penalty did not change the recurrent gradients"
 
 
-DYNAMICS = ("contrast", "contrast_rel", "colsum_mean", "colsum_p50", "colsum_p90", "colsum_max",
-            "frac_above_tau")
+DYNAMICS = (
+    "contrast",
+    "contrast_rel",
+    "colsum_mean",
+    "colsum_p50",
+    "colsum_p90",
+    "colsum_max",
+    "frac_above_tau",
+)
 
 
 def test_diagnostics_reach_event_storage():
@@ -202,6 +242,15 @@ def test_diagnostics_reach_event_storage():
     assert refiner.diagnose is False
 
 
+def test_test_solver_is_used_at_inference_only():
+    model = _build(MASK_YAML, "MODEL.CRBP.GRAD", "bptt", "MODEL.CRBP.TEST_SOLVER", "anderson")
+    (refiner,) = [m for _, m in recurrent_modules(model)]
+    assert (refiner.solver, refiner.test_solver) == ("fixed_point", "anderson")
+    default = _build(MASK_YAML, "MODEL.CRBP.SOLVER", "anderson")
+    (refiner,) = [m for _, m in recurrent_modules(default)]
+    assert (refiner.solver, refiner.test_solver) == ("anderson", "anderson")
+
+
 def test_test_steps_used_at_inference():
     model = _build(MASK_YAML, "MODEL.CRBP.TEST_STEPS", 7)
     (refiner,) = [m for _, m in recurrent_modules(model)]
@@ -219,6 +268,7 @@ def test_test_steps_used_at_inference():
         ("MODEL.CRBP.FPN_LEVELS", "['p7']", "MODEL.CRBP.FPN_LEVELS=['p7']"),
         ("MODEL.CRBP.NUM_GROUPS", 5, "MODEL.CRBP.NUM_GROUPS=5"),
         ("MODEL.CRBP.SOLVER", "newton", "MODEL.CRBP.SOLVER='newton'"),
+        ("MODEL.CRBP.TEST_SOLVER", "newton", "MODEL.CRBP.TEST_SOLVER='newton'"),
         ("MODEL.CRBP.NORM", "LN", "MODEL.CRBP.NORM='LN'"),
         ("MODEL.CRBP.NORM_GAIN", 0.0, "MODEL.CRBP.NORM_GAIN=0.0"),
         ("MODEL.CRBP.GATE_BIAS_RANGE", "[3.0, 2.0]", "MODEL.CRBP.GATE_BIAS_RANGE=[3.0, 2.0]"),
@@ -233,12 +283,16 @@ def test_bad_config_values_fail_at_build_time(key, value, message):
 
 
 def test_two_cheap_penalties_are_rejected():
-    with pytest.raises(ValueError, match=r"MODEL.CRBP.LCP_CROP=8; choose at most one .*LCP_SUBSAMPLE=0.5"):
+    with pytest.raises(
+        ValueError, match=r"MODEL.CRBP.LCP_CROP=8; choose at most one .*LCP_SUBSAMPLE=0.5"
+    ):
         _build(FPN_YAML, "MODEL.CRBP.LCP_CROP", 8, "MODEL.CRBP.LCP_SUBSAMPLE", 0.5)
 
 
-@pytest.mark.parametrize("config_file,key,value", [(FPN_YAML, "MODEL.CRBP.LCP_CROP", 8),
-                                                  (MASK_YAML, "MODEL.CRBP.LCP_SUBSAMPLE", 2.0)])
+@pytest.mark.parametrize(
+    "config_file,key,value",
+    [(FPN_YAML, "MODEL.CRBP.LCP_CROP", 8), (MASK_YAML, "MODEL.CRBP.LCP_SUBSAMPLE", 2.0)],
+)
 def test_cheap_penalty_reaches_loss_dict(config_file, key, value):
     model = _build(config_file, key, value, "MODEL.CRBP.LCP_TAU", 0.05)
     losses = _train_step(model, tiny_batch(empty=()))

@@ -1,0 +1,86 @@
+"""One way to build a config, and the train-or-evaluate entry point of ``tools/train_net.py``.
+
+Every tool and test builds its config with :func:`setup_cfg`, so the ``MODEL.CRBP`` keys,
+the merge order and the CPU fallback are the same everywhere.
+"""
+
+import logging
+import os
+from typing import Sequence
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_setup
+
+from ..config import add_crbp_config
+from ..data.checks import check_datasets
+from .trainer import Trainer
+
+__all__ = ["setup", "setup_cfg", "train_or_evaluate"]
+
+logger = logging.getLogger(__name__)
+
+
+def setup_cfg(config_file, opts: Sequence = ()) -> CfgNode:
+    """Detectron2's defaults, then ``MODEL.CRBP``, then ``config_file``, then ``opts``.
+
+    A config asking for CUDA (``MODEL.DEVICE`` "cuda[:N]") where CUDA is unavailable runs
+    on the CPU instead, with a warning.
+
+    Args:
+        config_file (str or Path): a YAML config (its ``_BASE_`` chain is followed).
+        opts (sequence): ``KEY VALUE ...`` overrides, applied last (``merge_from_list``);
+            values may be strings (decoded as YAML) or Python values.
+
+    Returns:
+        CfgNode: the config, not frozen.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist (named).
+    """
+    if not os.path.isfile(str(config_file)):
+        raise FileNotFoundError(f"config file {str(config_file)!r}: no such file")
+    cfg = get_cfg()
+    add_crbp_config(cfg)
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def setup(args) -> CfgNode:
+    """:func:`setup_cfg` from Detectron2's command-line ``args``, frozen, then ``default_setup``.
+
+    Args:
+        args: the namespace of ``detectron2.engine.default_argument_parser``.
+    """
+    cfg = setup_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def train_or_evaluate(args):
+    """Train (then evaluate, as the trainer's hooks do), or only evaluate with ``--eval-only``.
+
+    The datasets named by the config are checked before anything runs, so a missing file
+    fails early with its path.
+
+    Returns:
+        dict: the evaluation results (``Trainer.test``'s, or the last of training).
+    """
+    cfg = setup(args)
+    check_datasets(cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()

@@ -1,0 +1,20 @@
+"""Experiment helpers behind the tools in ``tools/`` (benchmarks, stability, demo).
+
+The tools are thin command lines; what they measure and how lives here, importable and
+tested:
+
+* :mod:`.measure` -- process memory (resident set, its peak), timing, saved-tensor bytes.
+* :mod:`.machine` -- what a figure was measured on.
+* :mod:`.batches` -- random Detectron2 training batches of any size.
+* :mod:`.trajectories` -- residual and drift curves of the recurrent modules of a model.
+* :mod:`.evaluation` -- PQ of a trained model at a chosen number of test steps, and the
+  metrics a trainer logged.
+* :mod:`.report` -- number formatting, markdown tables, writing a report.
+* :mod:`.benchmark` -- training memory and speed of each arm against the feedforward model
+  (:mod:`.benchmark_plan`: which arms run where; :mod:`.benchmark_report`: the write-up).
+* :mod:`.engine_benchmark` -- one training step of the hGRU refiner alone, per arm.
+* :mod:`.stability` -- PQ and residual when a model runs past its trained steps.
+* :mod:`.demo` -- train on the synthetic data, report PQ, draw overlays.
+
+Submodules import Detectron2 where they need it; import them, not this package, for names.
+"""

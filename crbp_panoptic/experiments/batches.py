@@ -1,0 +1,79 @@
+"""Random Detectron2 training batches of any size (for benchmarks: no dataset needed)."""
+
+import math
+from typing import List, Sequence
+
+import torch
+
+from detectron2.structures import BitMasks, Boxes, Instances
+
+__all__ = ["random_batch"]
+
+
+def _ellipses(n, h, w, side, g):
+    """Boxes with log-uniform sides in [side/16, side/2] and the ellipse inscribed in each."""
+    bw, bh = (
+        side * torch.exp(torch.empty(n).uniform_(math.log(1 / 16), math.log(1 / 2), generator=g))
+        for _ in range(2)
+    )
+    x0 = torch.rand(n, generator=g) * (w - bw)
+    y0 = torch.rand(n, generator=g) * (h - bh)
+    boxes = torch.stack([x0, y0, x0 + bw, y0 + bh], dim=1)
+    yy = torch.arange(h, dtype=torch.float32).view(1, h, 1) + 0.5
+    xx = torch.arange(w, dtype=torch.float32).view(1, 1, w) + 0.5
+    cx, cy = (x0 + bw / 2).view(n, 1, 1), (y0 + bh / 2).view(n, 1, 1)
+    rx, ry = (bw / 2).view(n, 1, 1), (bh / 2).view(n, 1, 1)
+    masks = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    return boxes, masks
+
+
+def random_batch(
+    num_images: int,
+    size: Sequence[int],
+    *,
+    instances: int = 8,
+    num_classes: int = 80,
+    num_stuff: int = 54,
+    seed: int = 0,
+    device="cpu",
+) -> List[dict]:
+    """Random Detectron2 training inputs (the ``DatasetMapper`` output format).
+
+    Args:
+        num_images (int): images in the batch.
+        size (tuple[int, int]): (H, W) of every image (the model pads to its divisibility).
+        instances (int): instances per image: log-uniform box sides from 1/16 to 1/2 of the
+            shorter image side, an ellipse inscribed in each box as its mask, uniform classes.
+        num_classes (int): thing classes (``MODEL.ROI_HEADS.NUM_CLASSES``).
+        num_stuff (int): semantic classes (``MODEL.SEM_SEG_HEAD.NUM_CLASSES``); labels are
+            constant on 32x32 blocks.
+        seed (int): seed of the generator (same seed, same batch).
+        device (str): where the tensors are put (so the model's own copies are no-ops).
+
+    Returns:
+        list[dict]: per image ``"image"`` (uint8, (3, H, W)), ``"instances"``
+        (``gt_boxes``, ``gt_classes``, ``gt_masks`` as ``BitMasks`` (n, H, W)),
+        ``"sem_seg"`` (int64, (H, W)), ``"height"``, ``"width"``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    batch = []
+    for _ in range(num_images):
+        image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+        boxes, masks = _ellipses(instances, h, w, min(h, w), g)
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.randint(0, num_classes, (instances,), generator=g)
+        inst.gt_masks = BitMasks(masks)
+        coarse = torch.randint(0, num_stuff, (math.ceil(h / 32), math.ceil(w / 32)), generator=g)
+        sem = coarse.repeat_interleave(32, 0).repeat_interleave(32, 1)[:h, :w].contiguous()
+        batch.append(
+            {
+                "image": image.to(device),
+                "instances": inst.to(device),
+                "sem_seg": sem.to(device),
+                "height": h,
+                "width": w,
+            }
+        )
+    return batch

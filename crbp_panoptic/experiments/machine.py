@@ -1,0 +1,62 @@
+"""What a measurement ran on: one description shared by every report."""
+
+import os
+import platform
+from typing import Dict, Optional
+
+import torch
+
+__all__ = ["machine_info"]
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith("model name")]
+        return lines[0].split(":", 1)[1].strip()
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
+
+
+def machine_info(device: Optional[str] = None) -> Dict:
+    """The machine, the software versions and, for a CUDA ``device``, the GPU.
+
+    Args:
+        device (str or None): "cpu", "cuda" or "cuda:N"; None = "cuda" where available.
+
+    Returns:
+        dict: ``host``, ``platform``, ``python``, ``cpu`` (model name), ``cpu_count``,
+        ``torch``, ``torch_threads``, ``detectron2`` (version, None if not importable) and
+        ``gpu`` (None on a CPU device); on CUDA also ``gpu_mib``, ``cuda``, ``cudnn``,
+        ``cudnn_tf32``, ``cudnn_benchmark``.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        import detectron2
+
+        d2_version = detectron2.__version__
+    except ImportError:
+        d2_version = None
+    info = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "detectron2": d2_version,
+        "gpu": None,
+    }
+    if str(device).startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        info.update(
+            gpu=props.name,
+            gpu_mib=props.total_memory / 2.0**20,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_tf32=torch.backends.cudnn.allow_tf32,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+        )
+    return info

@@ -1,0 +1,322 @@
+"""What a trained recurrent model costs, and what each speed lever buys.
+
+A *run* is a finished training run: its ``config.yaml`` and ``model_final.pth`` in one
+output folder (``tools/train_net.py`` writes both). For each run this module measures,
+with the run's own weights and the run's own val split:
+
+* inference seconds per image, mean recurrent steps used and PQ, under each
+  :class:`Setting` of the test-time levers (steps, early-stop tolerance, solver);
+* seconds per training iteration (forward + backward on the run's own training
+  batches), under each setting of the training levers (forward and Neumann tolerances,
+  the cheap penalty).
+
+Every time is reported next to the feedforward run of the same report, measured in the
+same process, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..crbp import RecurrentRefiner
+from ..engine import Trainer, setup_cfg
+from .evaluation import evaluate_pq, first_test_inputs, load_model
+from .measure import Clock, median
+
+__all__ = [
+    "Setting",
+    "check_run_dir",
+    "inference_settings",
+    "markdown",
+    "measure_inference",
+    "measure_runs",
+    "measure_training",
+    "placement",
+    "run_cfg",
+    "training_settings",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """A named set of config overrides (``KEY VALUE`` pairs) applied to a trained run."""
+
+    name: str
+    opts: tuple = ()
+
+
+def inference_settings(steps: int, tols: Sequence[float] = (1e-2, 3e-3, 1e-3)) -> List[Setting]:
+    """Test-time levers of a model trained with ``steps`` steps.
+
+    ``T`` and ``2T`` run exactly that many steps; ``tol X`` stops each call once the
+    relative residual is below X (at most ``T`` steps); ``anderson tol X`` does the same
+    with Anderson acceleration.
+    """
+    exact = [
+        Setting(
+            f"{k}T" if k > 1 else "T",
+            ("MODEL.CRBP.TEST_STEPS", k * steps, "MODEL.CRBP.TEST_TOL", 0.0),
+        )
+        for k in (1, 2)
+    ]
+    early = [
+        Setting(f"tol {tol:g}", ("MODEL.CRBP.TEST_STEPS", steps, "MODEL.CRBP.TEST_TOL", tol))
+        for tol in tols
+    ]
+    anderson = Setting(
+        f"anderson tol {min(tols):g}",
+        (
+            "MODEL.CRBP.TEST_STEPS",
+            steps,
+            "MODEL.CRBP.TEST_TOL",
+            min(tols),
+            "MODEL.CRBP.TEST_SOLVER",
+            "anderson",
+        ),
+    )
+    return exact + early + [anderson]
+
+
+def training_settings(placement: str) -> List[Setting]:
+    """Training levers: the run's own settings, then forward / Neumann tolerances and, for
+    the mask head, the penalty on a quarter of the ROIs (the FPN's cheap penalty is a crop,
+    set by its config)."""
+    settings = [
+        Setting("as trained"),
+        Setting("FORWARD_TOL 1e-3", ("MODEL.CRBP.FORWARD_TOL", 1e-3)),
+        Setting("NEUMANN_TOL 1e-2", ("MODEL.CRBP.NEUMANN_TOL", 1e-2)),
+    ]
+    if placement == "mask":
+        settings.append(Setting("LCP_SUBSAMPLE 0.25", ("MODEL.CRBP.LCP_SUBSAMPLE", 0.25)))
+    return settings
+
+
+def run_cfg(run_dir: str, opts: Sequence = ()):
+    """The frozen config of a finished run (``run_dir/config.yaml``) with ``opts`` applied."""
+    cfg = setup_cfg(os.path.join(run_dir, "config.yaml"), list(opts))
+    cfg.freeze()
+    return cfg
+
+
+def check_run_dir(run_dir: str) -> str:
+    """The weights of a finished run; raises FileNotFoundError naming what is missing."""
+    for needed in ("config.yaml", "model_final.pth"):
+        path = os.path.join(run_dir, needed)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: not found; train the run first (tools/train_net.py)")
+    return path
+
+
+_weights = check_run_dir
+
+
+class _StepCounter:
+    """Records the steps of every call of every refiner in a model (forward hooks)."""
+
+    def __init__(self, model):
+        self.steps: List[int] = []
+        self.handles = [
+            m.register_forward_hook(self._hook)
+            for m in model.modules()
+            if isinstance(m, RecurrentRefiner)
+        ]
+
+    def _hook(self, module, inputs, output):
+        if module.last_result is not None:
+            self.steps.append(module.last_result.steps)
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, float]:
+    """Median over images of the least of ``repeats`` timed calls.
+
+    Returns:
+        dict: ``seconds`` (wall clock) and ``cpu_seconds`` (process CPU time, all threads:
+        the figure to compare on a machine shared with other work).
+    """
+    wall, cpu = [], []
+    with torch.no_grad():
+        model([inputs[0]])  # warm-up
+        for item in inputs:
+            clocks = []
+            for _ in range(repeats):
+                with Clock() as clock:
+                    model([item])
+                clocks.append(clock)
+            wall.append(min(c.seconds for c in clocks))
+            cpu.append(min(c.cpu_seconds for c in clocks))
+    return {"seconds": median(wall), "cpu_seconds": median(cpu)}
+
+
+def measure_inference(
+    run_dir: str, settings: Sequence[Setting], num_images: int = 12, with_pq: bool = True
+) -> List[Dict]:
+    """Inference cost and PQ of a trained run under each setting.
+
+    Returns:
+        list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (per image),
+        ``mean_steps`` (per refiner call; None for a feedforward run) and ``pq`` (dict PQ /
+        PQ_th / PQ_st, or None).
+    """
+    rows = []
+    weights = _weights(run_dir)
+    for setting in settings:
+        cfg = run_cfg(run_dir, setting.opts)
+        model = load_model(cfg, weights)
+        inputs = first_test_inputs(cfg, num_images)
+        counter = _StepCounter(model)
+        times = time_per_image(model, inputs)
+        steps = list(counter.steps)
+        counter.close()
+        rows.append(
+            {
+                "setting": setting.name,
+                **times,
+                "mean_steps": sum(steps) / len(steps) if steps else None,
+                "pq": evaluate_pq(cfg, model) if with_pq else None,
+            }
+        )
+    return rows
+
+
+def measure_training(
+    run_dir: str, settings: Sequence[Setting], iters: int = 6, warmup: int = 2
+) -> List[Dict]:
+    """Seconds per training iteration (forward + backward, no optimiser step) of a trained
+    run on its own training batches, under each setting.
+
+    Returns:
+        list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (medians over ``iters``
+        iterations).
+    """
+    from detectron2.utils.events import EventStorage
+
+    rows = []
+    weights = _weights(run_dir)
+    batches: Optional[List] = None
+    for setting in settings:
+        cfg = run_cfg(run_dir, setting.opts)
+        if batches is None:  # the same batches for every setting
+            loader = Trainer.build_train_loader(cfg)
+            batches = list(itertools.islice(iter(loader), warmup + iters))
+        model = load_model(cfg, weights)
+        model.train()
+        wall, cpu = [], []
+        with EventStorage():
+            for i, batch in enumerate(batches):
+                model.zero_grad(set_to_none=True)
+                with Clock() as clock:
+                    sum(model(batch).values()).backward()
+                if i >= warmup:
+                    wall.append(clock.seconds)
+                    cpu.append(clock.cpu_seconds)
+        rows.append({"setting": setting.name, "seconds": median(wall), "cpu_seconds": median(cpu)})
+    return rows
+
+
+def placement(cfg) -> str:
+    """``"fpn"``, ``"mask"``, ``"fpn+mask"`` or ``"ff"``: where a config's recurrence sits."""
+    parts = []
+    if cfg.MODEL.BACKBONE.NAME == "build_resnet_crbp_fpn_backbone":
+        parts.append("fpn")
+    if cfg.MODEL.ROI_MASK_HEAD.NAME == "CRBPMaskHead":
+        parts.append("mask")
+    return "+".join(parts) or "ff"
+
+
+def measure_runs(
+    runs: Dict[str, str],
+    feedforward: str,
+    num_images: int = 12,
+    train_iters: int = 6,
+    with_pq: bool = True,
+) -> Dict:
+    """Measure the feedforward run and each recurrent run (name -> output folder).
+
+    Returns:
+        dict: ``feedforward`` ({inference, training} rows of the feedforward run) and
+        ``runs`` (name -> {placement, steps, inference, training}).
+    """
+    report = {
+        "feedforward": {
+            "dir": feedforward,
+            "inference": measure_inference(
+                feedforward, [Setting("as trained")], num_images, with_pq
+            ),
+            "training": measure_training(feedforward, [Setting("as trained")], train_iters),
+        },
+        "runs": {},
+    }
+    for name, run_dir in runs.items():
+        cfg = run_cfg(run_dir)
+        where, steps = placement(cfg), cfg.MODEL.CRBP.STEPS
+        if where == "ff":
+            raise ValueError(f"{run_dir}: the run {name!r} has no recurrent module")
+        report["runs"][name] = {
+            "dir": run_dir,
+            "placement": where,
+            "steps": steps,
+            "inference": measure_inference(run_dir, inference_settings(steps), num_images, with_pq),
+            "training": measure_training(run_dir, training_settings(where), train_iters),
+        }
+    return report
+
+
+def _ratios(row, base) -> str:
+    return (
+        f"{row['seconds'] / base['seconds']:.2f} | {row['cpu_seconds'] / base['cpu_seconds']:.2f}"
+    )
+
+
+def _pq(row) -> str:
+    return "-" if row.get("pq") is None else f"{row['pq']['PQ']:.1f}"
+
+
+def markdown(report: Dict, header: Sequence[str] = ()) -> str:
+    """The report as markdown: an inference table and a training table, ratios to the
+    feedforward run."""
+    ff_inf = report["feedforward"]["inference"][0]
+    ff_train = report["feedforward"]["training"][0]
+    lines = list(header)
+    lines += [
+        "",
+        "## Inference (per image, batch 1)",
+        "",
+        "| run | setting | s / image | x feedforward | x feedforward (CPU time) | "
+        "mean steps | PQ | PQ - PQ(T) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| feedforward | - | {ff_inf['seconds']:.3f} | 1.00 | 1.00 | - | {_pq(ff_inf)} | - |",
+    ]
+    for name, run in report["runs"].items():
+        at_t = run["inference"][0].get("pq")
+        for row in run["inference"]:
+            steps = "-" if row["mean_steps"] is None else f"{row['mean_steps']:.1f}"
+            delta = "-"
+            if row.get("pq") is not None and at_t is not None:
+                delta = f"{row['pq']['PQ'] - at_t['PQ']:+.1f}"
+            lines.append(
+                f"| {name} | {row['setting']} | {row['seconds']:.3f} | "
+                f"{_ratios(row, ff_inf)} | {steps} | {_pq(row)} | {delta} |"
+            )
+    lines += [
+        "",
+        "## Training (forward + backward per iteration, the run's own batches)",
+        "",
+        "| run | setting | s / iteration | x feedforward | x feedforward (CPU time) |",
+        "|---|---|---|---|---|",
+        f"| feedforward | - | {ff_train['seconds']:.3f} | 1.00 | 1.00 |",
+    ]
+    for name, run in report["runs"].items():
+        for row in run["training"]:
+            lines.append(
+                f"| {name} | {row['setting']} | {row['seconds']:.3f} | {_ratios(row, ff_train)} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,89 @@
+"""crbp_panoptic.experiments.speed on tiny trained-run folders made from the real configs."""
+
+import json
+
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from crbp_panoptic.experiments import speed
+
+from tests.tiny import register_tiny_datasets, tiny_train_opts
+
+MASK = "configs/Synthetic-PanopticSegmentation/panoptic_crbp_mask_R_18_quick.yaml"
+FPN = "configs/Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_quick.yaml"
+FF = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_quick.yaml"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run folders (config.yaml + model_final.pth) of tiny untrained models."""
+    from crbp_panoptic.engine import setup_cfg
+
+    from tests.tiny import REPO
+
+    root = tmp_path_factory.mktemp("speed")
+    register_tiny_datasets(str(root / "data"), "speedtiny")
+    folders = {}
+    for name, config in (("ff", FF), ("mask", MASK), ("fpn", FPN)):
+        out = root / name
+        opts = tiny_train_opts(out, "speedtiny_train_separated", "speedtiny_val_separated")
+        cfg = setup_cfg(str(REPO / config), opts + ["MODEL.CRBP.FPN_LEVELS", "['p4', 'p5']"])
+        out.mkdir()
+        (out / "config.yaml").write_text(cfg.dump())
+        torch.manual_seed(0)
+        DetectionCheckpointer(build_model(cfg), save_dir=str(out)).save("model_final")
+        folders[name] = str(out)
+    return folders
+
+
+def test_settings_name_the_levers():
+    names = [s.name for s in speed.inference_settings(10)]
+    assert names == ["T", "2T", "tol 0.01", "tol 0.003", "tol 0.001", "anderson tol 0.001"]
+    two_t = dict(
+        zip(speed.inference_settings(10)[1].opts[::2], speed.inference_settings(10)[1].opts[1::2])
+    )
+    assert two_t == {"MODEL.CRBP.TEST_STEPS": 20, "MODEL.CRBP.TEST_TOL": 0.0}
+    assert [s.name for s in speed.training_settings("fpn")][-1] == "NEUMANN_TOL 1e-2"
+    assert [s.name for s in speed.training_settings("mask")][-1] == "LCP_SUBSAMPLE 0.25"
+
+
+def test_placement_of_each_config(runs):
+    assert speed.placement(speed.run_cfg(runs["ff"])) == "ff"
+    assert speed.placement(speed.run_cfg(runs["mask"])) == "mask"
+    assert speed.placement(speed.run_cfg(runs["fpn"])) == "fpn"
+
+
+def test_inference_counts_the_steps_each_setting_runs(runs):
+    settings = speed.inference_settings(3, tols=(1e9,))
+    rows = speed.measure_inference(runs["fpn"], settings, num_images=1, with_pq=False)
+    by_name = {r["setting"]: r for r in rows}
+    assert by_name["T"]["mean_steps"] == 3 and by_name["2T"]["mean_steps"] == 6
+    # a tolerance every residual meets stops each call after its first step
+    assert by_name["tol 1e+09"]["mean_steps"] == 1
+    assert all(r["seconds"] > 0 and r["pq"] is None for r in rows)
+
+
+def test_measure_runs_and_report(runs):
+    report = speed.measure_runs({"mask": runs["mask"]}, runs["ff"], num_images=1, train_iters=1)
+    run = report["runs"]["mask"]
+    assert run["placement"] == "mask" and run["steps"] == 3
+    assert [r["setting"] for r in run["training"]] == [
+        s.name for s in speed.training_settings("mask")
+    ]
+    assert all(r["seconds"] > 0 for r in run["training"] + report["feedforward"]["training"])
+    assert set(run["inference"][0]["pq"]) == {"PQ", "PQ_th", "PQ_st"}
+    text = speed.markdown(report, ["# title"])
+    assert text.startswith("# title") and "| mask | T |" in text and "| feedforward | - |" in text
+    assert "| mask | LCP_SUBSAMPLE 0.25 |" in text
+    json.dumps(report)  # serialisable
+
+
+def test_a_run_without_weights_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.yaml: not found"):
+        speed.check_run_dir(str(tmp_path))
+    (tmp_path / "config.yaml").write_text("")
+    with pytest.raises(FileNotFoundError, match="model_final.pth: not found"):
+        speed.measure_inference(str(tmp_path), speed.inference_settings(3))
