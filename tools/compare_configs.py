@@ -17,6 +17,7 @@ writes the markdown there (under ``--title``). ``--probe`` adds the mask head al
 ground-truth boxes (``mask_probe``: mask IoU, leak onto crossing instances). Trailing
 ``KEY VALUE`` pairs override every config. Logic: ``crbp_panoptic/experiments/seeds.py``.
 """
+
 import argparse
 import os
 import shlex
@@ -36,18 +37,37 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", required=True, help="config files; first = baseline")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="SEED values")
-    p.add_argument("--test-steps-multiples", nargs="+", type=int, default=[1, 3],
-                   help="evaluate recurrent configs at TEST_STEPS = m x STEPS (default: 1 3)")
+    p.add_argument(
+        "--test-steps-multiples",
+        nargs="+",
+        type=int,
+        default=[1, 3],
+        help="evaluate recurrent configs at TEST_STEPS = m x STEPS (default: 1 3)",
+    )
     p.add_argument("--output-dir", default="output/compare", help="runs and report.json")
     p.add_argument("--report", default=None, help="also write the markdown report here")
-    p.add_argument("--title", default="Feedforward vs recurrent configs over seeds",
-                   help="heading of the --report page")
-    p.add_argument("--no-train", action="store_true",
-                   help="run nothing; report the runs and evaluations already in --output-dir")
-    p.add_argument("--probe", action="store_true",
-                   help="also run the mask head alone on ground-truth boxes (mask_probe)")
-    p.add_argument("--probe-seeds", nargs="+", type=int, default=None,
-                   help="seeds whose runs --probe examines (default: all)")
+    p.add_argument(
+        "--title",
+        default="Feedforward vs recurrent configs over seeds",
+        help="heading of the --report page",
+    )
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="run nothing; report the runs and evaluations already in --output-dir",
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="also run the mask head alone on ground-truth boxes (mask_probe)",
+    )
+    p.add_argument(
+        "--probe-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds whose runs --probe examines (default: all)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     if len(args.opts) % 2:
@@ -58,9 +78,17 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     command = "python tools/compare_configs.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    report = run_sweep(args.configs, args.seeds, args.test_steps_multiples, args.output_dir,
-                       opts=args.opts, command=command, train=not args.no_train)
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    report = run_sweep(
+        args.configs,
+        args.seeds,
+        args.test_steps_multiples,
+        args.output_dir,
+        opts=args.opts,
+        command=command,
+        train=not args.no_train,
+    )
     text = markdown(report) + "\n" + curves_markdown(report) + "\n" + dynamics_markdown(report)
     if args.probe:
         run_probes(report, args.output_dir, seeds=args.probe_seeds)

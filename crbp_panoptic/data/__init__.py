@@ -1,6 +1,7 @@
 """Data: synthetic COCO-panoptic generators (``synthetic``: compact shapes; ``longrange``:
 long thin crossing cables; numpy + Pillow only) and their Detectron2 registration
 (``datasets``)."""
+
 import importlib.util
 
 from .longrange import CABLE_CATEGORIES, box_sharing, render_cables_sample

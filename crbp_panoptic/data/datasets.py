@@ -32,6 +32,7 @@ Training on these datasets needs ``INPUT.MASK_FORMAT: "bitmask"`` (instance mask
 RLE), ``MODEL.ROI_HEADS.NUM_CLASSES: 3`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES: 4``
 (3 stuff classes + "things"); on the cables datasets ``MODEL.ROI_HEADS.NUM_CLASSES: 2``.
 """
+
 import logging
 import os
 from typing import Dict, Optional, Tuple
@@ -68,10 +69,12 @@ DEFAULT_DATASETS = {
     "synthetic_panoptic_val": dict(split="val", num_images=12, image_size=(128, 128), seed=0),
     "synthetic_panoptic_tiny_train": dict(split="train", num_images=4, image_size=(64, 64), seed=0),
     "synthetic_panoptic_tiny_val": dict(split="val", num_images=4, image_size=(64, 64), seed=0),
-    "synthetic_longrange_train": dict(split="train", num_images=96, image_size=(128, 128),
-                                      seed=0, kind="cables"),
-    "synthetic_longrange_val": dict(split="val", num_images=32, image_size=(128, 128), seed=0,
-                                    kind="cables"),
+    "synthetic_longrange_train": dict(
+        split="train", num_images=96, image_size=(128, 128), seed=0, kind="cables"
+    ),
+    "synthetic_longrange_val": dict(
+        split="val", num_images=32, image_size=(128, 128), seed=0, kind="cables"
+    ),
 }
 _SUFFIXES = ("_separated", "_stuffonly")
 # Same colour for the "things" stuff class as Detectron2's COCO metadata.
@@ -115,7 +118,8 @@ def _base_name(dataset_name: str) -> str:
 
 
 _PATH_KEYS = frozenset(
-    ["image_root", "panoptic_root", "panoptic_json", "sem_seg_root", "json_file"])
+    ["image_root", "panoptic_root", "panoptic_json", "sem_seg_root", "json_file"]
+)
 
 
 class _GeneratingMetadata(Metadata):
@@ -172,7 +176,8 @@ def register_synthetic_panoptic(
             return names
         raise ValueError(
             f"synthetic dataset {name!r} is already registered as {_REGISTERED[name]}; "
-            f"cannot re-register it as {(split_dir, spec)}")
+            f"cannot re-register it as {(split_dir, spec)}"
+        )
     taken = [n for n in names if n in DatasetCatalog.list() or n in MetadataCatalog.list()]
     if taken:
         raise ValueError(f"dataset name(s) {taken} are already registered")
@@ -248,8 +253,14 @@ def ensure_generated(dataset_name: str, validate: bool = True) -> Optional[str]:
     _CHECKED.add(base)
     if validate:
         paths = split_paths(split_dir)
-        validate_panoptic_split(paths.panoptic_json, paths.panoptic_dir, paths.image_dir,
-                                paths.sem_seg_dir, paths.instances_json, check_pixels=True)
+        validate_panoptic_split(
+            paths.panoptic_json,
+            paths.panoptic_dir,
+            paths.image_dir,
+            paths.sem_seg_dir,
+            paths.instances_json,
+            check_pixels=True,
+        )
     return split_dir
 
 
@@ -269,9 +280,13 @@ def validate_dataset(dataset_name: str, check_pixels: bool = False) -> Optional[
     if meta.get("panoptic_json") is None or meta.get("panoptic_root") is None:
         return None
     return validate_panoptic_split(
-        meta.panoptic_json, meta.panoptic_root, image_root=meta.get("image_root"),
-        sem_seg_root=meta.get("sem_seg_root"), instances_json=meta.get("json_file"),
-        check_pixels=check_pixels)
+        meta.panoptic_json,
+        meta.panoptic_root,
+        image_root=meta.get("image_root"),
+        sem_seg_root=meta.get("sem_seg_root"),
+        instances_json=meta.get("json_file"),
+        check_pixels=check_pixels,
+    )
 
 
 def _register_defaults():

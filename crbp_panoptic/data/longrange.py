@@ -25,10 +25,10 @@ ids, file layout, determinism and atomic writing are those of ``synthetic.py`` (
 of ``SplitSpec.kind`` ``"cables"``); :func:`box_sharing` measures how often a box holds
 another instance.
 """
-from typing import Dict, List, Sequence, Tuple
 
 import json
 import os
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -67,8 +67,17 @@ _PLUG_RADIUS, _PLUG_SHADE = 1.5, 0.35  # end plugs: radius (x half width), darke
 _MAIN_CLASS_PROB = 0.75  # each cable is of the image's main class with this probability
 _MIN_VISIBLE = 0.55  # a cable keeps at least this fraction of its pixels visible
 # One colour per image, drawn from these (RGB); none is a stuff colour.
-_PALETTE = np.array([(225, 45, 35), (240, 200, 30), (235, 235, 235), (230, 100, 200),
-                     (250, 130, 20), (150, 240, 60)], dtype=np.float64)
+_PALETTE = np.array(
+    [
+        (225, 45, 35),
+        (240, 200, 30),
+        (235, 235, 235),
+        (230, 100, 200),
+        (250, 130, 20),
+        (150, 240, 60),
+    ],
+    dtype=np.float64,
+)
 
 
 def cable_curve(rng: np.random.Generator, h: int, w: int, num_points: int = 400) -> np.ndarray:
@@ -98,8 +107,7 @@ def cable_curve(rng: np.random.Generator, h: int, w: int, num_points: int = 400)
     p1 = p0 + (p3 - p0) / 3 + normal * rng.uniform(-0.7, 0.7) * dist
     p2 = p0 + 2 * (p3 - p0) / 3 + normal * rng.uniform(-0.7, 0.7) * dist
     t = np.linspace(0.0, 1.0, num_points)[:, None]
-    return ((1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t ** 2 * p2
-            + t ** 3 * p3)
+    return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
 
 
 def _distance_to_curve(points: np.ndarray, yy: np.ndarray, xx: np.ndarray, reach: float):
@@ -123,7 +131,7 @@ def _distance_to_curve(points: np.ndarray, yy: np.ndarray, xx: np.ndarray, reach
     best = np.full(pix.shape[0], np.inf, dtype=np.float32)
     arg = np.zeros(pix.shape[0], dtype=np.int64)
     for start in range(0, len(pts), 100):  # chunks keep the (P, 100) array small
-        d2 = ((pix[:, None, :] - pts[None, start:start + 100, :]) ** 2).sum(-1)
+        d2 = ((pix[:, None, :] - pts[None, start : start + 100, :]) ** 2).sum(-1)
         k = d2.argmin(1)
         v = d2[np.arange(len(k)), k]
         better = v < best
@@ -145,8 +153,9 @@ def _cable_texture(name, rng, colour, dist, along, half_width):
     return colour[None, None, :] * shade[..., None]
 
 
-def render_cables_sample(index: int, split: str = "train", image_size=(128, 128),
-                         seed: int = 0) -> Sample:
+def render_cables_sample(
+    index: int, split: str = "train", image_size=(128, 128), seed: int = 0
+) -> Sample:
     """Render image ``index`` of a cables split (see the module docstring).
 
     Args:
@@ -187,8 +196,10 @@ def render_cables_sample(index: int, split: str = "train", image_size=(128, 128)
         mask = (dist <= half_width) | plugs
         if mask.sum() < 2 * min_area:
             continue
-        if any((vis & ~mask).sum() < max(min_area, _MIN_VISIBLE * full.sum())
-               for _n, full, vis in cables):
+        if any(
+            (vis & ~mask).sum() < max(min_area, _MIN_VISIBLE * full.sum())
+            for _n, full, vis in cables
+        ):
             continue
         for c in cables:
             c[2] &= ~mask
@@ -221,8 +232,11 @@ def render_cables_sample(index: int, split: str = "train", image_size=(128, 128)
     return Sample(image=image, panoptic=panoptic, segments_info=segments_info)
 
 
-def box_sharing(panoptic: np.ndarray, segments_info: Sequence[dict],
-                categories: Sequence[dict] = CABLE_CATEGORIES) -> Tuple[int, int, int]:
+def box_sharing(
+    panoptic: np.ndarray,
+    segments_info: Sequence[dict],
+    categories: Sequence[dict] = CABLE_CATEGORIES,
+) -> Tuple[int, int, int]:
     """How many thing boxes hold pixels of another thing instance.
 
     Args:
@@ -239,16 +253,20 @@ def box_sharing(panoptic: np.ndarray, segments_info: Sequence[dict],
     same = any_other = 0
     for s in things:
         x, y, bw, bh = s["bbox"]
-        window = panoptic[y:y + bh, x:x + bw]
+        window = panoptic[y : y + bh, x : x + bw]
         others = [o for o in things if o["id"] != s["id"]]
         any_other += any(bool((window == o["id"]).any()) for o in others)
-        same += any(bool((window == o["id"]).any()) for o in others
-                    if o["category_id"] == s["category_id"])
+        same += any(
+            bool((window == o["id"]).any()) for o in others if o["category_id"] == s["category_id"]
+        )
     return len(things), same, any_other
 
 
-def box_class_mask_iou(panoptic: np.ndarray, segments_info: Sequence[dict],
-                       categories: Sequence[dict] = CABLE_CATEGORIES) -> List[float]:
+def box_class_mask_iou(
+    panoptic: np.ndarray,
+    segments_info: Sequence[dict],
+    categories: Sequence[dict] = CABLE_CATEGORIES,
+) -> List[float]:
     """IoU of each thing with the mask "every pixel of its class inside its box".
 
     That mask is what a mask head gets from a perfect box and a perfect per-pixel class
@@ -265,7 +283,7 @@ def box_class_mask_iou(panoptic: np.ndarray, segments_info: Sequence[dict],
         x, y, bw, bh = s["bbox"]
         same = np.isin(panoptic, [o["id"] for o in things if o["category_id"] == s["category_id"]])
         guess = np.zeros_like(same)
-        guess[y:y + bh, x:x + bw] = same[y:y + bh, x:x + bw]
+        guess[y : y + bh, x : x + bw] = same[y : y + bh, x : x + bw]
         truth = panoptic == s["id"]
         out.append(float((guess & truth).sum() / (guess | truth).sum()))
     return out
@@ -298,7 +316,11 @@ def split_statistics(split_dir: str) -> Dict[str, float]:
         for s in ann["segments_info"]:
             if isthing[s["category_id"]]:
                 pieces += ndimage.label(pan == s["id"], structure=np.ones((3, 3)))[1] > 1
-    return {"things": n, "box_holds_same_class": same / max(n, 1),
-            "box_holds_other": other / max(n, 1), "fragmented": pieces / max(n, 1),
-            "box_class_iou_median": float(np.median(ious)) if ious else float("nan"),
-            "box_class_iou_above_half": float(np.mean(np.array(ious) > 0.5)) if ious else 0.0}
+    return {
+        "things": n,
+        "box_holds_same_class": same / max(n, 1),
+        "box_holds_other": other / max(n, 1),
+        "fragmented": pieces / max(n, 1),
+        "box_class_iou_median": float(np.median(ious)) if ious else float("nan"),
+        "box_class_iou_above_half": float(np.mean(np.array(ious) > 0.5)) if ious else 0.0,
+    }

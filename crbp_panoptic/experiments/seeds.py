@@ -19,6 +19,7 @@ process (its repository root is put first on ``PYTHONPATH``) and inherit the env
 (``OMP_NUM_THREADS``, niceness). The JSON report is rewritten after every child, so a sweep
 cut short keeps what it measured, and a rerun resumes where it stopped.
 """
+
 import json
 import math
 import os
@@ -43,10 +44,19 @@ REPO = Path(__file__).resolve().parents[2]
 _COPYPASTE = re.compile(r"copypaste: (.*)$")
 METRICS = {"panoptic_seg": ("PQ", "PQ_th", "PQ_st"), "bbox": ("AP",), "segm": ("AP",)}
 # Training curves kept per run (from metrics.json).
-CURVES = ("loss_mask", "mask_rcnn/false_negative", "loss_cls", "fast_rcnn/fg_cls_accuracy",
-          "loss_lcp")
-_CURVE_COLUMNS = (("loss_mask", "loss_mask"), ("mask_rcnn/false_negative", "mask FN"),
-                  ("loss_cls", "loss_cls"), ("fast_rcnn/fg_cls_accuracy", "fg_cls_acc"))
+CURVES = (
+    "loss_mask",
+    "mask_rcnn/false_negative",
+    "loss_cls",
+    "fast_rcnn/fg_cls_accuracy",
+    "loss_lcp",
+)
+_CURVE_COLUMNS = (
+    ("loss_mask", "loss_mask"),
+    ("mask_rcnn/false_negative", "mask FN"),
+    ("loss_cls", "loss_cls"),
+    ("fast_rcnn/fg_cls_accuracy", "fg_cls_acc"),
+)
 
 
 def parse_copypaste(text: str) -> Dict[str, Dict[str, float]]:
@@ -65,7 +75,7 @@ def parse_copypaste(text: str) -> Dict[str, Dict[str, float]]:
         if line.startswith("Task: ") and i + 2 < len(lines):
             names, values = lines[i + 1].split(","), lines[i + 2].split(",")
             if len(names) == len(values):
-                out[line[len("Task: "):]] = {n: float(v) for n, v in zip(names, values)}
+                out[line[len("Task: ") :]] = {n: float(v) for n, v in zip(names, values)}
     return out
 
 
@@ -88,8 +98,7 @@ def config_info(config_file: str, opts: Sequence[str] = ()) -> dict:
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
-    recurrent = (cfg.MODEL.ROI_MASK_HEAD.NAME == "CRBPMaskHead"
-                 or "crbp" in cfg.MODEL.BACKBONE.NAME)
+    recurrent = cfg.MODEL.ROI_MASK_HEAD.NAME == "CRBPMaskHead" or "crbp" in cfg.MODEL.BACKBONE.NAME
     model = build_model(cfg)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {
@@ -114,8 +123,9 @@ def _run_child(cmd: List[str], log_path: str) -> float:
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.time()
     with open(log_path, "w") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(),
-                               cwd=str(REPO))
+        code = subprocess.call(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=str(REPO)
+        )
     if code:
         with open(log_path) as f:
             tail = f.read()[-3000:]
@@ -184,38 +194,65 @@ def _metric_curve(run_dir: str, key: str) -> List[List[float]]:
     return out
 
 
-def _train(config: str, seed: int, run_dir: str, opts: Sequence[str], python: str,
-           train: bool = True) -> Optional[dict]:
+def _train(
+    config: str, seed: int, run_dir: str, opts: Sequence[str], python: str, train: bool = True
+) -> Optional[dict]:
     weights = os.path.join(run_dir, "model_final.pth")
     done = os.path.isfile(weights) and _results(run_dir)
     seconds = None
     if not done and not train:
         return None
     if not done:
-        cmd = [python, str(REPO / "tools" / "train_net.py"), "--config-file", config,
-               "SEED", str(seed), "OUTPUT_DIR", run_dir, *opts]
+        cmd = [
+            python,
+            str(REPO / "tools" / "train_net.py"),
+            "--config-file",
+            config,
+            "SEED",
+            str(seed),
+            "OUTPUT_DIR",
+            run_dir,
+            *opts,
+        ]
         seconds = _run_child(cmd, os.path.join(run_dir, "stdout.txt"))
     results = _results(run_dir)
     if results is None:
         raise RuntimeError(f"{run_dir}/log.txt holds no panoptic evaluation")
     seconds = seconds if seconds is not None else _recorded_seconds(run_dir)
-    return {"seconds": seconds, "weights": weights, "results": results,
-            "loss_mask": _last_metric(run_dir, "loss_mask"),
-            "curves": {k: _metric_curve(run_dir, k) for k in CURVES},
-            "dynamics": _last_dynamics(run_dir)}
+    return {
+        "seconds": seconds,
+        "weights": weights,
+        "results": results,
+        "loss_mask": _last_metric(run_dir, "loss_mask"),
+        "curves": {k: _metric_curve(run_dir, k) for k in CURVES},
+        "dynamics": _last_dynamics(run_dir),
+    }
 
 
-def _evaluate(config: str, run_dir: str, steps: int, opts: Sequence[str], python: str,
-              train: bool = True) -> Optional[dict]:
+def _evaluate(
+    config: str, run_dir: str, steps: int, opts: Sequence[str], python: str, train: bool = True
+) -> Optional[dict]:
     eval_dir = os.path.join(run_dir, f"test_steps{steps}")
     results, seconds = _results(eval_dir), None
     if results is None and not train:
         return None
     if results is None:
-        cmd = [python, str(REPO / "tools" / "train_net.py"), "--config-file", config,
-               "--eval-only", *opts, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"),
-               "MODEL.CRBP.TEST_STEPS", str(steps), "MODEL.CRBP.TEST_TOL", "0.0",
-               "OUTPUT_DIR", eval_dir]
+        cmd = [
+            python,
+            str(REPO / "tools" / "train_net.py"),
+            "--config-file",
+            config,
+            "--eval-only",
+            *opts,
+            "MODEL.WEIGHTS",
+            os.path.join(run_dir, "model_final.pth"),
+            "MODEL.CRBP.TEST_STEPS",
+            str(steps),
+            "MODEL.CRBP.TEST_TOL",
+            "0.0",
+            "OUTPUT_DIR",
+            eval_dir,
+        ]
         seconds = _run_child(cmd, os.path.join(eval_dir, "stdout.txt"))
         results = _results(eval_dir)
         if results is None:
@@ -234,14 +271,26 @@ def machine_info() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+    }
 
 
-def run_sweep(configs: Sequence[str], seeds: Sequence[int], multiples: Sequence[int],
-              output_dir: str, opts: Sequence[str] = (), python: str = sys.executable,
-              command: str = "", log=print, train: bool = True) -> dict:
+def run_sweep(
+    configs: Sequence[str],
+    seeds: Sequence[int],
+    multiples: Sequence[int],
+    output_dir: str,
+    opts: Sequence[str] = (),
+    python: str = sys.executable,
+    command: str = "",
+    log=print,
+    train: bool = True,
+) -> dict:
     """Train and evaluate every config for every seed (see the module docstring).
 
     Seeds run in the outer loop, so a sweep cut short has every config for its first seeds.
@@ -270,9 +319,14 @@ def run_sweep(configs: Sequence[str], seeds: Sequence[int], multiples: Sequence[
     if missing:
         raise FileNotFoundError(f"config file(s) not found: {missing}")
     os.makedirs(output_dir, exist_ok=True)
-    report = {"command": command, "machine": machine_info(), "seeds": list(seeds),
-              "multiples": sorted({int(m) for m in multiples}), "opts": list(opts),
-              "configs": {}}
+    report = {
+        "command": command,
+        "machine": machine_info(),
+        "seeds": list(seeds),
+        "multiples": sorted({int(m) for m in multiples}),
+        "opts": list(opts),
+        "configs": {},
+    }
     for c in configs:
         report["configs"][Path(c).stem] = {"file": c, **config_info(c, opts), "runs": {}}
     path = os.path.join(output_dir, "report.json")
@@ -287,8 +341,10 @@ def run_sweep(configs: Sequence[str], seeds: Sequence[int], multiples: Sequence[
             run["by_multiple"] = {"1": run["results"]}
             for m in report["multiples"]:
                 if m != 1 and entry["recurrent"]:
-                    log(f"[{time.strftime('%H:%M:%S')}] eval {Path(c).stem} seed {seed} at "
-                        f"TEST_STEPS {m * entry['steps']}")
+                    log(
+                        f"[{time.strftime('%H:%M:%S')}] eval {Path(c).stem} seed {seed} at "
+                        f"TEST_STEPS {m * entry['steps']}"
+                    )
                     ev = _evaluate(c, run_dir, m * entry["steps"], opts, python, train)
                     if ev is None:
                         continue
@@ -326,19 +382,31 @@ def summarize(report: dict) -> dict:
             rows = [r["by_multiple"][str(m)] for r in runs.values() if str(m) in r["by_multiple"]]
             if rows:
                 mean[str(m)] = {k: _mean(row.get(k) for row in rows) for k in rows[0]}
-        delta = {s: r["results"]["PQ"] - base_runs[s]["results"]["PQ"]
-                 for s, r in runs.items() if s in base_runs}
+        delta = {
+            s: r["results"]["PQ"] - base_runs[s]["results"]["PQ"]
+            for s, r in runs.items()
+            if s in base_runs
+        }
         drift = {}
         for m in report["multiples"]:
-            pairs = [(r["by_multiple"][str(m)]["PQ"], r["results"]["PQ"]) for r in runs.values()
-                     if str(m) in r["by_multiple"]]
+            pairs = [
+                (r["by_multiple"][str(m)]["PQ"], r["results"]["PQ"])
+                for r in runs.values()
+                if str(m) in r["by_multiple"]
+            ]
             if pairs and m != 1:
                 drift[str(m)] = _mean(a - b for a, b in pairs)
-        out[name] = {"mean": mean, "seeds": sorted(runs, key=int), "delta_pq": delta,
-                     "mean_delta_pq": _mean(delta.values()), "drift_pq": drift,
-                     "mean_loss_mask": _mean(r.get("loss_mask") for r in runs.values()),
-                     "mean_train_minutes": _mean(
-                         r["seconds"] / 60 if r.get("seconds") else None for r in runs.values())}
+        out[name] = {
+            "mean": mean,
+            "seeds": sorted(runs, key=int),
+            "delta_pq": delta,
+            "mean_delta_pq": _mean(delta.values()),
+            "drift_pq": drift,
+            "mean_loss_mask": _mean(r.get("loss_mask") for r in runs.values()),
+            "mean_train_minutes": _mean(
+                r["seconds"] / 60 if r.get("seconds") else None for r in runs.values()
+            ),
+        }
     return out
 
 
@@ -370,42 +438,60 @@ def markdown(report: dict) -> str:
         f"`{base}` with the same seed. loss_mask: the training mask loss at the last logged "
         "iteration (mean over seeds).",
         "",
-        ("| config | rule | mask-head params | PQ, seeds " + seeds + " | mean PQ | mean PQ_th "
-         "| mean PQ_st | mean box AP | mean mask AP | Δ PQ per seed (mean) | loss_mask "
-         "| minutes / run |"),
+        (
+            "| config | rule | mask-head params | PQ, seeds " + seeds + " | mean PQ | mean PQ_th "
+            "| mean PQ_st | mean box AP | mean mask AP | Δ PQ per seed (mean) | loss_mask "
+            "| minutes / run |"
+        ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         entry, summ = report["configs"][name], summary[name]
         runs, mean = entry["runs"], summ["mean"].get("1", {})
-        per_seed = " / ".join(_fmt(runs[str(s)]["results"]["PQ"]) if str(s) in runs else "-"
-                              for s in report["seeds"])
+        per_seed = " / ".join(
+            _fmt(runs[str(s)]["results"]["PQ"]) if str(s) in runs else "-" for s in report["seeds"]
+        )
         deltas = " / ".join(_fmt(summ["delta_pq"].get(str(s)), "+.1f") for s in report["seeds"])
         lines.append(
             f"| `{name}` | {_rule(entry)} | {entry['mask_head_params']:,} | {per_seed} "
             f"| {_fmt(mean.get('PQ'))} | {_fmt(mean.get('PQ_th'))} | {_fmt(mean.get('PQ_st'))} "
             f"| {_fmt(mean.get('bbox_AP'))} | {_fmt(mean.get('segm_AP'))} "
             f"| {deltas} ({_fmt(summ['mean_delta_pq'], '+.1f')}) "
-            f"| {_fmt(summ['mean_loss_mask'], '.3f')} | {_fmt(summ['mean_train_minutes'])} |")
+            f"| {_fmt(summ['mean_loss_mask'], '.3f')} | {_fmt(summ['mean_train_minutes'])} |"
+        )
     multiples = [k for k in report["multiples"] if k != 1]
     recurrent = [n for n in names if report["configs"][n]["recurrent"]]
     if multiples and recurrent:
-        lines += ["", ("Recurrent configs run for m x T steps at test time "
-                       "(`MODEL.CRBP.TEST_STEPS`, `TEST_TOL` 0), same weights. Change: mean PQ "
-                       "at m x T minus mean PQ at T (over the seeds with both)."), "",
-                  ("| config | T | m | PQ at m x T, seeds " + seeds + " | mean PQ | mean PQ_th "
-                   "| mean PQ_st | change in PQ |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            (
+                "Recurrent configs run for m x T steps at test time "
+                "(`MODEL.CRBP.TEST_STEPS`, `TEST_TOL` 0), same weights. Change: mean PQ "
+                "at m x T minus mean PQ at T (over the seeds with both)."
+            ),
+            "",
+            (
+                "| config | T | m | PQ at m x T, seeds " + seeds + " | mean PQ | mean PQ_th "
+                "| mean PQ_st | change in PQ |"
+            ),
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for name in recurrent:
             entry, summ = report["configs"][name], summary[name]
             for k in [1] + multiples:
                 per_seed = " / ".join(
                     _fmt(entry["runs"][str(s)]["by_multiple"].get(str(k), {}).get("PQ"))
-                    if str(s) in entry["runs"] else "-" for s in report["seeds"])
+                    if str(s) in entry["runs"]
+                    else "-"
+                    for s in report["seeds"]
+                )
                 mean = summ["mean"].get(str(k), {})
                 change = "0 (reference)" if k == 1 else _fmt(summ["drift_pq"].get(str(k)), "+.1f")
-                lines.append(f"| `{name}` | {entry['steps']} | {k} | {per_seed} "
-                             f"| {_fmt(mean.get('PQ'))} | {_fmt(mean.get('PQ_th'))} "
-                             f"| {_fmt(mean.get('PQ_st'))} | {change} |")
+                lines.append(
+                    f"| `{name}` | {entry['steps']} | {k} | {per_seed} "
+                    f"| {_fmt(mean.get('PQ'))} | {_fmt(mean.get('PQ_th'))} "
+                    f"| {_fmt(mean.get('PQ_st'))} | {change} |"
+                )
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
@@ -429,8 +515,9 @@ def _probe_model(config_file: str, weights: str, opts: Sequence[str], test_steps
     return cfg, model.eval()
 
 
-def mask_probe(config_file: str, weights: str, opts: Sequence[str] = (),
-               test_steps: int = 0) -> Dict[str, float]:
+def mask_probe(
+    config_file: str, weights: str, opts: Sequence[str] = (), test_steps: int = 0
+) -> Dict[str, float]:
     """The mask head alone, given the ground-truth boxes and classes of ``DATASETS.TEST``.
 
     Detection is taken out of the comparison: every ground-truth thing's box and class go
@@ -452,10 +539,11 @@ def mask_probe(config_file: str, weights: str, opts: Sequence[str] = (),
     """
     import numpy as np
     import torch
+    from pycocotools import mask as mask_util
+
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.layers import paste_masks_in_image
     from detectron2.structures import Boxes, BoxMode, Instances
-    from pycocotools import mask as mask_util
 
     cfg, model = _probe_model(config_file, weights, opts, test_steps)
     mapper = DatasetMapper(cfg, is_train=False)
@@ -467,8 +555,10 @@ def mask_probe(config_file: str, weights: str, opts: Sequence[str] = (),
         inp = mapper(dict(d))
         h, w = inp["image"].shape[1:]
         if (h, w) != (d["height"], d["width"]):
-            raise ValueError(f"mask_probe needs images at their own size; {d['file_name']} "
-                             f"was resized to {(h, w)} (INPUT.MIN_SIZE_TEST)")
+            raise ValueError(
+                f"mask_probe needs images at their own size; {d['file_name']} "
+                f"was resized to {(h, w)} (INPUT.MIN_SIZE_TEST)"
+            )
         gt = np.stack([mask_util.decode(a["segmentation"]).astype(bool) for a in annos])
         boxes = [BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in annos]
         classes = [a["category_id"] for a in annos]
@@ -490,19 +580,29 @@ def mask_probe(config_file: str, weights: str, opts: Sequence[str] = (),
             guess = np.zeros((h, w), dtype=bool)
             guess[y0:y1, x0:x1] = (gt[k] | same)[y0:y1, x0:x1]
             p, g = pred[k], gt[k]
-            rows.append((float((p & g).sum() / max((p | g).sum(), 1)),
-                         float((p & same).sum() / max(p.sum(), 1)),
-                         float((g & ~p).sum() / max(g.sum(), 1)),
-                         float((guess & g).sum() / max((guess | g).sum(), 1))))
+            rows.append(
+                (
+                    float((p & g).sum() / max((p | g).sum(), 1)),
+                    float((p & same).sum() / max(p.sum(), 1)),
+                    float((g & ~p).sum() / max(g.sum(), 1)),
+                    float((guess & g).sum() / max((guess | g).sum(), 1)),
+                )
+            )
     a = np.array(rows)
-    return {"things": len(rows), "iou": float(a[:, 0].mean()),
-            "iou_above_half": float((a[:, 0] > 0.5).mean()), "leak": float(a[:, 1].mean()),
-            "miss": float(a[:, 2].mean()), "box_class_iou": float(a[:, 3].mean()),
-            "box_class_iou_above_half": float((a[:, 3] > 0.5).mean())}
+    return {
+        "things": len(rows),
+        "iou": float(a[:, 0].mean()),
+        "iou_above_half": float((a[:, 0] > 0.5).mean()),
+        "leak": float(a[:, 1].mean()),
+        "miss": float(a[:, 2].mean()),
+        "box_class_iou": float(a[:, 3].mean()),
+        "box_class_iou_above_half": float((a[:, 3] > 0.5).mean()),
+    }
 
 
-def run_probes(report: dict, output_dir: str, seeds: Optional[Sequence[int]] = None,
-               log=print) -> dict:
+def run_probes(
+    report: dict, output_dir: str, seeds: Optional[Sequence[int]] = None, log=print
+) -> dict:
     """:func:`mask_probe` for every finished run of a sweep (and every test-step multiple of
     the recurrent ones) of ``seeds`` (default: all); stored under
     ``report["probe"][config][seed][multiple]`` and in ``<output_dir>/report.json``."""
@@ -516,7 +616,8 @@ def run_probes(report: dict, output_dir: str, seeds: Optional[Sequence[int]] = N
                 steps = int(m) * entry["steps"] if entry["recurrent"] else 0
                 log(f"[{time.strftime('%H:%M:%S')}] probe {name} seed {seed} multiple {m}")
                 probe.setdefault(name, {}).setdefault(seed, {})[m] = mask_probe(
-                    entry["file"], run["weights"], report["opts"], steps)
+                    entry["file"], run["weights"], report["opts"], steps
+                )
     with open(os.path.join(output_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     return probe
@@ -524,14 +625,19 @@ def run_probes(report: dict, output_dir: str, seeds: Optional[Sequence[int]] = N
 
 def probe_markdown(report: dict) -> str:
     """The mask-head probe as a markdown table (means over seeds)."""
-    lines = [("The mask head alone (`mask_probe`): ground-truth boxes and classes of the test "
-              "split in, masks out (pasted, threshold 0.5); means over things and seeds. IoU > "
-              "0.5: fraction of things whose mask would match in PQ. Leak: fraction of the "
-              "predicted mask lying on other things of the same class; miss: fraction of the "
-              "thing left out. Last row: the grouping-free mask 'every pixel of the class in "
-              "the box' (ground truth, no model)."), "",
-             "| config | test steps | seeds | mask IoU | IoU > 0.5 | leak | miss |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "The mask head alone (`mask_probe`): ground-truth boxes and classes of the test "
+            "split in, masks out (pasted, threshold 0.5); means over things and seeds. IoU > "
+            "0.5: fraction of things whose mask would match in PQ. Leak: fraction of the "
+            "predicted mask lying on other things of the same class; miss: fraction of the "
+            "thing left out. Last row: the grouping-free mask 'every pixel of the class in "
+            "the box' (ground truth, no model)."
+        ),
+        "",
+        "| config | test steps | seeds | mask IoU | IoU > 0.5 | leak | miss |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     box = None
     for name, per_seed in report.get("probe", {}).items():
         entry = report["configs"][name]
@@ -541,12 +647,16 @@ def probe_markdown(report: dict) -> str:
             mean = {k: _mean(r[k] for r in rows) for k in rows[0]}
             box = box or mean
             steps = int(m) * entry["steps"] if entry["recurrent"] else "-"
-            lines.append(f"| `{name}` | {steps} | {len(rows)} | {mean['iou']:.3f} "
-                         f"| {mean['iou_above_half']:.3f} | {mean['leak']:.3f} "
-                         f"| {mean['miss']:.3f} |")
+            lines.append(
+                f"| `{name}` | {steps} | {len(rows)} | {mean['iou']:.3f} "
+                f"| {mean['iou_above_half']:.3f} | {mean['leak']:.3f} "
+                f"| {mean['miss']:.3f} |"
+            )
     if box:
-        lines.append(f"| every pixel of the class in the box | - | - | {box['box_class_iou']:.3f} "
-                     f"| {box['box_class_iou_above_half']:.3f} | - | - |")
+        lines.append(
+            f"| every pixel of the class in the box | - | - | {box['box_class_iou']:.3f} "
+            f"| {box['box_class_iou_above_half']:.3f} | - | - |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -556,46 +666,78 @@ def curves_markdown(report: dict, points: Optional[Sequence[int]] = None) -> str
     ``points``: 0-based iterations (default: the logged ones nearest a third, two thirds and
     the end of the first config's curve)."""
     if points is None:
-        its = [it for r in next(iter(report["configs"].values()))["runs"].values()
-               for it, _v in r.get("curves", {}).get("loss_mask", [])]
+        its = [
+            it
+            for r in next(iter(report["configs"].values()))["runs"].values()
+            for it, _v in r.get("curves", {}).get("loss_mask", [])
+        ]
         last = max(its) if its else 299
-        points = [min(its or [last], key=lambda i, t=((last + 1) * k) // 3 - 1: abs(i - t))
-                  for k in (1, 2, 3)]
-    lines = [("Training curves (Detectron2's running median over 20 iterations, mean over "
-              "seeds) at iterations " + ", ".join(str(p + 1) for p in points) + ": the mask "
-              "loss, the mask head's false-negative rate on foreground pixels of its training "
-              "ROIs (1.0: it predicts no foreground), the box classifier's loss and its "
-              "accuracy on foreground ROIs."), "",
-             "| config | " + " | ".join(
-                 f"{label} @ {p + 1}" for _k, label in _CURVE_COLUMNS for p in points) + " |",
-             "|---|" + "---:|" * (len(_CURVE_COLUMNS) * len(points))]
+        points = [
+            min(its or [last], key=lambda i, t=((last + 1) * k) // 3 - 1: abs(i - t))
+            for k in (1, 2, 3)
+        ]
+    lines = [
+        (
+            "Training curves (Detectron2's running median over 20 iterations, mean over "
+            "seeds) at iterations " + ", ".join(str(p + 1) for p in points) + ": the mask "
+            "loss, the mask head's false-negative rate on foreground pixels of its training "
+            "ROIs (1.0: it predicts no foreground), the box classifier's loss and its "
+            "accuracy on foreground ROIs."
+        ),
+        "",
+        "| config | "
+        + " | ".join(f"{label} @ {p + 1}" for _k, label in _CURVE_COLUMNS for p in points)
+        + " |",
+        "|---|" + "---:|" * (len(_CURVE_COLUMNS) * len(points)),
+    ]
     for name, entry in report["configs"].items():
         cells = []
         for key, _label in _CURVE_COLUMNS:
             for p in points:
-                vals = [v for r in entry["runs"].values()
-                        for it, v in r.get("curves", {}).get(key, []) if it == p]
+                vals = [
+                    v
+                    for r in entry["runs"].values()
+                    for it, v in r.get("curves", {}).get(key, [])
+                    if it == p
+                ]
                 cells.append(_fmt(_mean(vals), ".3f"))
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-DYNAMICS = ("residual", "neumann_terms", "neumann_residual", "colsum_p50", "colsum_p90",
-            "colsum_max", "frac_above_tau", "contrast", "lcp")
+DYNAMICS = (
+    "residual",
+    "neumann_terms",
+    "neumann_residual",
+    "colsum_p50",
+    "colsum_p90",
+    "colsum_max",
+    "frac_above_tau",
+    "contrast",
+    "lcp",
+)
 
 
 def dynamics_markdown(report: dict) -> str:
     """The recurrent modules' last logged telemetry, means over seeds."""
-    lines = [("Dynamics of the recurrent mask head at the end of training (last logged value, "
-              "mean over seeds): relative forward residual ||h_T - h_(T-1)|| / ||h_T||, Neumann "
-              "terms used and the series' last relative term, Jacobian column sums 1^T dF/dh "
-              "(median, 90th percentile, max; fraction above LCP_TAU), the state's spatial "
-              "contrast, and the unweighted penalty."), "",
-             "| config | " + " | ".join(DYNAMICS) + " |", "|---|" + "---:|" * len(DYNAMICS)]
+    lines = [
+        (
+            "Dynamics of the recurrent mask head at the end of training (last logged value, "
+            "mean over seeds): relative forward residual ||h_T - h_(T-1)|| / ||h_T||, Neumann "
+            "terms used and the series' last relative term, Jacobian column sums 1^T dF/dh "
+            "(median, 90th percentile, max; fraction above LCP_TAU), the state's spatial "
+            "contrast, and the unweighted penalty."
+        ),
+        "",
+        "| config | " + " | ".join(DYNAMICS) + " |",
+        "|---|" + "---:|" * len(DYNAMICS),
+    ]
     for name, entry in report["configs"].items():
         if not entry["recurrent"]:
             continue
-        cells = [_fmt(_mean(r.get("dynamics", {}).get(k) for r in entry["runs"].values()), ".3g")
-                 for k in DYNAMICS]
+        cells = [
+            _fmt(_mean(r.get("dynamics", {}).get(k) for r in entry["runs"].values()), ".3g")
+            for k in DYNAMICS
+        ]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

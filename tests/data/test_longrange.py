@@ -1,4 +1,5 @@
 """The long-range (cables) synthetic data: format, determinism, crossing instances, names."""
+
 import json
 import os
 
@@ -28,8 +29,9 @@ def split_dir(tmp_path_factory):
 
 def _validate(d, **kw):
     p = split_paths(d)
-    return validate_panoptic_split(p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir,
-                                   p.instances_json, **kw)
+    return validate_panoptic_split(
+        p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir, p.instances_json, **kw
+    )
 
 
 def test_cables_render_is_deterministic():
@@ -37,9 +39,11 @@ def test_cables_render_is_deterministic():
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.panoptic, b.panoptic)
     assert a.segments_info == b.segments_info
-    for other in (render_cables_sample(2, "train", SIZE, 8),
-                  render_cables_sample(2, "val", SIZE, 7),
-                  render_sample(2, "train", SIZE, 7)):  # not the shapes image either
+    for other in (
+        render_cables_sample(2, "train", SIZE, 8),
+        render_cables_sample(2, "val", SIZE, 7),
+        render_sample(2, "train", SIZE, 7),
+    ):  # not the shapes image either
         assert not np.array_equal(a.image, other.image)
 
 
@@ -59,8 +63,13 @@ def test_cables_split_passes_the_format_checks_pixel_for_pixel(split_dir):
 
 def test_same_parameters_give_identical_files(split_dir, tmp_path):
     again = generate_split(str(tmp_path / "again"), "val", NUM_IMAGES, SIZE, 0, kind="cables")
-    for sub in ("panoptic.json", "instances.json", "images/val_000004.jpg",
-                "panoptic/val_000004.png", "panoptic_stuff/val_000004.png"):
+    for sub in (
+        "panoptic.json",
+        "instances.json",
+        "images/val_000004.jpg",
+        "panoptic/val_000004.png",
+        "panoptic_stuff/val_000004.png",
+    ):
         with open(os.path.join(split_dir, sub), "rb") as f1:
             with open(os.path.join(again, sub), "rb") as f2:
                 assert f1.read() == f2.read(), sub
@@ -127,8 +136,15 @@ def test_longrange_datasets_are_registered_with_their_own_classes(tmp_path):
             assert meta["stuff_classes"] == ["things", "sky", "water", "ground"]
         assert DEFAULT_DATASETS[f"synthetic_longrange_{split}"]["kind"] == "cables"
     name = f"synthetic_longrange_test_{tmp_path.name}"
-    register_synthetic_panoptic(name, root=str(tmp_path), split="val", num_images=2,
-                                image_size=(64, 64), seed=0, kind="cables")
+    register_synthetic_panoptic(
+        name,
+        root=str(tmp_path),
+        split="val",
+        num_images=2,
+        image_size=(64, 64),
+        seed=0,
+        kind="cables",
+    )
     try:
         dicts = DatasetCatalog.get(name + "_separated")  # generates and checks
         assert len(dicts) == 2

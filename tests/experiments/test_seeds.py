@@ -1,4 +1,5 @@
 """The seed-sweep runner: log parsing, config facts, orchestration, the report."""
+
 import json
 import os
 import stat
@@ -16,6 +17,7 @@ from crbp_panoptic.experiments.seeds import (  # noqa: E402
     parse_copypaste,
     run_sweep,
 )
+
 from tests.tiny import CONFIGS  # noqa: E402
 
 FF = str(CONFIGS / "Synthetic-PanopticSegmentation" / "longrange_panoptic_fpn_R_18.yaml")
@@ -33,7 +35,7 @@ LOG = """[11/29 05:27:41 d2.evaluation.testing]: copypaste: Task: bbox
 # Stands in for tools/train_net.py: writes what Detectron2 would (log.txt with copypaste
 # lines, metrics.json, model_final.pth) with PQ = 40 + SEED + TEST_STEPS / 10 (evaluation
 # runs get no SEED), and records its command line.
-FAKE_TRAIN = r'''
+FAKE_TRAIN = r"""
 import json, os, sys
 args = sys.argv[2:]
 opts = dict(zip(args[::2], args[1::2])) if "--eval-only" not in args else None
@@ -52,7 +54,7 @@ if "--eval-only" not in args:
                             "crbp/roi_heads.mask_head.mask_recurrent/residual": 0.0125}) + "\n")
 with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\n")
-'''
+"""
 
 
 def test_parse_copypaste_reads_the_last_block_of_each_task():
@@ -75,7 +77,7 @@ def test_sweep_trains_once_per_seed_evaluates_multiples_and_resumes(tmp_path, mo
     script = tmp_path / "fake_train.py"
     script.write_text(f"LOG = {LOG!r}\n" + FAKE_TRAIN)
     python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
     python.chmod(python.stat().st_mode | stat.S_IEXEC)
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
@@ -102,8 +104,9 @@ def test_sweep_trains_once_per_seed_evaluates_multiples_and_resumes(tmp_path, mo
 
     run_sweep([FF, CRBP], [0, 1], [1, 3], out, python=str(python), log=lambda m: None)
     assert len(calls.read_text().splitlines()) == len(lines)  # finished runs are reused
-    partial = run_sweep([FF, CRBP], [0, 1, 2], [1, 3], out, python=str(python),
-                        log=lambda m: None, train=False)
+    partial = run_sweep(
+        [FF, CRBP], [0, 1, 2], [1, 3], out, python=str(python), log=lambda m: None, train=False
+    )
     assert len(calls.read_text().splitlines()) == len(lines)  # train=False runs nothing
     assert set(partial["configs"]["longrange_panoptic_fpn_R_18"]["runs"]) == {"0", "1"}
     assert partial["summary"]["longrange_panoptic_crbp_mask_R_18"]["seeds"] == ["0", "1"]
@@ -127,6 +130,7 @@ def test_sweep_rejects_bad_arguments_early(tmp_path):
 def test_mask_probe_scores_every_thing_and_its_box_baseline(tmp_path):
     import numpy as np
     import torch
+
     from detectron2.modeling import build_model
 
     from crbp_panoptic.data import (
@@ -136,17 +140,34 @@ def test_mask_probe_scores_every_thing_and_its_box_baseline(tmp_path):
     )
     from crbp_panoptic.data.longrange import box_class_mask_iou
     from crbp_panoptic.experiments.seeds import mask_probe
+
     from tests.tiny import tiny_cfg
 
     name = f"synthetic_longrange_probe_{tmp_path.name}"
-    register_synthetic_panoptic(name, root=str(tmp_path), split="val", num_images=2,
-                                image_size=(64, 64), seed=0, kind="cables")
-    opts = ["DATASETS.TEST", f"('{name}_separated',)", "INPUT.MIN_SIZE_TEST", "64",
-            "INPUT.MAX_SIZE_TEST", "64", "MODEL.ROI_HEADS.NUM_CLASSES", "2"]
+    register_synthetic_panoptic(
+        name,
+        root=str(tmp_path),
+        split="val",
+        num_images=2,
+        image_size=(64, 64),
+        seed=0,
+        kind="cables",
+    )
+    opts = [
+        "DATASETS.TEST",
+        f"('{name}_separated',)",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "64",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        "2",
+    ]
     try:
         torch.manual_seed(0)
-        model = build_model(tiny_cfg("Synthetic-PanopticSegmentation/"
-                                     "longrange_panoptic_crbp_mask_R_18.yaml", *opts))
+        model = build_model(
+            tiny_cfg("Synthetic-PanopticSegmentation/longrange_panoptic_crbp_mask_R_18.yaml", *opts)
+        )
         weights = str(tmp_path / "model.pth")
         torch.save({"model": model.state_dict()}, weights)
         out = mask_probe(CRBP, weights, opts=_tiny_opts() + opts, test_steps=4)
