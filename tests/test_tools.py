@@ -9,9 +9,9 @@ import pytest
 from tests.tiny import REPO
 
 TOOLS = ["benchmark.py", "benchmark_coco_eval.py", "benchmark_engine.py", "benchmark_speed.py",
-         "count_params.py", "demo.py", "export_model.py", "install_detectron2.py",
-         "make_synthetic_dataset.py", "predict.py", "stability.py", "train_net.py",
-         "train_pathfinder.py", "visualize_dynamics.py"]
+         "compare_configs.py", "count_params.py", "demo.py", "export_model.py",
+         "install_detectron2.py", "make_synthetic_dataset.py", "predict.py", "stability.py",
+         "train_net.py", "train_pathfinder.py", "visualize_dynamics.py"]
 
 
 def test_every_python_tool_is_listed():

@@ -2,20 +2,26 @@
 """Generate (or check) a split of the synthetic COCO-panoptic dataset.
 
     python tools/make_synthetic_dataset.py --split val --num-images 12 --image-size 128 128
+    python tools/make_synthetic_dataset.py --kind cables --name synthetic_longrange_val \
+        --split val --num-images 32
 
 writes ``<root>/synthetic_panoptic/<name>/`` (default name ``synthetic_panoptic_<split>``,
 the name Detectron2 knows it by; layout in ``crbp_panoptic/data/synthetic.py``). Not
 needed for training: registered datasets are generated on first use. An existing split
 with the same parameters is kept; one with other parameters is an error unless
-``--overwrite``.
+``--overwrite``. For ``--kind cables`` it also prints how much grouping the split asks
+for (``crbp_panoptic.data.longrange.split_statistics``).
 """
+
 import argparse
 import json
 import os
 import shutil
 import sys
 
+from crbp_panoptic.data.longrange import split_statistics
 from crbp_panoptic.data.synthetic import (
+    KINDS,
     ensure_split,
     split_paths,
     synthetic_split_dir,
@@ -25,17 +31,34 @@ from crbp_panoptic.data.synthetic import (
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=None,
-                   help="datasets root (default: $DETECTRON2_DATASETS or ./datasets)")
+    p.add_argument(
+        "--root", default=None, help="datasets root (default: $DETECTRON2_DATASETS or ./datasets)"
+    )
     p.add_argument("--split", default="train", help="split name; part of the seed (default: train)")
-    p.add_argument("--name", default=None,
-                   help="dataset name = directory name (default: synthetic_panoptic_<split>)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="dataset name = directory name (default: synthetic_panoptic_<split>)",
+    )
     p.add_argument("--num-images", type=int, default=48, help="number of images (default: 48)")
-    p.add_argument("--image-size", type=int, nargs="+", default=[128, 128], metavar="H [W]",
-                   help="image height and width; one number for a square (default: 128 128)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=[128, 128],
+        metavar="H [W]",
+        help="image height and width; one number for a square (default: 128 128)",
+    )
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete an existing split directory first")
+    p.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="shapes",
+        help="shapes (compact objects) or cables (long crossing curves)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete an existing split directory first"
+    )
     args = p.parse_args(argv)
     if len(args.image_size) not in (1, 2):
         p.error(f"--image-size takes 1 or 2 numbers, got {args.image_size}")
@@ -51,14 +74,22 @@ def main(argv=None):
         shutil.rmtree(split_dir)
     existed = os.path.isdir(split_dir)
     try:
-        ensure_split(split_dir, args.split, args.num_images, size, args.seed)
+        ensure_split(split_dir, args.split, args.num_images, size, args.seed, args.kind)
     except ValueError as e:
         print(f"error: {e} (or pass --overwrite)", file=sys.stderr)
         return 1
     p = split_paths(split_dir)
-    stats = validate_panoptic_split(p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir,
-                                    p.instances_json, check_pixels=True)
+    stats = validate_panoptic_split(
+        p.panoptic_json,
+        p.panoptic_dir,
+        p.image_dir,
+        p.sem_seg_dir,
+        p.instances_json,
+        check_pixels=True,
+    )
     print(f"{'kept' if existed else 'wrote'} {split_dir}: {json.dumps(stats)}")
+    if args.kind == "cables":
+        print(f"grouping: {json.dumps(split_statistics(split_dir))}")
     return 0
 
 

@@ -1,7 +1,10 @@
-"""Data: a synthetic COCO-panoptic generator (``synthetic``, numpy + Pillow only) and its
-Detectron2 registration (``datasets``)."""
+"""Data: synthetic COCO-panoptic generators (``synthetic``: compact shapes; ``longrange``:
+long thin crossing cables; numpy + Pillow only) and their Detectron2 registration
+(``datasets``)."""
+
 import importlib.util
 
+from .longrange import CABLE_CATEGORIES, box_sharing, render_cables_sample
 from .synthetic import (
     CATEGORIES,
     PanopticFormatError,
@@ -17,13 +20,16 @@ from .synthetic import (
 )
 
 __all__ = [
+    "CABLE_CATEGORIES",
     "CATEGORIES",
     "PanopticFormatError",
     "SplitSpec",
+    "box_sharing",
     "datasets_root",
     "ensure_split",
     "generate_split",
     "panoptic_to_semantic",
+    "render_cables_sample",
     "render_sample",
     "split_paths",
     "synthetic_split_dir",
@@ -31,8 +37,9 @@ __all__ = [
 ]
 
 # Importing ``datasets`` registers the synthetic datasets (synthetic_panoptic_{train,val,
-# tiny_train,tiny_val}, each as ``*_separated`` and ``*_stuffonly``) in Detectron2's
-# catalogs; nothing is generated until first use. The generator works without Detectron2.
+# tiny_train,tiny_val} and synthetic_longrange_{train,val}, each as ``*_separated`` and
+# ``*_stuffonly``) in Detectron2's catalogs; nothing is generated until first use. The
+# generators work without Detectron2.
 if importlib.util.find_spec("detectron2") is not None:
     from .datasets import (  # noqa: F401  (registers)
         DEFAULT_DATASETS,

@@ -10,7 +10,10 @@ Importing this module registers, without generating anything:
 * ``synthetic_panoptic_train``: split "train", 48 images of 128x128, seed 0;
 * ``synthetic_panoptic_val``: split "val", 12 images of 128x128, seed 0;
 * ``synthetic_panoptic_tiny_train``: split "train", 4 images of 64x64, seed 0 (for tests);
-* ``synthetic_panoptic_tiny_val``: split "val", 4 images of 64x64, seed 0 (for tests).
+* ``synthetic_panoptic_tiny_val``: split "val", 4 images of 64x64, seed 0 (for tests);
+* ``synthetic_longrange_train``: kind "cables" (long thin crossing cables, see
+  ``longrange.py``), split "train", 96 images of 128x128, seed 0;
+* ``synthetic_longrange_val``: kind "cables", split "val", 32 images of 128x128, seed 0.
 
 Each lives in ``<root>/synthetic_panoptic/<name>/`` (layout: ``synthetic.py``), where
 ``root`` is ``$DETECTRON2_DATASETS`` or ``./datasets``, read (and made absolute) when the
@@ -27,8 +30,9 @@ other parameters is an error (delete it to regenerate), never overwritten.
 
 Training on these datasets needs ``INPUT.MASK_FORMAT: "bitmask"`` (instance masks are
 RLE), ``MODEL.ROI_HEADS.NUM_CLASSES: 3`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES: 4``
-(3 stuff classes + "things").
+(3 stuff classes + "things"); on the cables datasets ``MODEL.ROI_HEADS.NUM_CLASSES: 2``.
 """
+
 import logging
 import os
 from typing import Dict, Optional, Tuple
@@ -38,10 +42,10 @@ from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import register_coco_panoptic_separated
 
 from .synthetic import (
-    CATEGORIES,
     SplitSpec,
     datasets_root,
     ensure_split,
+    kind_generator,
     split_paths,
     synthetic_split_dir,
     validate_panoptic_split,
@@ -65,6 +69,12 @@ DEFAULT_DATASETS = {
     "synthetic_panoptic_val": dict(split="val", num_images=12, image_size=(128, 128), seed=0),
     "synthetic_panoptic_tiny_train": dict(split="train", num_images=4, image_size=(64, 64), seed=0),
     "synthetic_panoptic_tiny_val": dict(split="val", num_images=4, image_size=(64, 64), seed=0),
+    "synthetic_longrange_train": dict(
+        split="train", num_images=96, image_size=(128, 128), seed=0, kind="cables"
+    ),
+    "synthetic_longrange_val": dict(
+        split="val", num_images=32, image_size=(128, 128), seed=0, kind="cables"
+    ),
 }
 _SUFFIXES = ("_separated", "_stuffonly")
 # Same colour for the "things" stuff class as Detectron2's COCO metadata.
@@ -75,15 +85,19 @@ _REGISTERED: Dict[str, Tuple[str, SplitSpec]] = {}
 _CHECKED = set()  # base names whose split was found complete in this process
 
 
-def synthetic_panoptic_metadata() -> dict:
+def synthetic_panoptic_metadata(kind: str = "shapes") -> dict:
     """Metadata in the form of Detectron2's ``coco_panoptic_separated`` builtin metadata.
 
-    ``thing_*`` map the thing category ids (sorted) to 0..2; ``stuff_classes`` is
+    ``thing_*`` map the thing category ids (sorted) to 0, 1, ...; ``stuff_classes`` is
     ``["things"] + stuff names`` and ``stuff_dataset_id_to_contiguous_id`` maps each
     stuff id to 1..3 and the id 0 ("things") to 0, as the semantic PNGs are labelled.
+
+    Args:
+        kind (str): the split kind (``SplitSpec.kind``) whose categories to describe.
     """
-    things = [c for c in CATEGORIES if c["isthing"]]
-    stuff = [c for c in CATEGORIES if not c["isthing"]]
+    categories, _render = kind_generator(kind)
+    things = [c for c in categories if c["isthing"]]
+    stuff = [c for c in categories if not c["isthing"]]
     stuff_map = {c["id"]: i + 1 for i, c in enumerate(stuff)}
     stuff_map[0] = 0
     return {
@@ -104,7 +118,8 @@ def _base_name(dataset_name: str) -> str:
 
 
 _PATH_KEYS = frozenset(
-    ["image_root", "panoptic_root", "panoptic_json", "sem_seg_root", "json_file"])
+    ["image_root", "panoptic_root", "panoptic_json", "sem_seg_root", "json_file"]
+)
 
 
 class _GeneratingMetadata(Metadata):
@@ -130,6 +145,7 @@ def register_synthetic_panoptic(
     num_images: int = 48,
     image_size=(128, 128),
     seed: int = 0,
+    kind: str = "shapes",
 ) -> Tuple[str, str]:
     """Register ``<name>_separated`` and ``<name>_stuffonly``; generate nothing yet.
 
@@ -143,6 +159,7 @@ def register_synthetic_panoptic(
         num_images (int): number of images.
         image_size (tuple[int, int]): (H, W).
         seed (int): base seed.
+        kind (str): what the images show, ``"shapes"`` or ``"cables"`` (``SplitSpec``).
 
     Returns:
         tuple[str, str]: the two registered dataset names.
@@ -151,7 +168,7 @@ def register_synthetic_panoptic(
         ValueError: ``name`` is registered with other parameters, or one of its two
             names is already taken by another dataset.
     """
-    spec = SplitSpec(split, num_images, image_size, seed)
+    spec = SplitSpec(split, num_images, image_size, seed, kind)
     split_dir = synthetic_split_dir(name, root)
     names = tuple(name + s for s in _SUFFIXES)
     if name in _REGISTERED:
@@ -159,7 +176,8 @@ def register_synthetic_panoptic(
             return names
         raise ValueError(
             f"synthetic dataset {name!r} is already registered as {_REGISTERED[name]}; "
-            f"cannot re-register it as {(split_dir, spec)}")
+            f"cannot re-register it as {(split_dir, spec)}"
+        )
     taken = [n for n in names if n in DatasetCatalog.list() or n in MetadataCatalog.list()]
     if taken:
         raise ValueError(f"dataset name(s) {taken} are already registered")
@@ -169,7 +187,7 @@ def register_synthetic_panoptic(
         MetadataCatalog[n] = _GeneratingMetadata(name=n)
     register_coco_panoptic_separated(
         name,
-        synthetic_panoptic_metadata(),
+        synthetic_panoptic_metadata(kind),
         image_root=paths.image_dir,
         panoptic_root=paths.panoptic_dir,
         panoptic_json=paths.panoptic_json,
@@ -231,12 +249,18 @@ def ensure_generated(dataset_name: str, validate: bool = True) -> Optional[str]:
     split_dir, spec = _REGISTERED[base]
     if not os.path.isdir(split_dir):
         logger.info(f"Generating synthetic panoptic dataset {base!r} ({spec}) in {split_dir}")
-    ensure_split(split_dir, spec.split, spec.num_images, spec.image_size, spec.seed)
+    ensure_split(split_dir, spec.split, spec.num_images, spec.image_size, spec.seed, spec.kind)
     _CHECKED.add(base)
     if validate:
         paths = split_paths(split_dir)
-        validate_panoptic_split(paths.panoptic_json, paths.panoptic_dir, paths.image_dir,
-                                paths.sem_seg_dir, paths.instances_json, check_pixels=True)
+        validate_panoptic_split(
+            paths.panoptic_json,
+            paths.panoptic_dir,
+            paths.image_dir,
+            paths.sem_seg_dir,
+            paths.instances_json,
+            check_pixels=True,
+        )
     return split_dir
 
 
@@ -256,9 +280,13 @@ def validate_dataset(dataset_name: str, check_pixels: bool = False) -> Optional[
     if meta.get("panoptic_json") is None or meta.get("panoptic_root") is None:
         return None
     return validate_panoptic_split(
-        meta.panoptic_json, meta.panoptic_root, image_root=meta.get("image_root"),
-        sem_seg_root=meta.get("sem_seg_root"), instances_json=meta.get("json_file"),
-        check_pixels=check_pixels)
+        meta.panoptic_json,
+        meta.panoptic_root,
+        image_root=meta.get("image_root"),
+        sem_seg_root=meta.get("sem_seg_root"),
+        instances_json=meta.get("json_file"),
+        check_pixels=check_pixels,
+    )
 
 
 def _register_defaults():

@@ -50,6 +50,7 @@ overwrites data.
 This module needs only numpy and Pillow (no torch, no Detectron2). Its checker,
 :func:`validate_panoptic_split`, also works on real COCO panoptic data.
 """
+
 import errno
 import json
 import os
@@ -66,6 +67,7 @@ from PIL import Image
 __all__ = [
     "CATEGORIES",
     "GENERATOR_VERSION",
+    "KINDS",
     "PanopticFormatError",
     "Sample",
     "SplitPaths",
@@ -74,7 +76,9 @@ __all__ = [
     "ensure_split",
     "generate_split",
     "id2rgb",
+    "kind_generator",
     "mask_to_rle",
+    "paint_stuff",
     "panoptic_to_semantic",
     "render_sample",
     "rgb2id",
@@ -109,6 +113,12 @@ _JPEG_QUALITY = 90
 # Stuff bands, top to bottom.
 _LAYOUTS = (("sky", "ground"), ("sky", "water"), ("water", "ground"), ("sky", "water", "ground"))
 _MARKER = "generation.json"
+# What a split may show (``SplitSpec.kind``); each kind's categories and renderer are
+# looked up by :func:`kind_generator`.
+KINDS = ("shapes", "cables")
+# Version of each kind's rendering other than "shapes" (which GENERATOR_VERSION covers);
+# bump when it changes, so that older data on disk is reported as a mismatch.
+_KIND_VERSIONS = {"cables": 3}
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -218,12 +228,15 @@ class SplitSpec:
         num_images (int): number of images (>= 1).
         image_size (tuple[int, int]): (H, W), each >= 32.
         seed (int): non-negative base seed.
+        kind (str): what the images show: ``"shapes"`` (this module's squares, discs and
+            triangles) or ``"cables"`` (long thin curves that cross, see ``longrange.py``).
     """
 
     split: str = "train"
     num_images: int = 48
     image_size: Tuple[int, int] = (128, 128)
     seed: int = 0
+    kind: str = "shapes"
 
     def __post_init__(self):
         if not isinstance(self.split, str) or not _SPLIT_NAME.match(self.split):
@@ -235,19 +248,26 @@ class SplitSpec:
             raise ValueError(f"image_size={self.image_size!r}: need (H, W), each >= 32")
         if int(self.seed) < 0:
             raise ValueError(f"seed={self.seed!r}: need a non-negative integer")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}: use one of {list(KINDS)}")
         object.__setattr__(self, "num_images", int(self.num_images))
         object.__setattr__(self, "image_size", size)
         object.__setattr__(self, "seed", int(self.seed))
 
     def to_json(self) -> dict:
-        """The content of ``generation.json``."""
-        return {
+        """The content of ``generation.json`` (``kind`` only when not ``"shapes"``, so that
+        splits written before kinds existed still match)."""
+        out = {
             "generator_version": GENERATOR_VERSION,
             "split": self.split,
             "num_images": self.num_images,
             "image_size": list(self.image_size),
             "seed": self.seed,
         }
+        if self.kind != "shapes":
+            out["kind"] = self.kind
+            out["kind_version"] = _KIND_VERSIONS[self.kind]
+        return out
 
 
 @dataclass
@@ -346,30 +366,32 @@ def _segment_record(seg_id, category_id, mask):
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
     bbox = [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
-    return {"id": int(seg_id), "category_id": int(category_id), "iscrowd": 0, "bbox": bbox,
-            "area": int(mask.sum())}
+    return {
+        "id": int(seg_id),
+        "category_id": int(category_id),
+        "iscrowd": 0,
+        "bbox": bbox,
+        "area": int(mask.sum()),
+    }
 
 
-def render_sample(index: int, split: str = "train", image_size=(128, 128), seed: int = 0) -> Sample:
-    """Render image ``index`` of a split (see the module docstring for what it shows).
+def paint_stuff(rng, yy, xx, image, panoptic) -> Tuple[str, ...]:
+    """Paint two or three bands of stuff split by wavy boundaries ``y = b(x)``, in place.
+
+    Each band gets its category's texture in ``image`` and the segment id
+    ``category_id * 1000 + 1`` in ``panoptic``; with probability 1/4 a one-pixel seam on
+    one boundary is left unlabeled (id 0).
 
     Args:
-        index (int): image index within the split (>= 0).
-        split (str): split name; part of the seed.
-        image_size (tuple[int, int]): (H, W).
-        seed (int): base seed.
+        rng (np.random.Generator): the image's generator (draws in a fixed order).
+        yy, xx (np.ndarray): (H, W) pixel-centre coordinates.
+        image (np.ndarray): (H, W, 3) float, written.
+        panoptic (np.ndarray): (H, W) int64 segment ids, written.
 
     Returns:
-        Sample: the image, its segment-id map and its segments.
+        tuple[str, ...]: the stuff names, top to bottom.
     """
-    spec = SplitSpec(split, 1, image_size, seed)  # validates the arguments
-    h, w = spec.image_size
-    rng = _rng(spec.seed, split, index)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5  # pixel centres
-    image = np.zeros((h, w, 3))
-    panoptic = np.zeros((h, w), dtype=np.int64)
-
-    # Stuff: bands split by wavy boundaries y = b(x).
+    h, w = yy.shape
     layout = _LAYOUTS[rng.integers(len(_LAYOUTS))]
     n_bounds = len(layout) - 1
     if n_bounds == 1:
@@ -394,6 +416,29 @@ def render_sample(index: int, split: str = "train", image_size=(128, 128), seed:
     if rng.random() < _VOID_SEAM_PROB:  # an unlabeled one-pixel seam on one boundary
         b = bounds[rng.integers(n_bounds)]
         panoptic[np.abs(yy - b[None, :]) < 0.5] = 0
+    return layout
+
+
+def render_sample(index: int, split: str = "train", image_size=(128, 128), seed: int = 0) -> Sample:
+    """Render image ``index`` of a split (see the module docstring for what it shows).
+
+    Args:
+        index (int): image index within the split (>= 0).
+        split (str): split name; part of the seed.
+        image_size (tuple[int, int]): (H, W).
+        seed (int): base seed.
+
+    Returns:
+        Sample: the image, its segment-id map and its segments.
+    """
+    spec = SplitSpec(split, 1, image_size, seed)  # validates the arguments
+    h, w = spec.image_size
+    rng = _rng(spec.seed, split, index)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5  # pixel centres
+    image = np.zeros((h, w, 3))
+    panoptic = np.zeros((h, w), dtype=np.int64)
+
+    layout = paint_stuff(rng, yy, xx, image, panoptic)
 
     # Things: shapes placed one after another; a new shape may occlude earlier ones but
     # must leave each of them at least 40% of its area (and min_area pixels) visible.
@@ -412,8 +457,9 @@ def render_sample(index: int, split: str = "train", image_size=(128, 128), seed:
             area = mask.sum()
             if area < min_area or area < 0.6 * full_area:  # too small or too far outside
                 continue
-            if any((vis & ~mask).sum() < max(min_area, 0.4 * full.sum())
-                   for _n, full, vis in things):
+            if any(
+                (vis & ~mask).sum() < max(min_area, 0.4 * full.sum()) for _n, full, vis in things
+            ):
                 continue
             for t in things:
                 t[2] &= ~mask  # occluded by the new shape
@@ -479,8 +525,15 @@ def split_paths(split_dir: str) -> SplitPaths:
     """The :class:`SplitPaths` of a split directory (nothing is created)."""
     d = os.path.abspath(os.path.expanduser(split_dir))
     j = lambda *p: os.path.join(d, *p)  # noqa: E731
-    return SplitPaths(d, j("images"), j("panoptic"), j("panoptic_stuff"), j("panoptic.json"),
-                      j("instances.json"), j(_MARKER))
+    return SplitPaths(
+        d,
+        j("images"),
+        j("panoptic"),
+        j("panoptic_stuff"),
+        j("panoptic.json"),
+        j("instances.json"),
+        j(_MARKER),
+    )
 
 
 def _write_json(obj, path):
@@ -488,47 +541,101 @@ def _write_json(obj, path):
         json.dump(obj, f, separators=(",", ":"))
 
 
+def kind_generator(kind: str):
+    """The categories and the renderer of a split kind (see :class:`SplitSpec`).
+
+    Returns:
+        tuple: (categories (tuple[dict]), render (callable ``(index, split, image_size,
+        seed) -> Sample``)).
+    """
+    if kind == "shapes":
+        return CATEGORIES, render_sample
+    if kind == "cables":
+        from . import longrange  # imports this module; loaded on first use
+
+        return longrange.CABLE_CATEGORIES, longrange.render_cables_sample
+    raise ValueError(f"kind={kind!r}: use one of {list(KINDS)}")
+
+
 def _write_split(out_dir: str, spec: SplitSpec):
     paths = split_paths(out_dir)
     for d in (paths.image_dir, paths.panoptic_dir, paths.sem_seg_dir):
         os.makedirs(d)
     h, w = spec.image_size
-    categories = [dict(c) for c in CATEGORIES]
+    all_categories, render = kind_generator(spec.kind)
+    categories = [dict(c) for c in all_categories]
     thing_ids = {c["id"] for c in categories if c["isthing"]}
     images, pan_anns, inst_anns = [], [], []
     for i in range(spec.num_images):
-        sample = render_sample(i, spec.split, spec.image_size, spec.seed)
+        sample = render(i, spec.split, spec.image_size, spec.seed)
         stem = f"{spec.split}_{i:06d}"
         image_id = i + 1
         Image.fromarray(sample.image).save(
-            os.path.join(paths.image_dir, stem + ".jpg"), quality=_JPEG_QUALITY)
+            os.path.join(paths.image_dir, stem + ".jpg"), quality=_JPEG_QUALITY
+        )
         Image.fromarray(id2rgb(sample.panoptic)).save(
-            os.path.join(paths.panoptic_dir, stem + ".png"))
+            os.path.join(paths.panoptic_dir, stem + ".png")
+        )
         semantic = panoptic_to_semantic(sample.panoptic, sample.segments_info, categories)
         Image.fromarray(semantic).save(os.path.join(paths.sem_seg_dir, stem + ".png"))
         images.append({"id": image_id, "file_name": stem + ".jpg", "width": w, "height": h})
-        pan_anns.append({"image_id": image_id, "file_name": stem + ".png",
-                         "segments_info": sample.segments_info})
+        pan_anns.append(
+            {
+                "image_id": image_id,
+                "file_name": stem + ".png",
+                "segments_info": sample.segments_info,
+            }
+        )
         for seg in sample.segments_info:
             if seg["category_id"] in thing_ids:
-                inst_anns.append({
-                    "id": len(inst_anns) + 1, "image_id": image_id,
-                    "category_id": seg["category_id"],
-                    "segmentation": mask_to_rle(sample.panoptic == seg["id"]),
-                    "area": seg["area"], "bbox": list(seg["bbox"]), "iscrowd": 0,
-                })
+                inst_anns.append(
+                    {
+                        "id": len(inst_anns) + 1,
+                        "image_id": image_id,
+                        "category_id": seg["category_id"],
+                        "segmentation": mask_to_rle(sample.panoptic == seg["id"]),
+                        "area": seg["area"],
+                        "bbox": list(seg["bbox"]),
+                        "iscrowd": 0,
+                    }
+                )
     info = {"description": "crbp_panoptic synthetic panoptic data", **spec.to_json()}
-    _write_json({"info": info, "licenses": [], "images": images, "annotations": pan_anns,
-                 "categories": categories}, paths.panoptic_json)
-    thing_cats = [{"id": c["id"], "name": c["name"], "supercategory": c["supercategory"]}
-                  for c in categories if c["isthing"]]
-    _write_json({"info": info, "licenses": [], "images": images, "annotations": inst_anns,
-                 "categories": thing_cats}, paths.instances_json)
+    _write_json(
+        {
+            "info": info,
+            "licenses": [],
+            "images": images,
+            "annotations": pan_anns,
+            "categories": categories,
+        },
+        paths.panoptic_json,
+    )
+    thing_cats = [
+        {"id": c["id"], "name": c["name"], "supercategory": c["supercategory"]}
+        for c in categories
+        if c["isthing"]
+    ]
+    _write_json(
+        {
+            "info": info,
+            "licenses": [],
+            "images": images,
+            "annotations": inst_anns,
+            "categories": thing_cats,
+        },
+        paths.instances_json,
+    )
     _write_json(spec.to_json(), paths.marker)  # last: the split is complete
 
 
-def generate_split(split_dir: str, split: str = "train", num_images: int = 48,
-                   image_size=(128, 128), seed: int = 0) -> str:
+def generate_split(
+    split_dir: str,
+    split: str = "train",
+    num_images: int = 48,
+    image_size=(128, 128),
+    seed: int = 0,
+    kind: str = "shapes",
+) -> str:
     """Write a split into ``split_dir``, atomically.
 
     Everything is written into a temporary directory next to ``split_dir``, which is
@@ -537,7 +644,7 @@ def generate_split(split_dir: str, split: str = "train", num_images: int = 48,
 
     Args:
         split_dir (str): the directory to create; must not exist.
-        split, num_images, image_size, seed: see :class:`SplitSpec`.
+        split, num_images, image_size, seed, kind: see :class:`SplitSpec`.
 
     Returns:
         str: the absolute ``split_dir``.
@@ -546,7 +653,7 @@ def generate_split(split_dir: str, split: str = "train", num_images: int = 48,
         FileExistsError: ``split_dir`` exists (also when another process finished
             writing it first).
     """
-    spec = SplitSpec(split, num_images, image_size, seed)
+    spec = SplitSpec(split, num_images, image_size, seed, kind)
     split_dir = split_paths(split_dir).split_dir
     if os.path.lexists(split_dir):
         raise FileExistsError(f"{split_dir} already exists")
@@ -578,14 +685,22 @@ def _read_marker(split_dir: str) -> dict:
     except FileNotFoundError:
         raise ValueError(
             f"{split_dir} exists but has no {_MARKER}: it was not written (completely) by this "
-            "generator; delete the directory to regenerate it") from None
+            "generator; delete the directory to regenerate it"
+        ) from None
     except json.JSONDecodeError as e:
         raise ValueError(
-            f"{marker}: invalid JSON ({e}); delete {split_dir} to regenerate it") from e
+            f"{marker}: invalid JSON ({e}); delete {split_dir} to regenerate it"
+        ) from e
 
 
-def ensure_split(split_dir: str, split: str = "train", num_images: int = 48,
-                 image_size=(128, 128), seed: int = 0) -> str:
+def ensure_split(
+    split_dir: str,
+    split: str = "train",
+    num_images: int = 48,
+    image_size=(128, 128),
+    seed: int = 0,
+    kind: str = "shapes",
+) -> str:
     """Generate a split unless it exists; check that an existing one matches the request.
 
     Safe to call from several processes at once (each may generate; one rename wins).
@@ -598,21 +713,27 @@ def ensure_split(split_dir: str, split: str = "train", num_images: int = 48,
             different generator version), or is not a generated split; the message names
             the directory.
     """
-    spec = SplitSpec(split, num_images, image_size, seed)
+    spec = SplitSpec(split, num_images, image_size, seed, kind)
     split_dir = split_paths(split_dir).split_dir
     if not os.path.isdir(split_dir):
         try:
             return generate_split(
-                split_dir, spec.split, spec.num_images, spec.image_size, spec.seed)
+                split_dir, spec.split, spec.num_images, spec.image_size, spec.seed, spec.kind
+            )
         except FileExistsError:
             pass  # another process won the race; check what it wrote
     on_disk, wanted = _read_marker(split_dir), spec.to_json()
     if on_disk != wanted:
-        diff = {k: (on_disk.get(k), v) for k, v in wanted.items() if on_disk.get(k) != v}
+        diff = {
+            k: (on_disk.get(k), wanted.get(k))
+            for k in sorted({**on_disk, **wanted})
+            if on_disk.get(k) != wanted.get(k)
+        }
         raise ValueError(
             f"{split_dir} was generated with other parameters (on disk vs requested: {diff}); "
             "delete the directory to regenerate it, or register the dataset under another "
-            "name or root")
+            "name or root"
+        )
     return split_dir
 
 
@@ -694,8 +815,9 @@ def validate_panoptic_split(
     for im in data["images"]:
         _require(im, ["id", "file_name", "width", "height"], f"{panoptic_json}: image {im}")
         images[im["id"]] = im
-    stats = dict(images=len(images), segments=0, thing_segments=0, stuff_segments=0,
-                 images_without_things=0)
+    stats = dict(
+        images=len(images), segments=0, thing_segments=0, stuff_segments=0, images_without_things=0
+    )
     seen = set()
     for ann in data["annotations"]:
         _require(ann, ["image_id", "file_name", "segments_info"], f"{panoptic_json}: annotation")
@@ -712,8 +834,9 @@ def validate_panoptic_split(
         for s in segs:
             _require(s, ["id", "category_id", "area", "bbox", "iscrowd"], f"{where}: segment {s}")
             if s["category_id"] not in isthing:
-                raise PanopticFormatError(f"{where}: segment {s['id']} has undeclared "
-                                          f"category_id {s['category_id']}")
+                raise PanopticFormatError(
+                    f"{where}: segment {s['id']} has undeclared category_id {s['category_id']}"
+                )
         n_things = sum(isthing[s["category_id"]] for s in segs)
         stats["segments"] += len(segs)
         stats["thing_segments"] += n_things
@@ -724,7 +847,8 @@ def validate_panoptic_split(
         png_path = os.path.join(panoptic_root, ann["file_name"])
         if not os.path.isfile(png_path):
             raise FileNotFoundError(
-                f"panoptic PNG not found: {png_path} (listed in {panoptic_json})")
+                f"panoptic PNG not found: {png_path} (listed in {panoptic_json})"
+            )
         if image_root is not None:
             img_path = os.path.join(image_root, image["file_name"])
             if not os.path.isfile(img_path):
@@ -741,7 +865,8 @@ def validate_panoptic_split(
     if not stats["thing_segments"] or not stats["stuff_segments"]:
         raise PanopticFormatError(
             f"{panoptic_json}: the split has {stats['thing_segments']} thing and "
-            f"{stats['stuff_segments']} stuff segments; PQ needs both")
+            f"{stats['stuff_segments']} stuff segments; PQ needs both"
+        )
     if instances_json is not None:
         _check_instances(instances_json, images, check_pixels)
     return stats
@@ -752,7 +877,8 @@ def _check_panoptic_pixels(png_path, sem_path, image, segs, categories):
     h, w = image["height"], image["width"]
     if rgb.shape != (h, w, 3):
         raise PanopticFormatError(
-            f"{png_path}: shape {rgb.shape}, expected an RGB PNG of {(h, w, 3)}")
+            f"{png_path}: shape {rgb.shape}, expected an RGB PNG of {(h, w, 3)}"
+        )
     pan = rgb2id(rgb)
     ids, counts = np.unique(pan, return_counts=True)
     in_png = dict(zip(ids.tolist(), counts.tolist()))
@@ -762,33 +888,39 @@ def _check_panoptic_pixels(png_path, sem_path, image, segs, categories):
         if sid not in in_png:
             raise PanopticFormatError(
                 f"{png_path}: segment id {sid} (category {s['category_id']}) is listed in the "
-                "JSON but absent from the PNG")
+                "JSON but absent from the PNG"
+            )
         if s["area"] != in_png[sid]:
             raise PanopticFormatError(
                 f"{png_path}: segment id {sid} has area {s['area']} in the JSON but "
-                f"{in_png[sid]} pixels in the PNG")
+                f"{in_png[sid]} pixels in the PNG"
+            )
         ys, xs = np.nonzero(pan == sid)
         x0, y0 = int(xs.min()), int(ys.min())
         box = [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
         if not np.allclose(s["bbox"], box, atol=1e-3):
             raise PanopticFormatError(
                 f"{png_path}: segment id {sid} has bbox {s['bbox']} in the JSON but {box} "
-                "in the PNG")
+                "in the PNG"
+            )
     extra = sorted(set(in_png) - set(listed))
     if extra:
         raise PanopticFormatError(
-            f"{png_path}: segment id(s) {extra[:10]} appear in the PNG but not in the JSON")
+            f"{png_path}: segment id(s) {extra[:10]} appear in the PNG but not in the JSON"
+        )
     if sem_path is not None:
         sem = _read_png(sem_path, "semantic PNG")
         expected = panoptic_to_semantic(pan, segs, categories)
         if sem.shape != expected.shape:
             raise PanopticFormatError(
-                f"{sem_path}: shape {sem.shape}, expected a single-channel PNG of {expected.shape}")
+                f"{sem_path}: shape {sem.shape}, expected a single-channel PNG of {expected.shape}"
+            )
         wrong = int((sem != expected).sum())
         if wrong:
             raise PanopticFormatError(
                 f"{sem_path}: {wrong} pixels disagree with the labels derived from {png_path} "
-                "(things 0, stuff 1..N in category order, unlabeled 255)")
+                "(things 0, stuff 1..N in category order, unlabeled 255)"
+            )
 
 
 def _check_instances(instances_json, pan_images, check_pixels):
@@ -798,12 +930,16 @@ def _check_instances(instances_json, pan_images, check_pixels):
     if set(images) != set(pan_images):
         raise PanopticFormatError(
             f"{instances_json}: its image ids differ from the panoptic JSON's "
-            f"({len(images)} vs {len(pan_images)} images)")
+            f"({len(images)} vs {len(pan_images)} images)"
+        )
     cat_ids = {c["id"] for c in data["categories"]}
     ann_ids = set()
     for ann in data["annotations"]:
-        _require(ann, ["id", "image_id", "category_id", "bbox", "area", "iscrowd"],
-                 f"{instances_json}: annotation")
+        _require(
+            ann,
+            ["id", "image_id", "category_id", "bbox", "area", "iscrowd"],
+            f"{instances_json}: annotation",
+        )
         where = f"{instances_json}: annotation id {ann['id']}"
         if ann["id"] in ann_ids:
             raise PanopticFormatError(f"{where}: repeated annotation id")
@@ -820,7 +956,8 @@ def _check_instances(instances_json, pan_images, check_pixels):
             if list(segm.get("size", [])) != [im["height"], im["width"]]:
                 raise PanopticFormatError(
                     f"{where}: RLE size {segm.get('size')} differs from the image's "
-                    f"{[im['height'], im['width']]}")
+                    f"{[im['height'], im['width']]}"
+                )
             if check_pixels and isinstance(segm.get("counts"), list):
                 try:
                     area = int(rle_to_mask(segm).sum())
@@ -828,4 +965,5 @@ def _check_instances(instances_json, pan_images, check_pixels):
                     raise PanopticFormatError(f"{where}: {e}") from e
                 if area != ann["area"]:
                     raise PanopticFormatError(
-                        f"{where}: area {ann['area']} but its mask has {area} pixels")
+                        f"{where}: area {ann['area']} but its mask has {area} pixels"
+                    )

@@ -15,6 +15,8 @@ tested:
 * :mod:`.engine_benchmark` -- one training step of the hGRU refiner alone, per arm.
 * :mod:`.stability` -- PQ and residual when a model runs past its trained steps.
 * :mod:`.demo` -- train on the synthetic data, report PQ, draw overlays.
+* :mod:`.seeds` -- train configs over seeds, PQ at multiples of the trained steps, the
+  mask head alone on ground-truth boxes (``tools/compare_configs.py``).
 
 Submodules import Detectron2 where they need it; import them, not this package, for names.
 """

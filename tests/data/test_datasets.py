@@ -169,9 +169,10 @@ def test_dataset_mapper_builds_training_targets(dataset):
 
 def test_evaluators_build_and_score_ground_truth_perfectly(dataset, tmp_path):
     """Evaluator construction generates the files; ground truth as predictions scores 100."""
+    from pycocotools import mask as mask_util
+
     from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEvaluator
     from detectron2.structures import Boxes, BoxMode, Instances
-    from pycocotools import mask as mask_util
 
     name, split_dir = dataset
     ds = name + "_separated"
