@@ -8,9 +8,10 @@ PYTEST_ARGS ?=
 setup:
 	@bash tools/setup_env.sh $(VENV)
 
-# Static checks (ruff: pyflakes, pycodestyle, import order; settings in pyproject.toml).
+# Static checks (ruff: pyflakes, pycodestyle, import order, formatting; pyproject.toml).
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check crbp_panoptic tools tests setup.py
 
 # The whole pytest suite, on the CPU.
 test: setup

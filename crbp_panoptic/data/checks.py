@@ -1,4 +1,5 @@
 """Checks run before training starts, so a missing dataset fails in seconds, not hours."""
+
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -41,8 +42,11 @@ def check_datasets(dataset_names):
     comm.synchronize()
     for name in dataset_names:
         meta = MetadataCatalog.get(name)
-        missing = [f"{k}: {meta.get(k)}" for k in _PATH_KEYS
-                   if meta.get(k) is not None and not os.path.exists(meta.get(k))]
+        missing = [
+            f"{k}: {meta.get(k)}"
+            for k in _PATH_KEYS
+            if meta.get(k) is not None and not os.path.exists(meta.get(k))
+        ]
         if missing:
             raise FileNotFoundError(
                 f"dataset {name!r}: missing {'; '.join(missing)}. Detectron2 reads datasets from "

@@ -1,4 +1,5 @@
 """Detectron2 registration of the synthetic data: catalogs, loaders, mapper, evaluators."""
+
 import json
 import logging
 import os
@@ -33,8 +34,9 @@ NUM_IMAGES = 4  # image 3 has no things
 def dataset(tmp_path):
     """A synthetic dataset registered under a fresh name and an explicit root."""
     name = f"synthetic_test_{tmp_path.name}"
-    register_synthetic_panoptic(name, root=str(tmp_path), split="val", num_images=NUM_IMAGES,
-                                image_size=SIZE, seed=0)
+    register_synthetic_panoptic(
+        name, root=str(tmp_path), split="val", num_images=NUM_IMAGES, image_size=SIZE, seed=0
+    )
     yield name, str(tmp_path / "synthetic_panoptic" / name)
     unregister_synthetic_panoptic(name)
 
@@ -66,7 +68,8 @@ def test_defaults_are_registered_lazily():
             meta = MetadataCatalog.get(name + suffix)
             assert meta.as_dict()["evaluator_type"] == kind
             assert meta.as_dict()["sem_seg_root"].endswith(
-                os.path.join("synthetic_panoptic", name, "panoptic_stuff"))
+                os.path.join("synthetic_panoptic", name, "panoptic_stuff")
+            )
     assert DEFAULT_DATASETS["synthetic_panoptic_train"]["num_images"] == 48
     assert DEFAULT_DATASETS["synthetic_panoptic_val"]["split"] == "val"
 
@@ -77,8 +80,9 @@ def test_registration_generates_nothing_and_honours_the_environment(tmp_path, mo
     try:
         register_synthetic_panoptic(name, split="val", num_images=1, image_size=(32, 32))
         meta = MetadataCatalog.get(name + "_separated").as_dict()  # as_dict: no generation
-        assert meta["json_file"] == str(tmp_path / "env_root" / "synthetic_panoptic" / name /
-                                        "instances.json")
+        assert meta["json_file"] == str(
+            tmp_path / "env_root" / "synthetic_panoptic" / name / "instances.json"
+        )
         assert not (tmp_path / "env_root").exists()
         # The same parameters again: a no-op; other parameters: an error naming both.
         register_synthetic_panoptic(name, split="val", num_images=1, image_size=(32, 32))
@@ -130,8 +134,9 @@ def test_load_coco_panoptic_json_reads_it_back(dataset):
     name, split_dir = dataset
     ensure_generated(name)
     meta = MetadataCatalog.get(name + "_separated")
-    dicts = load_coco_panoptic_json(meta.panoptic_json, meta.image_root, meta.panoptic_root,
-                                    meta.as_dict())
+    dicts = load_coco_panoptic_json(
+        meta.panoptic_json, meta.image_root, meta.panoptic_root, meta.as_dict()
+    )
     n_things = n_stuff = 0
     for d in dicts:
         assert os.path.isfile(d["file_name"])
@@ -176,14 +181,23 @@ def test_evaluators_build_and_score_ground_truth_perfectly(dataset, tmp_path):
 
     name, split_dir = dataset
     ds = name + "_separated"
-    coco_eval = COCOEvaluator(ds, tasks=("bbox", "segm"), distributed=False,
-                              output_dir=str(tmp_path / "coco"), use_fast_impl=False)
+    coco_eval = COCOEvaluator(
+        ds,
+        tasks=("bbox", "segm"),
+        distributed=False,
+        output_dir=str(tmp_path / "coco"),
+        use_fast_impl=False,
+    )
     assert os.path.isdir(split_dir)  # reading metadata.json_file generated the split
     pan_eval = COCOPanopticEvaluator(ds, str(tmp_path / "pan"))
     sem_eval = SemSegEvaluator(ds, distributed=False)
     meta = MetadataCatalog.get(ds)
-    pan_dicts = {d["image_id"]: d for d in load_coco_panoptic_json(
-        meta.panoptic_json, meta.image_root, meta.panoptic_root, meta.as_dict())}
+    pan_dicts = {
+        d["image_id"]: d
+        for d in load_coco_panoptic_json(
+            meta.panoptic_json, meta.image_root, meta.panoptic_root, meta.as_dict()
+        )
+    }
     for e in (coco_eval, pan_eval, sem_eval):
         e.reset()
     for d in DatasetCatalog.get(ds):
@@ -199,8 +213,10 @@ def test_evaluators_build_and_score_ground_truth_perfectly(dataset, tmp_path):
         sem = torch.tensor(np.array(Image.open(d["sem_seg_file_name"])), dtype=torch.int64)
         logits = torch.nn.functional.one_hot(torch.where(sem == 255, 0, sem), 4).permute(2, 0, 1)
         pd = pan_dicts[d["image_id"]]
-        segments = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
-                    for s in pd["segments_info"]]
+        segments = [
+            {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+            for s in pd["segments_info"]
+        ]
         pan = torch.as_tensor(_panoptic_ids(pd["pan_seg_file_name"]), dtype=torch.int32)
         inputs = [{"file_name": d["file_name"], "image_id": d["image_id"], "height": h, "width": w}]
         coco_eval.process(inputs, [{"instances": inst}])
@@ -241,8 +257,9 @@ def test_mismatched_split_on_disk_is_an_error(dataset):
     ensure_generated(name)
     root = os.path.dirname(os.path.dirname(split_dir))
     unregister_synthetic_panoptic(name)
-    register_synthetic_panoptic(name, root=root, split="val", num_images=NUM_IMAGES + 1,
-                                image_size=SIZE, seed=0)
+    register_synthetic_panoptic(
+        name, root=root, split="val", num_images=NUM_IMAGES + 1, image_size=SIZE, seed=0
+    )
     with pytest.raises(ValueError, match="num_images") as info:
         DatasetCatalog.get(name + "_separated")
     assert split_dir in str(info.value)

@@ -1,4 +1,5 @@
 """The synthetic COCO-panoptic generator: determinism, exact format, checks, atomicity."""
+
 import filecmp
 import json
 import os
@@ -43,8 +44,9 @@ def _files(d):
 
 def _validate(d, **kw):
     p = split_paths(d)
-    return validate_panoptic_split(p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir,
-                                   p.instances_json, **kw)
+    return validate_panoptic_split(
+        p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir, p.instances_json, **kw
+    )
 
 
 def test_render_is_deterministic():
@@ -63,8 +65,9 @@ def test_same_parameters_give_identical_files(split_dir, tmp_path):
     _, mismatch, errors = filecmp.cmpfiles(split_dir, again, files, shallow=False)
     assert not mismatch and not errors
     other = generate_split(str(tmp_path / "other"), "train", NUM_IMAGES, SIZE, 1)
-    assert not filecmp.cmp(split_paths(split_dir).panoptic_json,
-                           split_paths(other).panoptic_json, shallow=False)
+    assert not filecmp.cmp(
+        split_paths(split_dir).panoptic_json, split_paths(other).panoptic_json, shallow=False
+    )
 
 
 def test_layout_and_coco_fields(split_dir):
@@ -85,14 +88,19 @@ def test_layout_and_coco_fields(split_dir):
             assert sem.mode == "L"
         for seg in ann["segments_info"]:
             assert set(seg) == {"id", "category_id", "iscrowd", "bbox", "area"}
-    assert _load(p.marker) == {"generator_version": synthetic.GENERATOR_VERSION, "split": "train",
-                               "num_images": NUM_IMAGES, "image_size": list(SIZE), "seed": 0}
+    assert _load(p.marker) == {
+        "generator_version": synthetic.GENERATOR_VERSION,
+        "split": "train",
+        "num_images": NUM_IMAGES,
+        "image_size": list(SIZE),
+        "seed": 0,
+    }
 
 
 def test_id_encoding_matches_panopticapi():
     from panopticapi.utils import id2rgb, rgb2id
 
-    ids = np.random.default_rng(0).integers(0, 256 ** 3, (7, 5))
+    ids = np.random.default_rng(0).integers(0, 256**3, (7, 5))
     rgb = synthetic.id2rgb(ids)
     np.testing.assert_array_equal(rgb, id2rgb(ids))
     np.testing.assert_array_equal(synthetic.rgb2id(rgb), ids)
@@ -169,8 +177,10 @@ def test_content_things_stuff_empty_images_and_occlusion(split_dir):
         s = render_sample(i, "train", SIZE, 0)
         is_thing = np.isin(s.panoptic // 1000, list(THING_IDS))
         pan = s.panoptic
-        for a, b, ta, tb in ((pan[1:], pan[:-1], is_thing[1:], is_thing[:-1]),
-                             (pan[:, 1:], pan[:, :-1], is_thing[:, 1:], is_thing[:, :-1])):
+        for a, b, ta, tb in (
+            (pan[1:], pan[:-1], is_thing[1:], is_thing[:-1]),
+            (pan[:, 1:], pan[:, :-1], is_thing[:, 1:], is_thing[:, :-1]),
+        ):
             touching |= bool((ta & tb & (a != b)).any())
     assert touching
 
@@ -182,10 +192,17 @@ def test_every_nonempty_small_split_has_things_and_stuff(tmp_path):
         assert stats["thing_segments"] and stats["stuff_segments"]
 
 
-@pytest.mark.parametrize("corruption", [
-    "invalid_json", "segment_absent_from_png", "wrong_area", "missing_png", "wrong_semantic",
-    "instances_area",
-])
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        "invalid_json",
+        "segment_absent_from_png",
+        "wrong_area",
+        "missing_png",
+        "wrong_semantic",
+        "instances_area",
+    ],
+)
 def test_corrupt_file_is_named(split_dir, tmp_path, corruption):
     d = str(tmp_path / "copy")
     shutil.copytree(split_dir, d)
