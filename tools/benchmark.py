@@ -52,6 +52,22 @@ from crbp_panoptic.experiments.machine import machine_info
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "COCO-PanopticSegmentation"
 
 
+#: Arguments that define a measurement: in the report's settings and every run's spec.
+MEASURE_KEYS = (
+    "device",
+    "size",
+    "batch",
+    "instances",
+    "iters",
+    "mem_iters",
+    "warmup",
+    "infer_iters",
+    "infer_warmup",
+    "test_tol",
+    "detections",
+)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,25 +181,7 @@ def main(argv=None):
             print(f"{placement:4s} {arm.name:18s} {bench.series(arm):18s} {opts}")
         return []
     cuda = args.device.startswith("cuda")
-    settings = {
-        k: getattr(args, k)
-        for k in (
-            "device",
-            "size",
-            "batch",
-            "instances",
-            "iters",
-            "mem_iters",
-            "warmup",
-            "infer_iters",
-            "infer_warmup",
-            "test_tol",
-            "detections",
-            "lr",
-            "opts",
-            "placements",
-        )
-    }
+    settings = {k: getattr(args, k) for k in MEASURE_KEYS + ("lr", "opts", "placements")}
     settings.update(
         arms=[a.name for a in args.arm_list]
         + [a.name for arms in args.cheap.values() for a in arms],
@@ -198,24 +196,7 @@ def main(argv=None):
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(args.device)
-    base_spec = {
-        k: getattr(args, k)
-        for k in (
-            "device",
-            "size",
-            "batch",
-            "instances",
-            "iters",
-            "mem_iters",
-            "warmup",
-            "infer_iters",
-            "infer_warmup",
-            "test_tol",
-            "detections",
-            "seed",
-            "threads",
-        )
-    }
+    base_spec = {k: getattr(args, k) for k in MEASURE_KEYS + ("seed", "threads")}
     base_spec.update(
         opts=bench.common_opts(args.device, args.lr, args.detections, args.depth),
         user_opts=args.opts,
