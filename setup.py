@@ -23,6 +23,8 @@ setup(
     ],
     extras_require={
         "d2": ["detectron2", "panopticapi", "torch", "torchvision"],
-        "dev": ["pytest", "scipy"],
+        # COCO box/mask AP in C++ where Detectron2 was built without its extension.
+        "eval": ["faster-coco-eval"],
+        "dev": ["pytest", "scipy", "ruff"],
     },
 )
