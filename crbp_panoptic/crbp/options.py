@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from .solvers import SOLVERS
 
@@ -97,6 +97,18 @@ def check_cell_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any) -
             check.fail("num_groups", groups, f"must divide the channel count {channels}")
 
 
+_CELL_ARGS = (
+    "channels",
+    "kernel_size",
+    "norm",
+    "num_groups",
+    "gala",
+    "variant",
+    "norm_gain",
+    "gate_bias_range",
+)
+
+
 def check_refiner_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any) -> None:
     """Validate :class:`~crbp_panoptic.crbp.RecurrentRefiner` keyword arguments (those given).
 
@@ -152,21 +164,3 @@ def check_refiner_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any
         )
     cell = {k: v for k, v in kwargs.items() if k in _CELL_ARGS}
     check_cell_args(labels, **cell)
-
-
-_CELL_ARGS = (
-    "channels",
-    "kernel_size",
-    "norm",
-    "num_groups",
-    "gala",
-    "variant",
-    "norm_gain",
-    "gate_bias_range",
-)
-
-
-def split_cell_args(kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``(cell kwargs, other kwargs)`` of a refiner's keyword arguments."""
-    cell = {k: v for k, v in kwargs.items() if k in _CELL_ARGS}
-    return cell, {k: v for k, v in kwargs.items() if k not in _CELL_ARGS}

@@ -112,9 +112,6 @@ def check_run_dir(run_dir: str) -> str:
     return path
 
 
-_weights = check_run_dir
-
-
 class _StepCounter:
     """Records the steps of every call of every refiner in a model (forward hooks)."""
 
@@ -167,7 +164,7 @@ def measure_inference(
         PQ_th / PQ_st, or None).
     """
     rows = []
-    weights = _weights(run_dir)
+    weights = check_run_dir(run_dir)
     for setting in settings:
         cfg = run_cfg(run_dir, setting.opts)
         model = load_model(cfg, weights)
@@ -200,7 +197,7 @@ def measure_training(
     from detectron2.utils.events import EventStorage
 
     rows = []
-    weights = _weights(run_dir)
+    weights = check_run_dir(run_dir)
     batches: Optional[List] = None
     for setting in settings:
         cfg = run_cfg(run_dir, setting.opts)

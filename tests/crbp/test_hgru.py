@@ -135,7 +135,7 @@ def test_chronos_bias_is_log_uniform():
 @pytest.mark.parametrize("norm", ["GN", "none"])
 def test_dynamics_start_near_the_lcp_threshold(norm):
     """The chronos init puts the column sums of a fresh cell's Jacobian close to, mostly
-    below, tau = 0.9 (the old 0.75-open gate gave ~0.3): a long-memory, contractive start."""
+    below, tau = 0.9: a long-memory, contractive start."""
     torch.manual_seed(0)
     cell = HGRUCell(16, norm=norm, num_groups=4, gate_bias_range=(1.0, 19.0))
     x = torch.randn(2, 16, 10, 10)
