@@ -5,7 +5,10 @@ output folder (``tools/train_net.py`` writes both). For each run this module mea
 with the run's own weights and the run's own val split:
 
 * inference seconds per image, mean recurrent steps used and PQ, under each
-  :class:`Setting` of the test-time levers (steps, early-stop tolerance, solver);
+  :class:`Setting` of the test-time levers (steps, early-stop tolerance, solver), and
+  for the settings that run a fixed number of steps the multiply-adds of convolutions
+  and linear layers per image (Detectron2's ``FlopCountAnalysis``): the cost floor a
+  setting cannot go below however well its kernels run;
 * seconds per training iteration (forward + backward on the run's own training
   batches), under each setting of the training levers (forward and Neumann tolerances,
   the cheap penalty).
@@ -35,9 +38,11 @@ __all__ = [
     "markdown",
     "measure_inference",
     "measure_runs",
+    "flops_per_image",
     "measure_training",
     "placement",
     "run_cfg",
+    "step_macs",
     "training_settings",
 ]
 
@@ -48,6 +53,8 @@ class Setting:
 
     name: str
     opts: tuple = ()
+    #: count the multiply-adds per image (for settings whose step count is fixed)
+    flops: bool = False
 
 
 def inference_settings(steps: int, tols: Sequence[float] = (1e-2, 3e-3, 1e-3)) -> List[Setting]:
@@ -61,6 +68,7 @@ def inference_settings(steps: int, tols: Sequence[float] = (1e-2, 3e-3, 1e-3)) -
         Setting(
             f"{k}T" if k > 1 else "T",
             ("MODEL.CRBP.TEST_STEPS", k * steps, "MODEL.CRBP.TEST_TOL", 0.0),
+            flops=True,
         )
         for k in (1, 2)
     ]
@@ -153,6 +161,34 @@ def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, flo
     return {"seconds": median(wall), "cpu_seconds": median(cpu)}
 
 
+def flops_per_image(model, inputs: List[dict]) -> Dict[str, float]:
+    """Mean multiply-adds per image of ``model`` (eval mode) over ``inputs``.
+
+    Counted by Detectron2's ``FlopCountAnalysis`` (fvcore): convolutions, linear layers and
+    matrix products, one per multiply-add (normalisations by fvcore's estimate); other
+    elementwise operations are not counted, so on a CPU they are part of what a time
+    ratio adds to this floor.
+
+    Returns:
+        dict: ``total`` (the whole model) and ``recurrent`` (the part inside
+        :class:`~crbp_panoptic.crbp.RecurrentRefiner` modules; 0 for a feedforward model).
+    """
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    refiners = [n for n, m in model.named_modules() if isinstance(m, RecurrentRefiner)]
+    total = recurrent = 0.0
+    with torch.no_grad():
+        for item in inputs:
+            count = FlopCountAnalysis(model, ([item],))
+            count.unsupported_ops_warnings(False)
+            count.uncalled_modules_warnings(False)
+            by_module = count.by_module()
+            total += count.total()
+            # the count runs the model inside a tracing wrapper, whose attribute is "model"
+            recurrent += sum(by_module.get(f"model.{name}", 0) for name in refiners)
+    return {"total": total / len(inputs), "recurrent": recurrent / len(inputs)}
+
+
 def measure_inference(
     run_dir: str, settings: Sequence[Setting], num_images: int = 12, with_pq: bool = True
 ) -> List[Dict]:
@@ -160,8 +196,10 @@ def measure_inference(
 
     Returns:
         list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (per image),
-        ``mean_steps`` (per refiner call; None for a feedforward run) and ``pq`` (dict PQ /
-        PQ_th / PQ_st, or None).
+        ``mean_steps`` (per refiner call; None for a feedforward run), ``pq`` (dict PQ /
+        PQ_th / PQ_st, or None) and ``flops`` (multiply-adds per image for the settings
+        with ``flops`` set: ``total`` and ``recurrent``, else None; see
+        :func:`flops_per_image`).
     """
     rows = []
     weights = check_run_dir(run_dir)
@@ -179,6 +217,7 @@ def measure_inference(
                 **times,
                 "mean_steps": sum(steps) / len(steps) if steps else None,
                 "pq": evaluate_pq(cfg, model) if with_pq else None,
+                "flops": flops_per_image(model, inputs) if setting.flops else None,
             }
         )
     return rows
@@ -246,7 +285,7 @@ def measure_runs(
         "feedforward": {
             "dir": feedforward,
             "inference": measure_inference(
-                feedforward, [Setting("as trained")], num_images, with_pq
+                feedforward, [Setting("as trained", flops=True)], num_images, with_pq
             ),
             "training": measure_training(feedforward, [Setting("as trained")], train_iters),
         },
@@ -277,6 +316,54 @@ def _pq(row) -> str:
     return "-" if row.get("pq") is None else f"{row['pq']['PQ']:.1f}"
 
 
+def _flops(row, base) -> str:
+    if row.get("flops") is None or not base.get("flops"):
+        return "- | -"
+    return (
+        f"{row['flops']['total'] / 1e9:.3f} | {row['flops']['total'] / base['flops']['total']:.2f}"
+    )
+
+
+def step_macs(run: Dict) -> Optional[float]:
+    """Multiply-adds per image of one recurrent step (all refiners): MACs inside the
+    refiners at ``T`` steps, over ``T``."""
+    at_t = run["inference"][0]
+    if at_t["setting"] != "T" or at_t.get("flops") is None:
+        return None
+    return at_t["flops"]["recurrent"] / run["steps"]
+
+
+def _bounds(report: Dict) -> List[str]:
+    """What the multiply-adds alone would make of each run's inference ratio at T."""
+    ff = report["feedforward"]["inference"][0]
+    rows = []
+    for name, run in report["runs"].items():
+        at_t, step = run["inference"][0], step_macs(run)
+        if step is None or not ff.get("flops"):
+            continue
+        macs = at_t["flops"]["total"] / ff["flops"]["total"]
+        cpu = at_t["cpu_seconds"] / ff["cpu_seconds"]
+        rows.append(
+            f"| {name} | {step / 1e9:.4f} | {step / ff['flops']['total']:.3f} | {macs:.2f} | "
+            f"{cpu:.2f} | {cpu / macs:.2f} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "## What bounds inference",
+        "",
+        "MACs (multiply-adds of convolutions and linear layers) are the floor of a setting's "
+        "cost; the CPU-time ratio over the MAC ratio is what the rest (elementwise operations, "
+        "normalisations, small-kernel overhead) adds.",
+        "",
+        "| run | GMAC per step | step / feedforward model (MACs) | x feedforward at T (MACs) "
+        "| x feedforward at T (CPU time) | time ratio / MAC ratio |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def markdown(report: Dict, header: Sequence[str] = ()) -> str:
     """The report as markdown: an inference table and a training table, ratios to the
     feedforward run."""
@@ -288,9 +375,10 @@ def markdown(report: Dict, header: Sequence[str] = ()) -> str:
         "## Inference (per image, batch 1)",
         "",
         "| run | setting | s / image | x feedforward | x feedforward (CPU time) | "
-        "mean steps | PQ | PQ - PQ(T) |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| feedforward | - | {ff_inf['seconds']:.3f} | 1.00 | 1.00 | - | {_pq(ff_inf)} | - |",
+        "mean steps | PQ | PQ - PQ(T) | GMAC / image | x feedforward (MACs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| feedforward | - | {ff_inf['seconds']:.3f} | 1.00 | 1.00 | - | {_pq(ff_inf)} | - "
+        f"| {_flops(ff_inf, ff_inf)} |",
     ]
     for name, run in report["runs"].items():
         at_t = run["inference"][0].get("pq")
@@ -301,8 +389,10 @@ def markdown(report: Dict, header: Sequence[str] = ()) -> str:
                 delta = f"{row['pq']['PQ'] - at_t['PQ']:+.1f}"
             lines.append(
                 f"| {name} | {row['setting']} | {row['seconds']:.3f} | "
-                f"{_ratios(row, ff_inf)} | {steps} | {_pq(row)} | {delta} |"
+                f"{_ratios(row, ff_inf)} | {steps} | {_pq(row)} | {delta} | "
+                f"{_flops(row, ff_inf)} |"
             )
+    lines += _bounds(report)
     lines += [
         "",
         "## Training (forward + backward per iteration, the run's own batches)",

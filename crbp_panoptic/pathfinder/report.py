@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import os
 import sys
 from typing import List
@@ -93,15 +94,15 @@ def _colsum_table(summary: dict) -> str:
         for when in ("init", "trained"):
             d = a.get("colsum", {}).get(when)
             if d:
-                rows.append(
-                    f"| {a['label']} {when} | " + " | ".join(f"{d[k]:.3f}" for k in keys) + " |"
-                )
+                cells = [f"{d[k]:.3f}" for k in keys] + [f"{d.get('adjoint_growth', math.nan):.3g}"]
+                rows.append(f"| {a['label']} {when} | " + " | ".join(cells) + " |")
     if not rows:
         return ""
     tau = summary["settings"]["lcp_tau"]
     head = (
         "| Jacobian column sums at the state after T steps (first 8 test images) | p10 | p50 | p90 "
-        f"| max | share > tau={tau:g} | state contrast |\n|---|---|---|---|---|---|---|"
+        f"| max | share > tau={tau:g} | state contrast | Neumann term growth |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
     return head + "\n" + "\n".join(rows)
 

@@ -83,7 +83,7 @@ class Settings:
     lcp_subsample: Optional[float] = None
     # training
     loss: str = "bce_dice"
-    iters: int = 700
+    iters: int = 1000
     batch: int = 16
     lr: float = 1e-2
     grad_clip: float = 1.0
@@ -111,7 +111,7 @@ class Settings:
         return kw
 
 
-#: Presets. ``cpu``: C-RBP-20 trains in ~9 min and BPTT-6 in ~4 min on one shared
+#: Presets. ``cpu``: C-RBP-20 trains in ~11 min and BPTT-6 in ~5 min on one shared
 #: core; paths (7 dashes, 34 px along the contour) reach beyond what 6 steps of a
 #: 5x5 kernel carry from the dot. ``gpu``: the paper's setting (150x150, 25 channels, 15x15 kernels;
 #: path length set per run: 9, 14, 20 or 25 dashes).
@@ -339,15 +339,19 @@ def _train(model, s: Settings, arm: Arm, data: CachedPathfinder, device, log) ->
     return history
 
 
+#: Power iterations behind the ``adjoint_growth`` diagnostic (growth per Neumann term).
+DIAGNOSTIC_POWER_ITERS = 40
+
+
 def _diagnostics(model: PathfinderNet, image: torch.Tensor, s: Settings, steps: int) -> dict:
-    """Jacobian column-sum statistics of the cell at its state after ``steps``."""
+    """Jacobian column sums and Neumann term growth of the cell at its state after ``steps``."""
     model.eval()
     with torch.no_grad():
         x = model.frontend(image)
         h = torch.zeros_like(x)
         for _ in range(steps):
             h = model.cell(x, h)
-    out = cell_diagnostics(model.cell, x, h, s.lcp_tau)
+    out = cell_diagnostics(model.cell, x, h, s.lcp_tau, power_iters=DIAGNOSTIC_POWER_ITERS)
     return {k: float(v) for k, v in out.items()}
 
 

@@ -183,6 +183,28 @@ def test_cell_diagnostics_match_a_dense_jacobian():
     assert cell_diagnostics(cell, x[:0], h[:0])["colsum_mean"] == 0.0
 
 
+@pytest.mark.parametrize("gain", [0.5, 3.0])
+def test_adjoint_growth_is_the_spectral_radius_of_a_dense_jacobian(gain):
+    """The Neumann terms grow by the Jacobian's spectral radius per term. The step is a
+    dense map with radius ``gain`` up to the tanh's slopes: gain 3 is expansive (a series
+    that diverges), gain 0.5 contractive."""
+    torch.manual_seed(0)
+    weight = torch.randn(36, 36, dtype=f64)
+    weight *= gain / torch.linalg.eigvals(weight).abs().max()
+
+    def step(x, h):
+        return torch.tanh((weight @ h.flatten()).view_as(h) + x)
+
+    x, h = torch.randn(1, 4, 3, 3, dtype=f64), torch.rand(1, 4, 3, 3, dtype=f64)
+    jac = torch.autograd.functional.jacobian(lambda s: step(x, s), h).reshape(36, 36)
+    radius = torch.linalg.eigvals(jac).abs().max().item()
+    growth = cell_diagnostics(step, x, h, power_iters=400)["adjoint_growth"]
+    assert growth == pytest.approx(radius, rel=0.02)
+    assert (radius > 1.0) == (gain > 1.0)
+    assert "adjoint_growth" not in cell_diagnostics(step, x, h)
+    assert cell_diagnostics(step, x[:0], h[:0], power_iters=5)["adjoint_growth"] == 0.0
+
+
 @pytest.mark.parametrize("gala", [False, True])
 @pytest.mark.parametrize("norm", ["GN", "BN", "none"])
 def test_shapes(gala, norm):

@@ -8,7 +8,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from crbp_panoptic.crbp import RecurrentRefiner
 from crbp_panoptic.experiments import speed
+from crbp_panoptic.experiments.evaluation import first_test_inputs, load_model
 
 from tests.tiny import register_tiny_datasets, tiny_train_opts
 
@@ -66,6 +68,40 @@ def test_inference_counts_the_steps_each_setting_runs(runs):
     assert all(r["seconds"] > 0 and r["pq"] is None for r in rows)
 
 
+def test_step_macs_match_the_cell_convolutions(runs):
+    """The refiners' MACs at T are T steps of the hGRU on every recurrent level: per position
+    two k x k and two 1 x 1 C -> C convolutions, on the map shapes the refiners saw, plus
+    fvcore's count for the two GroupNorms (5 per element when affine)."""
+    cfg = speed.run_cfg(runs["fpn"])
+    k, c = cfg.MODEL.CRBP.KERNEL_SIZE, cfg.MODEL.FPN.OUT_CHANNELS
+    model = load_model(cfg, speed.check_run_dir(runs["fpn"]))
+    shapes = []
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: shapes.append(args[0].shape))
+        for m in model.modules()
+        if isinstance(m, RecurrentRefiner)
+    ]
+    inputs = first_test_inputs(cfg, 1)
+    with torch.no_grad():
+        model(inputs)
+    for h in hooks:
+        h.remove()
+    per_step = sum(
+        b * hh * ww * (2 * k * k * c * c + 2 * c * c + 2 * 5 * c) for b, _, hh, ww in shapes
+    )
+    assert len(shapes) == 2  # p4, p5
+
+    settings = speed.inference_settings(3)[:2]
+    rows = speed.measure_inference(runs["fpn"], settings, num_images=1, with_pq=False)
+    run = {"steps": 3, "inference": rows}
+    assert speed.step_macs(run) == pytest.approx(per_step, rel=1e-9)
+    ff = speed.measure_inference(
+        runs["ff"], [speed.Setting("as trained", flops=True)], num_images=1, with_pq=False
+    )[0]
+    assert rows[1]["flops"]["recurrent"] == pytest.approx(2 * rows[0]["flops"]["recurrent"])
+    assert ff["flops"]["total"] > 0 == ff["flops"]["recurrent"]
+
+
 def test_measure_runs_and_report(runs):
     report = speed.measure_runs({"mask": runs["mask"]}, runs["ff"], num_images=1, train_iters=1)
     run = report["runs"]["mask"]
@@ -78,6 +114,8 @@ def test_measure_runs_and_report(runs):
     text = speed.markdown(report, ["# title"])
     assert text.startswith("# title") and "| mask | T |" in text and "| feedforward | - |" in text
     assert "| mask | LCP_SUBSAMPLE 0.25 |" in text
+    assert "## What bounds inference" in text and "| mask | " in text.split("bounds")[1]
+    assert run["inference"][0]["flops"]["recurrent"] > 0 and run["inference"][2]["flops"] is None
     json.dumps(report)  # serialisable
 
 
