@@ -67,6 +67,9 @@ def add_crbp_config(cfg):
     # Log each recurrent module's state contrast and Jacobian column sums (crbp/<module>/...)
     # every this many training iterations; 0 = never. Costs one extra step and VJP.
     crbp.DIAGNOSTICS_PERIOD = 20
+    # Recurrent mask head, training: at most this many foreground ROIs per image (a random
+    # subset) go through the hGRU and the mask loss; 0 = all. Inference sees every detection.
+    crbp.MASK_TRAIN_ROIS = 0
     # Recurrent FPN backbone: the FPN levels whose lateral feature is refined to equilibrium.
     crbp.FPN_LEVELS = ["p2", "p3", "p4", "p5"]
     # Recurrent FPN backbone: hGRU channels; other than MODEL.FPN.OUT_CHANNELS adds 1x1

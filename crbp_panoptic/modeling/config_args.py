@@ -8,7 +8,14 @@ model is built.
 
 from crbp_panoptic.crbp.options import check_refiner_args
 
-__all__ = ["diagnostics_period", "fpn_channels", "fpn_levels", "lcp_weight", "refiner_args"]
+__all__ = [
+    "diagnostics_period",
+    "fpn_channels",
+    "fpn_levels",
+    "lcp_weight",
+    "mask_train_rois",
+    "refiner_args",
+]
 
 #: Refiner / cell keyword argument -> the MODEL.CRBP key it comes from.
 KEYS = {
@@ -51,6 +58,14 @@ def diagnostics_period(cfg):
     value = cfg.MODEL.CRBP.DIAGNOSTICS_PERIOD
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         _fail("DIAGNOSTICS_PERIOD", value, "expected an integer >= 0 (0 = never)")
+    return value
+
+
+def mask_train_rois(cfg):
+    """``MODEL.CRBP.MASK_TRAIN_ROIS`` as an int, validated (>= 0)."""
+    value = cfg.MODEL.CRBP.MASK_TRAIN_ROIS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail("MASK_TRAIN_ROIS", value, "expected an integer >= 0 (0 = every foreground ROI)")
     return value
 
 

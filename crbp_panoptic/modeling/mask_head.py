@@ -1,15 +1,19 @@
 """The paper's recurrent ROI mask head: an hGRU at equilibrium instead of four 3x3 convs."""
 
+from typing import List
+
 import fvcore.nn.weight_init as weight_init
+import torch
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
+from detectron2.structures import Instances
 
 from crbp_panoptic.crbp import RecurrentRefiner
 
-from .config_args import refiner_args
+from .config_args import mask_train_rois, refiner_args
 
 __all__ = ["CRBPMaskHead"]
 
@@ -32,7 +36,16 @@ class CRBPMaskHead(BaseMaskRCNNHead):
     """
 
     @configurable
-    def __init__(self, input_shape: ShapeSpec, *, num_classes, conv_dim, refiner_kwargs, **kwargs):
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        num_classes,
+        conv_dim,
+        refiner_kwargs,
+        train_rois: int = 0,
+        **kwargs,
+    ):
         """
         Args:
             input_shape (ShapeSpec): shape of the ROI features (its channels are the hGRU's).
@@ -40,9 +53,14 @@ class CRBPMaskHead(BaseMaskRCNNHead):
             conv_dim (int): output channels of the deconv.
             refiner_kwargs (dict): :class:`RecurrentRefiner` keyword arguments (those of its
                 :class:`HGRUCell` included; ``channels`` must be ``input_shape.channels``).
+            train_rois (int): in training, at most this many ROIs per image (a random
+                subset) go through the head and its loss; 0 = all.
             kwargs: :class:`BaseMaskRCNNHead` arguments (``loss_weight``, ``vis_period``).
         """
         super().__init__(**kwargs)
+        if isinstance(train_rois, bool) or not isinstance(train_rois, int) or train_rois < 0:
+            raise ValueError(f"train_rois={train_rois!r}; expected an integer >= 0 (0 = all)")
+        self.train_rois = train_rois
         channels = input_shape.channels
         self.mask_recurrent = RecurrentRefiner(**refiner_kwargs)
         norm = refiner_kwargs.get("norm", "GN")
@@ -66,8 +84,28 @@ class CRBPMaskHead(BaseMaskRCNNHead):
             else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             conv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
             refiner_kwargs=refiner_args(cfg, input_shape.channels),
+            train_rois=mask_train_rois(cfg),
         )
         return ret
+
+    def forward(self, x, instances: List[Instances]):
+        """:class:`BaseMaskRCNNHead` ``forward``, on at most ``train_rois`` ROIs per image in
+        training (``x``: (R, C, S, S) features of the ROIs of ``instances``, image by image)."""
+        if self.training and self.train_rois > 0:
+            x, instances = self._subsample_rois(x, instances)
+        return super().forward(x, instances)
+
+    def _subsample_rois(self, x, instances: List[Instances]):
+        keep, kept, start = [], [], 0
+        for inst in instances:
+            n = len(inst)
+            local = torch.arange(n, device=x.device)
+            if n > self.train_rois:
+                local = torch.randperm(n, device=x.device)[: self.train_rois].sort().values
+            keep.append(local + start)
+            kept.append(inst[local])
+            start += n
+        return x[torch.cat(keep)] if keep else x, kept
 
     def layers(self, x):
         """

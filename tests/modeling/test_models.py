@@ -304,3 +304,74 @@ def test_cheap_penalty_reaches_loss_dict(config_file, key, value):
 def test_unknown_config_key_is_rejected():
     with pytest.raises(AssertionError, match="Non-existent key: MODEL.CRBP.STEP"):
         tiny_cfg(FPN_YAML, "MODEL.CRBP.STEP", 3)
+
+
+def _roi_instances(sizes, image=32):
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    out, start = [], 0
+    for n in sizes:
+        inst = Instances((image, image))
+        boxes = torch.tensor([[2.0, 2.0, 20.0 + i, 24.0] for i in range(n)])
+        inst.proposal_boxes = Boxes(boxes)
+        inst.gt_classes = torch.zeros(n, dtype=torch.long)
+        masks = torch.zeros(n, image, image, dtype=torch.bool)
+        masks[:, 4:16, 4:18] = True
+        inst.gt_masks = BitMasks(masks)
+        inst.roi_id = torch.arange(start, start + n)
+        out.append(inst)
+        start += n
+    return out
+
+
+def test_mask_head_trains_on_at_most_train_rois_per_image():
+    """MASK_TRAIN_ROIS: each image keeps min(n, cap) of its ROIs, feature rows and
+    instances stay paired, and the loss is the stock loss on exactly those ROIs."""
+    from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
+
+    head = _build(MASK_YAML, "MODEL.CRBP.MASK_TRAIN_ROIS", 2, "MODEL.CRBP.STEPS", 2)
+    head = head.roi_heads.mask_head.train()
+    assert head.train_rois == 2
+    instances = _roi_instances([5, 1, 3])
+    channels = head.deconv.in_channels
+    x = torch.arange(9.0).view(9, 1, 1, 1).expand(9, channels, 14, 14).contiguous()
+    seen = {}
+    head.mask_recurrent.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    torch.manual_seed(0)
+    with EventStorage():
+        loss = head(x, instances)["loss_mask"]
+    rows = seen["x"][:, 0, 0, 0].long()
+    assert rows.tolist() == sorted(set(rows.tolist()))  # distinct, in image order
+    per_image = [int(((rows >= a) & (rows < b)).sum()) for a, b in ((0, 5), (5, 6), (6, 9))]
+    assert per_image == [2, 1, 2]
+    kept = [inst[torch.isin(inst.roi_id, rows)] for inst in instances]
+    with EventStorage():
+        expected = mask_rcnn_loss(head.layers(x[rows]), kept) * head.loss_weight
+    torch.testing.assert_close(loss, expected)
+
+    head.train_rois = 9  # a cap above every image's count keeps all ROIs
+    torch.manual_seed(0)
+    with EventStorage():
+        full = head(x, instances)["loss_mask"]
+    assert seen["x"].shape[0] == 9
+    head.eval()  # inference never subsamples
+    with torch.no_grad():
+        head(x, _roi_boxes_only(instances))
+    assert seen["x"].shape[0] == 9 and torch.isfinite(full)
+
+
+def _roi_boxes_only(instances):
+    from detectron2.structures import Instances
+
+    out = []
+    for inst in instances:
+        pred = Instances(inst.image_size)
+        pred.pred_boxes = inst.proposal_boxes
+        pred.pred_classes = inst.gt_classes
+        out.append(pred)
+    return out
+
+
+def test_mask_train_rois_is_validated_at_build_time():
+    with pytest.raises(ValueError, match=r"MODEL.CRBP.MASK_TRAIN_ROIS=-1; expected an integer"):
+        _build(MASK_YAML, "MODEL.CRBP.MASK_TRAIN_ROIS", -1)
