@@ -10,7 +10,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ __all__ = [
     "Clock",
     "SavedTensorBytes",
     "median",
+    "peak_allocated_bytes",
     "peak_rss_mib",
     "reset_peak_rss",
     "rss_mib",
@@ -115,3 +116,27 @@ class Clock:
 def median(values: Sequence[float]) -> Optional[float]:
     """The median of ``values``, or None for none."""
     return statistics.median(values) if values else None
+
+
+def peak_allocated_bytes(fn: Callable[[], object]) -> int:
+    """Peak of the bytes torch allocated on the CPU while ``fn()`` ran, above the start.
+
+    Read from the profiler's memory events (``profile_memory=True``): every allocation
+    and release in time order, summed; tensors alive before the call count as zero and
+    what ``fn`` returns counts until the call ends. Unlike the resident set, this is
+    exact and does not depend on the allocator returning memory to the system.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage)
+        for e in prof.events()
+        if e.self_cpu_memory_usage
+    )
+    current = peak = 0
+    for _, change in changes:
+        current += change
+        peak = max(peak, current)
+    return peak
