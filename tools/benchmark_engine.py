@@ -18,6 +18,7 @@ Example::
 
     python tools/benchmark_engine.py --out engine_benchmark.md
     python tools/benchmark_engine.py --full --device cuda --memory-fraction 0.9
+    python tools/benchmark_engine.py --compile --out engine_compile.md  # torch.compile lever
 """
 
 import argparse
@@ -26,7 +27,7 @@ import sys
 
 import torch
 
-from crbp_panoptic.crbp import parse_arm
+from crbp_panoptic.crbp import HGRUCell, parse_arm
 from crbp_panoptic.experiments import engine_benchmark as eb
 from crbp_panoptic.experiments.machine import machine_info
 from crbp_panoptic.experiments.report import write_atomic
@@ -50,6 +51,11 @@ def parse_args(argv=None):
     p.add_argument("--memory-fraction", type=float, default=None, help="CUDA memory fraction cap")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="instead: time one inference step eager and through torch.compile",
+    )
     p.add_argument("--out", default=None, help="also write the markdown table to this file")
     args = p.parse_args(argv)
     try:
@@ -82,6 +88,8 @@ def main(argv=None) -> str:
     channels = args.channels or (256 if args.full else 64)
     rois = args.rois or (256 if args.full else 32)
     all_shapes = eb.shapes(channels, rois, args.roi_size, args.images, args.hw)
+    if args.compile:
+        return _compile_report(args, channels, {s: all_shapes[s] for s in args.scale_list})
     rows = eb.benchmark(
         args.arm_list,
         {s: all_shapes[s] for s in args.scale_list},
@@ -102,6 +110,24 @@ def main(argv=None) -> str:
         f"torch {m['torch']}, {where}."
     )
     text = eb.table(rows, header)
+    print(text)
+    if args.out:
+        write_atomic(args.out, text)
+    return text
+
+
+def _compile_report(args, channels, scale_shapes) -> str:
+    groups = math.gcd(args.num_groups, channels)
+    torch.manual_seed(args.seed)
+    cell = HGRUCell(channels, num_groups=groups, gala=args.gala).eval()
+    rows = [(s, shape, eb.compiled_step(cell, shape)) for s, shape in scale_shapes.items()]
+    m = machine_info("cpu")
+    header = (
+        f"hGRU step (C={channels}, GN groups={groups}, gala={args.gala}) eager and through "
+        f"torch.compile, inference, torch {m['torch']}, CPU ({m['cpu']}, "
+        f"{m['torch_threads']} threads); CPU time per step, the fastest of 5 x 10 calls."
+    )
+    text = eb.compile_table(rows, header)
     print(text)
     if args.out:
         write_atomic(args.out, text)

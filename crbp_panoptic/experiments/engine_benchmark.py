@@ -23,7 +23,16 @@ import torch
 from ..crbp import Arm, HGRUCell, RecurrentRefiner
 from .measure import Clock, SavedTensorBytes
 
-__all__ = ["DEFAULT_ARMS", "REFERENCE_ARM", "benchmark", "shapes", "table", "time_step"]
+__all__ = [
+    "DEFAULT_ARMS",
+    "REFERENCE_ARM",
+    "benchmark",
+    "compile_table",
+    "compiled_step",
+    "shapes",
+    "table",
+    "time_step",
+]
 
 DEFAULT_ARMS = (
     "bptt:1",
@@ -193,5 +202,61 @@ def table(rows, header: str) -> str:
             f"| {scale} | {'x'.join(map(str, shape))} | {arm.name} | {_mib(r['saved'])} | {ratio} "
             f"| {_mib(r['peak'])} | {r['time']:.2f} | {r['cpu']:.2f} | {r['residual']:.1e} "
             f"| {neumann} | {r['lcp']:.2e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _time_calls(fn, x, h, repeats: int) -> float:
+    """Fastest CPU seconds of ``repeats`` batches of 10 calls, per call."""
+    best = math.inf
+    with torch.no_grad():
+        for _ in range(repeats):
+            with Clock() as clock:
+                for _ in range(10):
+                    fn(x, h)
+            best = min(best, clock.cpu_seconds / 10)
+    return best
+
+
+def compiled_step(cell: HGRUCell, shape: Tuple[int, ...], repeats: int = 5) -> Dict:
+    """One inference step of ``cell`` eager and through ``torch.compile``, on a random drive.
+
+    Returns:
+        dict: ``eager`` and ``compiled`` (CPU seconds per step, the fastest of ``repeats``),
+        ``compile_seconds`` (wall time of the first compiled call) and ``error`` (None, or
+        why ``torch.compile`` failed; then ``compiled`` is None).
+    """
+    x, h = torch.randn(shape), torch.rand(shape)
+    out = {"eager": _time_calls(cell, x, h, repeats), "compiled": None}
+    out.update(compile_seconds=None, error=None)
+    try:
+        compiled = torch.compile(cell)
+        with Clock() as clock, torch.no_grad():
+            compiled(x, h)
+    except Exception as e:  # no C++ compiler, unsupported platform, ...
+        out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return out
+    out["compile_seconds"] = clock.seconds
+    out["compiled"] = _time_calls(compiled, x, h, repeats)
+    return out
+
+
+def compile_table(rows, header: str) -> str:
+    """Markdown table of ``(scale, shape, compiled_step figures)`` rows."""
+    lines = [
+        header,
+        "",
+        "| scale | input | eager ms / step | compiled ms / step | compiled / eager "
+        "| first compiled call s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for scale, shape, r in rows:
+        size = "x".join(map(str, shape))
+        if r["compiled"] is None:
+            lines.append(f"| {scale} | {size} | {r['eager'] * 1e3:.2f} | {r['error']} | - | - |")
+            continue
+        lines.append(
+            f"| {scale} | {size} | {r['eager'] * 1e3:.2f} | {r['compiled'] * 1e3:.2f} | "
+            f"{r['compiled'] / r['eager']:.2f} | {r['compile_seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"

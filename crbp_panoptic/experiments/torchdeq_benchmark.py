@@ -110,9 +110,7 @@ def gradient_gap(cell: HGRUCell, x: torch.Tensor, steps: int, neumann_steps: int
     parameters, between torchdeq's IFT and this engine's ``rbp`` mode."""
     ours = _grads(cell, _engine_step(cell, x, Arm("rbp", steps), neumann_steps))
     theirs = _grads(cell, torchdeq_step(cell, x, steps, neumann_steps))
-    return max(
-        float((t - o).norm() / o.norm().clamp_min(1e-30)) for o, t in zip(ours, theirs)
-    )
+    return max(float((t - o).norm() / o.norm().clamp_min(1e-30)) for o, t in zip(ours, theirs))
 
 
 def _measure(cell: HGRUCell, step: Callable[[], torch.Tensor], repeats: int) -> Dict:

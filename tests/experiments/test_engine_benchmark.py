@@ -28,3 +28,31 @@ def test_saved_memory_grows_with_bptt_steps_and_stays_flat_under_rbp():
     mask_rows = [line for line in text.splitlines() if line.startswith("| mask |")]
     assert len(mask_rows) == len(arms) and "| 4x8x6x6 | bptt:1 |" in mask_rows[0]
     assert mask_rows[2].split(" | ")[4] == "-"  # no rbp:20 row to divide by
+
+
+def test_compiled_step_times_both_and_reports_a_compile_failure(monkeypatch):
+    import torch
+
+    from crbp_panoptic.crbp import HGRUCell
+
+    cell = HGRUCell(8, num_groups=4).eval()
+    calls = []
+
+    def fake_compile(module):  # stands in for torch.compile: same module, counted
+        calls.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    ok = eb.compiled_step(cell, (2, 8, 5, 5), repeats=1)
+    assert calls == [cell] and ok["error"] is None
+    assert ok["eager"] > 0 and ok["compiled"] > 0 and ok["compile_seconds"] >= 0
+
+    def failing_compile(module):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    failed = eb.compiled_step(cell, (2, 8, 5, 5), repeats=1)
+    assert failed["compiled"] is None and failed["error"] == "RuntimeError: no C++ compiler found"
+    text = eb.compile_table([("mask", (2, 8, 5, 5), ok), ("fpn", (1, 8, 6, 6), failed)], "H.")
+    assert "| mask | 2x8x5x5 |" in text and "| fpn | 1x8x6x6 |" in text
+    assert "RuntimeError: no C++ compiler found | - | - |" in text
