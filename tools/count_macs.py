@@ -26,10 +26,12 @@ DEFAULT = [
     COCO + "panoptic_crbp_mask_R_50_1x.yaml",
     COCO + "panoptic_crbp_mask_R_50_1x.yaml::MODEL.CRBP.TEST_STEPS=10",
     COCO + "panoptic_crbp_fpn_R_50_1x.yaml",
-    COCO + "panoptic_crbp_fpn_R_50_1x.yaml::MODEL.CRBP.FPN_LEVELS=['p3','p4','p5']",
     COCO + "panoptic_crbp_fpn_R_50_1x.yaml::MODEL.CRBP.FPN_LEVELS=['p4','p5']",
-    COCO + "panoptic_crbp_fpn_R_50_1x.yaml::MODEL.CRBP.FPN_LEVELS=['p3','p4','p5']"
-    "::MODEL.CRBP.FPN_CHANNELS=64",
+    COCO + "panoptic_crbp_fpn_R_50_1x.yaml::MODEL.CRBP.FPN_CHANNELS=0::MODEL.CRBP.NUM_GROUPS=32",
+    COCO + "panoptic_crbp_fpn_R_50_1x.yaml::MODEL.CRBP.FPN_LEVELS=['p4','p5']"
+    "::MODEL.CRBP.FPN_CHANNELS=0::MODEL.CRBP.NUM_GROUPS=32",
+    COCO + "panoptic_crbp_fpn_R_50_1x.yaml::MODEL.CRBP.FPN_LEVELS=['p2','p3','p4','p5']"
+    "::MODEL.CRBP.FPN_CHANNELS=0::MODEL.CRBP.NUM_GROUPS=32",
 ]
 
 

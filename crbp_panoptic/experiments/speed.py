@@ -223,6 +223,10 @@ def measure_inference(
     return rows
 
 
+#: Detectron2's ROI heads log their sampled foreground ROIs per image under this name.
+_FG_ROIS = "roi_head/num_fg_samples"
+
+
 def measure_training(
     run_dir: str, settings: Sequence[Setting], iters: int = 6, warmup: int = 2
 ) -> List[Dict]:
@@ -231,7 +235,9 @@ def measure_training(
 
     Returns:
         list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (medians over ``iters``
-        iterations).
+        iterations) and ``fg_rois``, the mean foreground ROIs per image the ROI heads
+        sampled (what the mask head trains on: it depends on the trained RPN, so two
+        models differ on the same batches).
     """
     from detectron2.utils.events import EventStorage
 
@@ -245,8 +251,8 @@ def measure_training(
             batches = list(itertools.islice(iter(loader), warmup + iters))
         model = load_model(cfg, weights)
         model.train()
-        wall, cpu = [], []
-        with EventStorage():
+        wall, cpu, fg = [], [], []
+        with EventStorage() as storage:
             for i, batch in enumerate(batches):
                 model.zero_grad(set_to_none=True)
                 with Clock() as clock:
@@ -254,7 +260,15 @@ def measure_training(
                 if i >= warmup:
                     wall.append(clock.seconds)
                     cpu.append(clock.cpu_seconds)
-        rows.append({"setting": setting.name, "seconds": median(wall), "cpu_seconds": median(cpu)})
+                    fg.append(storage.history(_FG_ROIS).latest())
+        rows.append(
+            {
+                "setting": setting.name,
+                "seconds": median(wall),
+                "cpu_seconds": median(cpu),
+                "fg_rois": sum(fg) / len(fg),
+            }
+        )
     return rows
 
 
@@ -314,6 +328,10 @@ def _ratios(row, base) -> str:
 
 def _pq(row) -> str:
     return "-" if row.get("pq") is None else f"{row['pq']['PQ']:.1f}"
+
+
+def _fg(row) -> str:
+    return "-" if row.get("fg_rois") is None else f"{row['fg_rois']:.1f}"
 
 
 def _flops(row, base) -> str:
@@ -397,13 +415,15 @@ def markdown(report: Dict, header: Sequence[str] = ()) -> str:
         "",
         "## Training (forward + backward per iteration, the run's own batches)",
         "",
-        "| run | setting | s / iteration | x feedforward | x feedforward (CPU time) |",
-        "|---|---|---|---|---|",
-        f"| feedforward | - | {ff_train['seconds']:.3f} | 1.00 | 1.00 |",
+        "| run | setting | s / iteration | x feedforward | x feedforward (CPU time) "
+        "| foreground ROIs / image |",
+        "|---|---|---|---|---|---|",
+        f"| feedforward | - | {ff_train['seconds']:.3f} | 1.00 | 1.00 | {_fg(ff_train)} |",
     ]
     for name, run in report["runs"].items():
         for row in run["training"]:
             lines.append(
-                f"| {name} | {row['setting']} | {row['seconds']:.3f} | {_ratios(row, ff_train)} |"
+                f"| {name} | {row['setting']} | {row['seconds']:.3f} | {_ratios(row, ff_train)} "
+                f"| {_fg(row)} |"
             )
     return "\n".join(lines) + "\n"

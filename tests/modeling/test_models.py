@@ -103,7 +103,7 @@ def test_recurrent_fpn_runs_detectron2s_own_forward():
     backbone.eval()
     with torch.no_grad():
         out = backbone(torch.randn(1, 3, 64, 64))
-    assert calls == [(1, backbone._out_feature_channels["p3"], 8, 8)]
+    assert calls == [(1, lateral.recurrent.cell.channels, 8, 8)]
     assert out["p3"].shape[-2:] == (8, 8)
 
 
@@ -118,7 +118,7 @@ def test_fpn_bottleneck_projects_into_and_out_of_a_narrower_hgru():
     with torch.no_grad():
         out = model.backbone(torch.randn(1, 3, 64, 64))
     assert out["p4"].shape == (1, 32, 4, 4)
-    plain = _build(FPN_YAML).backbone.fpn_lateral4
+    plain = _build(FPN_YAML, "MODEL.CRBP.FPN_CHANNELS", 0).backbone.fpn_lateral4
     assert plain.recurrent_in is None and plain.recurrent.cell.channels == 32
     with pytest.raises(ValueError, match="MODEL.CRBP.FPN_CHANNELS=-1"):
         _build(FPN_YAML, "MODEL.CRBP.FPN_CHANNELS", -1)
