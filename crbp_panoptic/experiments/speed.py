@@ -29,7 +29,7 @@ import torch
 from ..crbp import RecurrentRefiner
 from ..engine import Trainer, setup_cfg
 from .evaluation import evaluate_pq, first_test_inputs, load_model
-from .measure import Clock, median
+from .measure import Clock, median, peak_allocated_bytes
 
 __all__ = [
     "Setting",
@@ -235,9 +235,11 @@ def measure_training(
 
     Returns:
         list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (medians over ``iters``
-        iterations) and ``fg_rois``, the mean foreground ROIs per image the ROI heads
+        iterations), ``fg_rois``, the mean foreground ROIs per image the ROI heads
         sampled (what the mask head trains on: it depends on the trained RPN, so two
-        models differ on the same batches).
+        models differ on the same batches), and ``peak_bytes``, the peak of the bytes
+        torch allocated during one more iteration (forward, losses and backward, the
+        parameter gradients included; :func:`~.measure.peak_allocated_bytes`).
     """
     from detectron2.utils.events import EventStorage
 
@@ -261,12 +263,15 @@ def measure_training(
                     wall.append(clock.seconds)
                     cpu.append(clock.cpu_seconds)
                     fg.append(storage.history(_FG_ROIS).latest())
+            model.zero_grad(set_to_none=True)
+            peak = peak_allocated_bytes(lambda: sum(model(batches[warmup]).values()).backward())
         rows.append(
             {
                 "setting": setting.name,
                 "seconds": median(wall),
                 "cpu_seconds": median(cpu),
                 "fg_rois": sum(fg) / len(fg),
+                "peak_bytes": peak,
             }
         )
     return rows
@@ -328,6 +333,12 @@ def _ratios(row, base) -> str:
 
 def _pq(row) -> str:
     return "-" if row.get("pq") is None else f"{row['pq']['PQ']:.1f}"
+
+
+def _memory(row, base) -> str:
+    if not row.get("peak_bytes") or not base.get("peak_bytes"):
+        return "- | -"
+    return f"{row['peak_bytes'] / 2**20:.0f} | {row['peak_bytes'] / base['peak_bytes']:.2f}"
 
 
 def _fg(row) -> str:
@@ -415,15 +426,18 @@ def markdown(report: Dict, header: Sequence[str] = ()) -> str:
         "",
         "## Training (forward + backward per iteration, the run's own batches)",
         "",
+        "Memory: the peak of the bytes torch allocated during one iteration.",
+        "",
         "| run | setting | s / iteration | x feedforward | x feedforward (CPU time) "
-        "| foreground ROIs / image |",
-        "|---|---|---|---|---|---|",
-        f"| feedforward | - | {ff_train['seconds']:.3f} | 1.00 | 1.00 | {_fg(ff_train)} |",
+        "| peak MiB | x feedforward (memory) | foreground ROIs / image |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| feedforward | - | {ff_train['seconds']:.3f} | 1.00 | 1.00 | "
+        f"{_memory(ff_train, ff_train)} | {_fg(ff_train)} |",
     ]
     for name, run in report["runs"].items():
         for row in run["training"]:
             lines.append(
                 f"| {name} | {row['setting']} | {row['seconds']:.3f} | {_ratios(row, ff_train)} "
-                f"| {_fg(row)} |"
+                f"| {_memory(row, ff_train)} | {_fg(row)} |"
             )
     return "\n".join(lines) + "\n"
