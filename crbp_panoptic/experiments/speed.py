@@ -9,9 +9,9 @@ with the run's own weights and the run's own val split:
   for the settings that run a fixed number of steps the multiply-adds of convolutions
   and linear layers per image (Detectron2's ``FlopCountAnalysis``): the cost floor a
   setting cannot go below however well its kernels run;
-* seconds per training iteration (forward + backward on the run's own training
-  batches), under each setting of the training levers (forward and Neumann tolerances,
-  the cheap penalty).
+* seconds and peak allocated memory per training iteration (forward + backward, on the
+  same training batches for every run), under each setting of the training levers
+  (forward and Neumann tolerances, the cheap penalty).
 
 Every time is reported next to the feedforward run of the same report, measured in the
 same process, so the ratios compare like with like.
@@ -43,6 +43,7 @@ __all__ = [
     "placement",
     "run_cfg",
     "step_macs",
+    "training_batches",
     "training_settings",
 ]
 
@@ -223,15 +224,29 @@ def measure_inference(
     return rows
 
 
+#: Untimed training iterations before the timed ones.
+_WARMUP = 2
 #: Detectron2's ROI heads log their sampled foreground ROIs per image under this name.
 _FG_ROIS = "roi_head/num_fg_samples"
 
 
+def training_batches(run_dir: str, count: int) -> List:
+    """The first ``count`` batches of a finished run's training loader."""
+    loader = Trainer.build_train_loader(run_cfg(run_dir))
+    return list(itertools.islice(iter(loader), count))
+
+
 def measure_training(
-    run_dir: str, settings: Sequence[Setting], iters: int = 6, warmup: int = 2
+    run_dir: str,
+    settings: Sequence[Setting],
+    iters: int = 6,
+    warmup: int = _WARMUP,
+    batches: Optional[List] = None,
 ) -> List[Dict]:
     """Seconds per training iteration (forward + backward, no optimiser step) of a trained
-    run on its own training batches, under each setting.
+    run under each setting, on ``batches`` (``warmup + iters`` of them; default: the first
+    of the run's own training loader, whose order is random). Give every run the same
+    batches to compare runs.
 
     Returns:
         list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (medians over ``iters``
@@ -245,12 +260,12 @@ def measure_training(
 
     rows = []
     weights = check_run_dir(run_dir)
-    batches: Optional[List] = None
+    if batches is None:  # the same batches for every setting
+        batches = training_batches(run_dir, warmup + iters)
+    if len(batches) < warmup + iters:
+        raise ValueError(f"{len(batches)} batches; need warmup + iters = {warmup + iters}")
     for setting in settings:
         cfg = run_cfg(run_dir, setting.opts)
-        if batches is None:  # the same batches for every setting
-            loader = Trainer.build_train_loader(cfg)
-            batches = list(itertools.islice(iter(loader), warmup + iters))
         model = load_model(cfg, weights)
         model.train()
         wall, cpu, fg = [], [], []
@@ -296,17 +311,23 @@ def measure_runs(
 ) -> Dict:
     """Measure the feedforward run and each recurrent run (name -> output folder).
 
+    Every run is timed in training on the same batches, drawn once from the feedforward
+    run's training loader.
+
     Returns:
         dict: ``feedforward`` ({inference, training} rows of the feedforward run) and
         ``runs`` (name -> {placement, steps, inference, training}).
     """
+    batches = training_batches(feedforward, _WARMUP + train_iters)
     report = {
         "feedforward": {
             "dir": feedforward,
             "inference": measure_inference(
                 feedforward, [Setting("as trained", flops=True)], num_images, with_pq
             ),
-            "training": measure_training(feedforward, [Setting("as trained")], train_iters),
+            "training": measure_training(
+                feedforward, [Setting("as trained")], train_iters, batches=batches
+            ),
         },
         "runs": {},
     }
@@ -320,7 +341,9 @@ def measure_runs(
             "placement": where,
             "steps": steps,
             "inference": measure_inference(run_dir, inference_settings(steps), num_images, with_pq),
-            "training": measure_training(run_dir, training_settings(where), train_iters),
+            "training": measure_training(
+                run_dir, training_settings(where), train_iters, batches=batches
+            ),
         }
     return report
 
@@ -424,7 +447,7 @@ def markdown(report: Dict, header: Sequence[str] = ()) -> str:
     lines += _bounds(report)
     lines += [
         "",
-        "## Training (forward + backward per iteration, the run's own batches)",
+        "## Training (forward + backward per iteration, the same batches for every run)",
         "",
         "Memory: the peak of the bytes torch allocated during one iteration.",
         "",

@@ -112,6 +112,10 @@ def test_measure_runs_and_report(runs):
     assert all(r["seconds"] > 0 for r in run["training"] + report["feedforward"]["training"])
     assert all(0 < r["fg_rois"] <= 128 for r in run["training"])  # BATCH_SIZE_PER_IMAGE
     assert all(r["peak_bytes"] > 0 for r in run["training"] + report["feedforward"]["training"])
+    # the same batches for every run and setting: the same foreground ROIs sampled
+    assert len({r["fg_rois"] for r in run["training"]}) == 1
+    with pytest.raises(ValueError, match="1 batches; need warmup \\+ iters = 3"):
+        speed.measure_training(runs["mask"], [speed.Setting("x")], iters=1, warmup=2, batches=[0])
     assert set(run["inference"][0]["pq"]) == {"PQ", "PQ_th", "PQ_st"}
     text = speed.markdown(report, ["# title"])
     assert text.startswith("# title") and "| mask | T |" in text and "| feedforward | - |" in text
