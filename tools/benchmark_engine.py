@@ -30,7 +30,7 @@ import torch
 from crbp_panoptic.crbp import HGRUCell, parse_arm
 from crbp_panoptic.experiments import engine_benchmark as eb
 from crbp_panoptic.experiments.machine import machine_info
-from crbp_panoptic.experiments.report import write_atomic
+from crbp_panoptic.experiments.report import publish
 
 
 def parse_args(argv=None):
@@ -109,11 +109,7 @@ def main(argv=None) -> str:
         f"K={args.neumann_steps} Neumann terms, one training step (forward + backward), "
         f"torch {m['torch']}, {where}."
     )
-    text = eb.table(rows, header)
-    print(text)
-    if args.out:
-        write_atomic(args.out, text)
-    return text
+    return publish(eb.table(rows, header), args.out)
 
 
 def _compile_report(args, channels, scale_shapes) -> str:
@@ -127,11 +123,7 @@ def _compile_report(args, channels, scale_shapes) -> str:
         f"torch.compile, inference, torch {m['torch']}, CPU ({m['cpu']}, "
         f"{m['torch_threads']} threads); CPU time per step, the fastest of 5 x 10 calls."
     )
-    text = eb.compile_table(rows, header)
-    print(text)
-    if args.out:
-        write_atomic(args.out, text)
-    return text
+    return publish(eb.compile_table(rows, header), args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 
 from crbp_panoptic.experiments import torchdeq_benchmark as tb
 from crbp_panoptic.experiments.machine import machine_info
-from crbp_panoptic.experiments.report import write_atomic
+from crbp_panoptic.experiments.report import publish
 
 
 def _shape(text):
@@ -71,10 +71,7 @@ def main(argv=None):
             log=lambda m: print(m, flush=True),
         )
         parts += ["", tb.table(result)]
-    text = "\n".join(parts)
-    print(text)
-    if args.out:
-        write_atomic(args.out, text)
+    publish("\n".join(parts), args.out)
 
 
 if __name__ == "__main__":

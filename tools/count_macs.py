@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from crbp_panoptic.experiments.macs import config_macs, parse_variant
-from crbp_panoptic.experiments.report import write_atomic
+from crbp_panoptic.experiments.report import publish
 
 COCO = "configs/COCO-PanopticSegmentation/"
 DEFAULT = [
@@ -91,10 +91,7 @@ def main(argv=None):
             + " | ".join(cells)
             + " |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        write_atomic(args.out, text)
+    publish("\n".join(lines) + "\n", args.out)
     return results
 
 

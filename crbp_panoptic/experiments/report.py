@@ -10,6 +10,7 @@ __all__ = [
     "fmt",
     "fmt_num",
     "markdown_table",
+    "publish",
     "ratio",
     "ratio_cell",
     "write_atomic",
@@ -68,6 +69,14 @@ def write_atomic(path: str, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def publish(text: str, path: Optional[str] = None) -> str:
+    """Print a report and, when ``path`` is given, also write it there (atomically)."""
+    print(text)
+    if path:
+        write_atomic(path, text)
+    return text
 
 
 def write_report(out_dir: str, stem: str, report: dict, markdown: str) -> str:
