@@ -71,6 +71,18 @@ class Arm:
             text += f" (LCP on a {self.lcp_crop}x{self.lcp_crop} crop)"
         return text
 
+    def refiner_kwargs(self) -> dict:
+        """:class:`~crbp_panoptic.crbp.RecurrentRefiner` keyword arguments that select this
+        arm (``mode``, ``steps`` and the cheap penalty, if any)."""
+        if not self.recurrent:
+            raise ValueError(f"arm={self.name!r} has no recurrent module to build")
+        kwargs = {"mode": self.mode, "steps": self.steps}
+        if self.lcp_subsample is not None:
+            kwargs["lcp_subsample"] = self.lcp_subsample
+        if self.lcp_crop:
+            kwargs["lcp_crop"] = self.lcp_crop
+        return kwargs
+
     def config_opts(self) -> list:
         """``MODEL.CRBP`` overrides (a Detectron2 ``KEY VALUE`` list) that select this arm."""
         if not self.recurrent:

@@ -12,18 +12,9 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemS
 from detectron2.utils import comm
 
 from crbp_panoptic.data.checks import prepare_dataset
-from crbp_panoptic.evaluation import CRBPCOCOEvaluator, has_detectron2_cocoeval
+from crbp_panoptic.evaluation import CRBPCOCOEvaluator
 
-__all__ = ["RNGStateHook", "Trainer", "build_evaluator", "has_fast_coco_eval"]
-
-
-def has_fast_coco_eval():
-    """bool: whether Detectron2's compiled COCOeval is present (absent in the pure-Python build).
-
-    False also where ``detectron2._C`` does not exist at all (upstream Detectron2 installed
-    without its C++ extension).
-    """
-    return has_detectron2_cocoeval()
+__all__ = ["RNGStateHook", "Trainer", "build_evaluator"]
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):

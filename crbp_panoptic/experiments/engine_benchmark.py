@@ -51,15 +51,6 @@ DEFAULT_ARMS = (
 REFERENCE_ARM = "rbp:20"
 
 
-def _refiner_kwargs(arm: Arm) -> Dict:
-    kwargs: Dict = {}
-    if arm.lcp_subsample is not None:
-        kwargs["lcp_subsample"] = arm.lcp_subsample
-    if arm.lcp_crop:
-        kwargs["lcp_crop"] = arm.lcp_crop
-    return kwargs
-
-
 def _one_step(refiner, x, record: bool):
     """Forward (saved tensors counted when ``record``) + penalty + backward."""
     hooks = SavedTensorBytes()
@@ -94,13 +85,7 @@ def time_step(
     """
     device = x.device
     cuda = device.type == "cuda"
-    refiner = RecurrentRefiner(
-        cell=cell,
-        mode=arm.mode,
-        steps=arm.steps,
-        neumann_steps=neumann_steps,
-        **_refiner_kwargs(arm),
-    )
+    refiner = RecurrentRefiner(cell=cell, neumann_steps=neumann_steps, **arm.refiner_kwargs())
     refiner.train()
     times: List[float] = []
     cpu_times: List[float] = []

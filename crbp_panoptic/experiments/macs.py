@@ -17,7 +17,7 @@ from torch import nn
 
 from ..crbp import RecurrentRefiner
 
-__all__ = ["config_macs", "parse_variant"]
+__all__ = ["config_macs", "count_macs", "parse_variant", "refiner_macs"]
 
 
 class _MaskLayers(nn.Module):
@@ -31,7 +31,10 @@ class _MaskLayers(nn.Module):
         return self.head.layers(x)
 
 
-def _count(module, inputs) -> Tuple[float, Dict[str, float]]:
+def count_macs(module, inputs) -> Tuple[float, Dict[str, float]]:
+    """Multiply-adds of ``module(*inputs)`` (no autograd): the total and per submodule
+    (Detectron2's ``FlopCountAnalysis``; a Detectron2 model is traced through a wrapper,
+    so its submodule names start with ``model.``)."""
     from detectron2.utils.analysis import FlopCountAnalysis
 
     with torch.no_grad():
@@ -39,6 +42,18 @@ def _count(module, inputs) -> Tuple[float, Dict[str, float]]:
         count.unsupported_ops_warnings(False)
         count.uncalled_modules_warnings(False)
         return float(count.total()), count.by_module()
+
+
+def refiner_macs(model, by_module: Dict[str, float], prefix: str = "") -> float:
+    """The multiply-adds of :func:`count_macs` that fall inside ``model``'s
+    :class:`~crbp_panoptic.crbp.RecurrentRefiner` modules (those whose name starts with
+    ``prefix``)."""
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, RecurrentRefiner) and n.startswith(prefix)
+    ]
+    return sum(by_module.get(f"model.{n}", 0) for n in names)
 
 
 def parse_variant(text: str) -> Tuple[str, list]:
@@ -85,22 +100,22 @@ def config_macs(
     model = build_model(cfg).eval()
     height, width = size
     image = torch.zeros(3, height, width)
-    total, by_module = _count(model, ([{"image": image, "height": height, "width": width}],))
-    refiners = [n for n, m in model.named_modules() if isinstance(m, RecurrentRefiner)]
-    backbone_refiners = [n for n in refiners if n.startswith("backbone.")]
-    # the count runs the model inside a tracing wrapper, whose attribute is "model"
-    recurrent = sum(by_module.get(f"model.{n}", 0) for n in backbone_refiners)
+    total, by_module = count_macs(model, ([{"image": image, "height": height, "width": width}],))
+    recurrent = refiner_macs(model, by_module, prefix="backbone.")
+    recurrent_model = any(isinstance(m, RecurrentRefiner) for m in model.modules())
     backbone = by_module.get("model.backbone", 0) - recurrent
     mask_in_model = by_module.get("model.roi_heads.mask_head", 0)
     head = model.roi_heads.mask_head
     side = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
     channels = cfg.MODEL.FPN.OUT_CHANNELS
-    mask = {r: _count(_MaskLayers(head), (torch.zeros(r, channels, side, side),))[0] for r in rois}
+    mask = {
+        r: count_macs(_MaskLayers(head), (torch.zeros(r, channels, side, side),))[0] for r in rois
+    }
     crbp = cfg.MODEL.CRBP
     return {
         "backbone": backbone,
         "recurrent": recurrent,
         "heads": total - by_module.get("model.backbone", 0) - mask_in_model,
-        "steps": (crbp.TEST_STEPS or crbp.STEPS) if refiners else 0,
+        "steps": (crbp.TEST_STEPS or crbp.STEPS) if recurrent_model else 0,
         "mask": mask,
     }

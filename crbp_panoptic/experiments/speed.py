@@ -29,6 +29,7 @@ import torch
 from ..crbp import RecurrentRefiner
 from ..engine import Trainer, setup_cfg
 from .evaluation import evaluate_pq, first_test_inputs, load_model
+from .macs import count_macs, refiner_macs
 from .measure import Clock, median, peak_allocated_bytes
 
 __all__ = [
@@ -165,28 +166,20 @@ def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, flo
 def flops_per_image(model, inputs: List[dict]) -> Dict[str, float]:
     """Mean multiply-adds per image of ``model`` (eval mode) over ``inputs``.
 
-    Counted by Detectron2's ``FlopCountAnalysis`` (fvcore): convolutions, linear layers and
-    matrix products, one per multiply-add (normalisations by fvcore's estimate); other
-    elementwise operations are not counted, so on a CPU they are part of what a time
-    ratio adds to this floor.
+    Counted by :func:`~.macs.count_macs` (convolutions, linear layers and matrix products,
+    one per multiply-add; normalisations by fvcore's estimate); other elementwise
+    operations are not counted, so on a CPU they are part of what a time ratio adds to
+    this floor.
 
     Returns:
         dict: ``total`` (the whole model) and ``recurrent`` (the part inside
         :class:`~crbp_panoptic.crbp.RecurrentRefiner` modules; 0 for a feedforward model).
     """
-    from detectron2.utils.analysis import FlopCountAnalysis
-
-    refiners = [n for n, m in model.named_modules() if isinstance(m, RecurrentRefiner)]
     total = recurrent = 0.0
-    with torch.no_grad():
-        for item in inputs:
-            count = FlopCountAnalysis(model, ([item],))
-            count.unsupported_ops_warnings(False)
-            count.uncalled_modules_warnings(False)
-            by_module = count.by_module()
-            total += count.total()
-            # the count runs the model inside a tracing wrapper, whose attribute is "model"
-            recurrent += sum(by_module.get(f"model.{name}", 0) for name in refiners)
+    for item in inputs:
+        count, by_module = count_macs(model, ([item],))
+        total += count
+        recurrent += refiner_macs(model, by_module)
     return {"total": total / len(inputs), "recurrent": recurrent / len(inputs)}
 
 

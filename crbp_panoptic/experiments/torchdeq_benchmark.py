@@ -84,12 +84,8 @@ def _loss(state: torch.Tensor) -> torch.Tensor:
 
 
 def _engine_step(cell: HGRUCell, x: torch.Tensor, arm: Arm, neumann_steps: int):
-    kwargs: Dict = {}
-    if arm.lcp_subsample is not None:
-        kwargs["lcp_subsample"] = arm.lcp_subsample
-    refiner = RecurrentRefiner(
-        cell=cell, mode=arm.mode, steps=arm.steps, neumann_steps=neumann_steps, **kwargs
-    ).train()
+    refiner = RecurrentRefiner(cell=cell, neumann_steps=neumann_steps, **arm.refiner_kwargs())
+    refiner.train()
 
     def step() -> torch.Tensor:
         loss = _loss(refiner(x)) + refiner.last_result.lcp

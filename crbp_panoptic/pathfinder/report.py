@@ -20,7 +20,7 @@ import os
 import sys
 from typing import List
 
-__all__ = ["collect", "table"]
+__all__ = ["collect", "neumann_summary", "table"]
 
 _ORDER = {"bptt": 0, "cbptt": 1, "rbp": 2, "crbp": 3}
 
@@ -83,7 +83,40 @@ def table(summary: dict) -> str:
     if peaks:
         note += " CUDA peak memory in training: " + ", ".join(peaks) + "."
     lines += ["", note, "", _recall_table(summary), "", _colsum_table(summary)]
+    lines += _neumann_lines(summary)
     return "\n".join(lines)
+
+
+#: The Neumann statistics count the logged iterations from this one on (past the warm-up).
+NEUMANN_FROM_ITER = 300
+
+
+def neumann_summary(history: List[dict], from_iter: int = NEUMANN_FROM_ITER) -> dict:
+    """How the RBP backward's Neumann series fared over the logged training iterations
+    from ``from_iter`` on: ``logged``, ``cut`` (a growing term stopped the series) and
+    ``at_most_one`` (it kept 0 or 1 terms). Empty for arms without a Neumann series."""
+    rows = [h for h in history if h["iter"] >= from_iter and h.get("neumann") is not None]
+    if not rows:
+        return {}
+    return {
+        "from_iter": from_iter,
+        "logged": len(rows),
+        "cut": sum(bool(h["neumann_cut"]) for h in rows),
+        "at_most_one": sum(h["neumann"] <= 1 for h in rows),
+    }
+
+
+def _neumann_lines(summary: dict) -> List[str]:
+    lines = []
+    for a in summary["arms"].values():
+        n = a.get("neumann")
+        if n:
+            lines.append(
+                f"{a['label']}: of the {n['logged']} logged training iterations from "
+                f"{n['from_iter']} on, the Neumann series was cut by a growing term in "
+                f"{n['cut']}, after at most one term in {n['at_most_one']}."
+            )
+    return ["", *lines] if lines else []
 
 
 def _colsum_table(summary: dict) -> str:
@@ -165,6 +198,7 @@ def collect(out: str, s=None) -> dict:
             "cuda_peak_bytes": r.get("cuda_peak_bytes"),
             "colsum": r.get("colsum", {}),
             "recall_by_distance": tr.get("recall_by_distance"),
+            "neumann": neumann_summary(r.get("history", [])),
         }
     with open(os.path.join(out, "metrics.json"), "w") as fh:
         json.dump(summary, fh, indent=1)

@@ -49,3 +49,19 @@ def test_parse_arm_names_the_bad_text(text, words):
     with pytest.raises(ValueError, match="MODE:STEPS") as err:
         parse_arm(text)
     assert words in str(err.value) and repr(text) in str(err.value)
+
+
+def test_arm_refiner_kwargs_build_the_arm():
+    from crbp_panoptic.crbp import RecurrentRefiner
+
+    kwargs = parse_arm("crbp:7:sub0.25").refiner_kwargs()
+    assert kwargs == {"mode": "crbp", "steps": 7, "lcp_subsample": 0.25}
+    assert parse_arm("cbptt:3:crop8").refiner_kwargs() == {
+        "mode": "cbptt",
+        "steps": 3,
+        "lcp_crop": 8,
+    }
+    refiner = RecurrentRefiner(channels=4, num_groups=2, **kwargs)
+    assert (refiner.mode, refiner.steps, refiner.lcp_subsample) == ("crbp", 7, 0.25)
+    with pytest.raises(ValueError, match="arm='ff' has no recurrent module"):
+        parse_arm("ff").refiner_kwargs()
