@@ -27,12 +27,13 @@ def add_crbp_config(cfg):
     crbp.TEST_STEPS = 0
     # Max terms K of the Neumann series sum_k (J^T)^k g in the RBP backward pass.
     crbp.NEUMANN_STEPS = 15
-    # Weight of the mean-form Lipschitz-coefficient penalty in the loss dict (`loss_lcp`).
-    # The paper weighted a penalty summed over the N state elements by 1e-3, i.e. a mean
-    # weighted by 1e-3 * N, which changes with batch, ROIs and image size; 1e3 equals it
-    # at N = 1e6 (~20 ROIs x 256 x 14 x 14). See README, "Choosing LCP_WEIGHT".
+    # Weight of the penalty in the loss dict (`loss_lcp`), applied to it as LCP_REDUCTION
+    # reduces it. The authors' COCO model: a sum weighted by 1e-3; 1e3 on the mean equals that
+    # at 1e6 state elements (~20 ROIs x 256 x 14 x 14). docs/DESIGN.md, "Training modes".
     crbp.LCP_WEIGHT = 1000.0
-    # tau: target bound on the column sums 1^T J of the step's Jacobian (penalty relu(u - tau)^2).
+    # Penalty reduction over the state's elements: "mean" or "sum" (the authors' COCO model).
+    crbp.LCP_REDUCTION = "mean"
+    # tau in (0, 1]: bound on the column sums 1^T J of the step's Jacobian (relu(u - tau)^2).
     crbp.LCP_TAU = 0.9
     # Cheap penalty: fraction (0, 1) or count (>= 1) of batch rows (ROIs / images) the
     # penalty is evaluated on; 0 = exact penalty on every row.
@@ -51,6 +52,9 @@ def add_crbp_config(cfg):
     crbp.TEST_TOL = 0.01
     # RBP backward: stop the Neumann series once a term is below this fraction of the sum; 0 = off.
     crbp.NEUMANN_TOL = 0.0
+    # hGRU cell equations: "less_softplus" (the authors' COCO cell), "kappa_omega" (ours) or
+    # "pathfinder" (the authors' Pathfinder cell); crbp/hgru.py has each.
+    crbp.CELL = "kappa_omega"
     # hGRU cell: kernel size of the inhibition / excitation convolutions.
     crbp.KERNEL_SIZE = 3
     # hGRU cell normalisation: "GN" (GroupNorm, the paper's COCO cell), "BN" (batch
@@ -60,13 +64,19 @@ def add_crbp_config(cfg):
     crbp.NUM_GROUPS = 32
     # hGRU cell: initial weight of its two normalisations (the authors: 0.1).
     crbp.NORM_GAIN = 0.1
-    # hGRU cell: chronos gate init b1 = log U(lo, hi), b2 = -b1, as [lo, hi]; hi 0 = STEPS - 1.
+    # hGRU cell: gate biases b1 ~ [lo, hi] drawn as GATE_BIAS_INIT says, b2 = -b1; hi 0 = STEPS - 1.
     crbp.GATE_BIAS_RANGE = [1.0, 0.0]
-    # hGRU cell: GALA attention (channel x spatial) for the gain gate instead of a 1x1 conv.
+    # hGRU cell: "chronos" (b1 = log U(lo, hi), as intended) or "raw" (b1 = U(lo, hi), the
+    # authors' trained models: their logarithm never took effect).
+    crbp.GATE_BIAS_INIT = "chronos"
+    # hGRU cell: the authors' GALA gate (channel x spatial gates) for g1 instead of a 1x1 conv.
     crbp.GALA = False
     # Log each recurrent module's state contrast and Jacobian column sums (crbp/<module>/...)
     # every this many training iterations; 0 = never. Costs one extra step and VJP.
     crbp.DIAGNOSTICS_PERIOD = 20
+    # Recurrent mask head: normalisation of the equilibrium state before the deconv: "GN",
+    # "BN", "SyncBN" (the authors' COCO model) or "" (none).
+    crbp.MASK_OUTPUT_NORM = "GN"
     # Recurrent mask head, training: at most this many foreground ROIs per image (a random
     # subset) go through the hGRU and the mask loss; 0 = all. Inference sees every detection.
     crbp.MASK_TRAIN_ROIS = 0

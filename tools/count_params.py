@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Parameter counts of the stock Panoptic FPN and both recurrent placements, from their YAMLs.
+"""Parameter counts (trainable and all) of Panoptic FPN models, from their YAMLs.
 
 python tools/count_params.py [CONFIG ...]
+
+"Trainable" is what the paper counts (FrozenBN buffers aside, the stem and res2 are frozen by
+MODEL.BACKBONE.FREEZE_AT); "all" includes the frozen parameters.
 """
 
 import argparse
@@ -18,21 +21,21 @@ DEFAULT = [
 ]
 
 
-def count(module):
-    return sum(p.numel() for p in module.parameters())
+def count(module, trainable=False):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("configs", nargs="*", default=DEFAULT)
     args = parser.parse_args()
-    print("| config | whole model | backbone (+FPN) | mask head |")
-    print("|---|---:|---:|---:|")
+    print("| config | trainable | all | backbone (+FPN), all | mask head |")
+    print("|---|---:|---:|---:|---:|")
     for path in args.configs:
         model = build_model(setup_cfg(path, ["MODEL.DEVICE", "cpu"]))
         print(
-            f"| {path.split('/')[-1]} | {count(model):,} | {count(model.backbone):,} "
-            f"| {count(model.roi_heads.mask_head):,} |"
+            f"| {path.split('/')[-1]} | {count(model, trainable=True):,} | {count(model):,} "
+            f"| {count(model.backbone):,} | {count(model.roi_heads.mask_head):,} |"
         )
 
 

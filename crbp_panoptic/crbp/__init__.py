@@ -27,13 +27,23 @@ from .lcp import (
     spatial_crop,
     step_penalty,
 )
-from .options import MODES, NORMS, PENALISED_MODES, UNROLLED_MODES, VARIANTS
+from .options import (
+    GATE_BIAS_INITS,
+    LCP_REDUCTIONS,
+    MODES,
+    NORMS,
+    PENALISED_MODES,
+    UNROLLED_MODES,
+    VARIANTS,
+)
 from .rbp import neumann_adjoint, rbp_adjoint
 from .refiner import RecurrentRefiner
 from .solvers import SOLVERS, SolverInfo, anderson, fixed_point, get_solver
 
 __all__ = [
     "Arm",
+    "GATE_BIAS_INITS",
+    "LCP_REDUCTIONS",
     "MODES",
     "NORMS",
     "OPTIONS",

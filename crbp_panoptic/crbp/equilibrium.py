@@ -42,6 +42,8 @@ OPTIONS: Dict[str, Any] = {
     "neumann_tol": 0.0,  # relative tolerance of the Neumann series (0 = all terms)
     # None (exact LCP) or h_prev -> (f_sub, h_sub): a BatchSubsample or a SpatialCrop
     "lcp_subsample": None,
+    # "mean" or "sum" of the penalty over the state's elements (see LCP_REDUCTIONS)
+    "lcp_reduction": "mean",
 }
 
 
@@ -51,7 +53,8 @@ class EquilibriumResult:
 
     Attributes:
         state: the last state ``h_T`` (shape of ``h0``).
-        lcp: 0-dim tensor, the *unweighted* Lipschitz penalty; a zero tensor on
+        lcp: 0-dim tensor, the *unweighted* Lipschitz penalty (reduced as the
+            ``lcp_reduction`` option says); a zero tensor on
             ``h0``'s device/dtype for ``bptt``/``rbp`` and whenever no gradient is
             recorded.
         steps: evaluations of ``f`` in the state trajectory (the subsampled
@@ -102,6 +105,7 @@ def check_arguments(
         forward_tol=opts["forward_tol"],
         neumann_tol=opts["neumann_tol"],
         test_solver=opts["solver"],
+        lcp_reduction=opts["lcp_reduction"],
         **({} if opts["anderson_m"] is None else {"anderson_m": opts["anderson_m"]}),
     )
     if opts["anderson_m"] is not None and opts["solver"] != "anderson":
@@ -183,6 +187,10 @@ def equilibrium(
               subset with one extra partial evaluation. ``h_prev`` is ``h_{T-1}``
               as the mode has it: a detached leaf in ``rbp``/``crbp``, inside the
               unrolled graph in ``cbptt``.
+            * ``lcp_reduction`` ("mean"): ``"sum"`` multiplies the (mean) penalty by the
+              number of elements of the state ``h_{T-1}``: the sum over every element for
+              the exact penalty, an unbiased estimate of it for a row subsample (the
+              authors' COCO model weighted such a sum).
 
     Returns:
         :class:`EquilibriumResult`.
@@ -244,6 +252,8 @@ def equilibrium(
         else:
             f_sub, h_sub = sample(h_prev)
             lcp, _ = lipschitz_penalty(f_sub, h_sub, lcp_tau)
+        if opts["lcp_reduction"] == "sum":
+            lcp = lcp * h_prev.numel()
 
     result = EquilibriumResult(h_next, lcp, n_steps, residual, mode, trace)
     if mode not in UNROLLED_MODES:

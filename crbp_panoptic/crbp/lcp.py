@@ -41,14 +41,16 @@ penalty:
   the window, some of them computed from the zero padding. See
   :meth:`SpatialCrop.margin` and ``tests/crbp/test_lcp.py``, which checks the
   equality to float64 round-off and that the margin is tight.
+* The authors' GALA gate adds two k x k convolutions on the path to the gain
+  gate, so with GALA the radius is ``2 (k - 1)`` and the margin twice as wide.
 * Global couplings break the equality everywhere: GroupNorm statistics
-  (``norm="GN"``) and GALA's global average pooling are taken over the window,
-  not the map. Measured on the hGRU at initialisation (8 channels, 24x24 map,
-  16x16 window, state after 5 steps, float64): with GN (4 groups) the crop's
-  column sums beyond the margin were within 3.4e-3 (relative) of the exact
-  ones (the test asserts 2e-2); over the whole window, the border band
-  included, within 2.5e-2 for both norms, mean 1e-3. Trained weights (larger
-  GN gains, non-uniform statistics) may widen the gap.
+  (``norm="GN"``) are taken over the window, not the map. Measured on the hGRU
+  at initialisation (8 channels, 24x24 map, 16x16 window, state after 5 steps,
+  float64): with GN (4 groups) the crop's column sums beyond the margin were
+  within 3.4e-3 (relative) of the exact ones (the test asserts 2e-2); over the
+  whole window, the border band included, within 2.5e-2 for both norms, mean
+  1e-3. Trained weights (larger GN gains, non-uniform statistics) may widen the
+  gap.
 * Sampling. The window's top-left corner is uniform over the positions that
   keep it inside the map, so the map's centre is covered more often than its
   border. The crop penalty ``mean_{p in window} relu(u_p - tau)^2`` is thus a
@@ -274,8 +276,8 @@ class SpatialCrop:
         """Distance from a window side beyond which the crop's column sums are exact.
 
         ``2 R`` with ``R = convs * (kernel_size - 1) // 2`` the step's receptive
-        radius (hGRU: ``convs = 2``, ``W_inh`` then ``W_exc``), for steps without
-        global couplings (``norm="none"``, no GALA). Sides shared with the map
+        radius (hGRU: ``convs = 2``, ``W_inh`` then ``W_exc``; 4 with GALA), for
+        steps without global couplings (``norm="none"``). Sides shared with the map
         need no margin.
         """
         return 2 * convs * ((kernel_size - 1) // 2)

@@ -17,6 +17,8 @@ from .solvers import SOLVERS
 
 __all__ = [
     "MODES",
+    "GATE_BIAS_INITS",
+    "LCP_REDUCTIONS",
     "NORMS",
     "PENALISED_MODES",
     "UNROLLED_MODES",
@@ -33,8 +35,14 @@ UNROLLED_MODES: Tuple[str, ...] = ("bptt", "cbptt")
 PENALISED_MODES: Tuple[str, ...] = ("cbptt", "crbp")
 #: hGRU normalisations: GroupNorm, BatchNorm with batch statistics, none.
 NORMS: Tuple[str, ...] = ("GN", "BN", "none")
-#: hGRU variants: the paper's Panoptic (COCO) cell and its Pathfinder cell.
-VARIANTS: Tuple[str, ...] = ("coco", "pathfinder")
+#: hGRU variants: the authors' COCO cell, the authors' Pathfinder cell, and ours with the
+#: kappa/omega excitation (equations in :mod:`~crbp_panoptic.crbp.hgru`).
+VARIANTS: Tuple[str, ...] = ("less_softplus", "pathfinder", "kappa_omega")
+#: hGRU gate-bias draws: ``log U(lo, hi)`` (chronos, as intended) or the raw ``U(lo, hi)``
+#: (what the authors' code did).
+GATE_BIAS_INITS: Tuple[str, ...] = ("chronos", "raw")
+#: LCP reductions over the state's elements: the mean, or the sum (the authors' COCO model).
+LCP_REDUCTIONS: Tuple[str, ...] = ("mean", "sum")
 
 
 class _Checker:
@@ -64,7 +72,7 @@ def check_cell_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any) -
     Args:
         labels: display names of the arguments in error messages (default: their names).
         **kwargs: ``channels``, ``kernel_size``, ``norm``, ``num_groups``, ``gala``,
-            ``variant``, ``norm_gain``, ``gate_bias_range``.
+            ``variant``, ``norm_gain``, ``gate_bias_range``, ``gate_bias_init``.
 
     Raises:
         ValueError: naming the argument (or its label), the value and what is allowed.
@@ -81,6 +89,8 @@ def check_cell_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any) -
         check.choice("norm", kwargs["norm"], NORMS)
     if "variant" in kwargs:
         check.choice("variant", kwargs["variant"], VARIANTS)
+    if "gate_bias_init" in kwargs:
+        check.choice("gate_bias_init", kwargs["gate_bias_init"], GATE_BIAS_INITS)
     if "norm_gain" in kwargs:
         check.real("norm_gain", kwargs["norm_gain"], 0.0, strict=True)
     if "gate_bias_range" in kwargs:
@@ -106,6 +116,7 @@ _CELL_ARGS = (
     "variant",
     "norm_gain",
     "gate_bias_range",
+    "gate_bias_init",
 )
 
 
@@ -134,7 +145,12 @@ def check_refiner_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any
         if name in kwargs:
             check.real(name, kwargs[name], 0.0)
     if "lcp_tau" in kwargs:
-        check.real("lcp_tau", kwargs["lcp_tau"], 0.0, strict=True)
+        tau = kwargs["lcp_tau"]
+        check.real("lcp_tau", tau, 0.0, strict=True)
+        if tau > 1:
+            check.fail("lcp_tau", tau, "expected 0 < tau <= 1 (a bound that asks for contraction)")
+    if "lcp_reduction" in kwargs:
+        check.choice("lcp_reduction", kwargs["lcp_reduction"], LCP_REDUCTIONS)
     for name in ("solver", "test_solver"):
         if get(name) is not None:
             check.choice(name, kwargs[name], SOLVERS)

@@ -44,7 +44,9 @@ class RecurrentRefiner(nn.Module):
         test_steps: eval steps (0 = same as ``steps``).
         neumann_steps: maximum Neumann terms K of the RBP backward.
         neumann_tol: relative tolerance of the Neumann series (0 = all K terms).
-        lcp_tau: penalty threshold tau on the Jacobian column sums.
+        lcp_tau: penalty threshold tau in (0, 1] on the Jacobian column sums.
+        lcp_reduction: ``"mean"`` or ``"sum"`` of the penalty over the state's elements
+            (:data:`~crbp_panoptic.crbp.LCP_REDUCTIONS`).
         lcp_subsample: None (exact penalty), a float fraction in (0, 1] or an int
             count of batch rows (ROIs, images) on which the penalty is evaluated
             (see :class:`~crbp_panoptic.crbp.lcp.BatchSubsample`; exact per-row
@@ -54,7 +56,7 @@ class RecurrentRefiner(nn.Module):
             cropped the same way (see :class:`~crbp_panoptic.crbp.lcp.SpatialCrop`:
             for maps with few rows, e.g. FPN levels; an approximation -- exact
             only beyond a margin from the window's inner sides and without
-            GroupNorm/GALA -- with double-backward memory that scales with
+            GroupNorm -- with double-backward memory that scales with
             S^2; a window as large as the map costs more than the exact
             penalty). Excludes ``lcp_subsample``.
         forward_tol: training early-stop tolerance on the relative residual (0 = off).
@@ -63,7 +65,8 @@ class RecurrentRefiner(nn.Module):
         test_solver: forward solver in eval (None = same as ``solver``).
         anderson_m: Anderson history size (used when a solver is ``"anderson"``).
         **cell_kwargs: passed to :class:`HGRUCell` (``kernel_size``, ``norm``,
-            ``num_groups``, ``gala``, ``variant``, ``norm_gain``, ``gate_bias_range``)
+            ``num_groups``, ``gala``, ``variant``, ``norm_gain``, ``gate_bias_range``,
+            ``gate_bias_init``)
             when ``channels`` is given; ``gate_bias_range`` defaults to
             ``(1, max(steps - 1, 1))``, the chronos init over the trained horizon.
 
@@ -94,6 +97,7 @@ class RecurrentRefiner(nn.Module):
         neumann_steps: int = 15,
         neumann_tol: float = 0.0,
         lcp_tau: float = 0.9,
+        lcp_reduction: str = "mean",
         lcp_subsample: Union[None, int, float] = None,
         lcp_crop: int = 0,
         forward_tol: float = 0.0,
@@ -123,6 +127,7 @@ class RecurrentRefiner(nn.Module):
             neumann_steps=neumann_steps,
             neumann_tol=neumann_tol,
             lcp_tau=lcp_tau,
+            lcp_reduction=lcp_reduction,
             lcp_subsample=lcp_subsample,
             lcp_crop=lcp_crop,
             forward_tol=forward_tol,
@@ -136,7 +141,7 @@ class RecurrentRefiner(nn.Module):
         self.cell = cell if cell is not None else HGRUCell(channels, **cell_kwargs)
         self.mode, self.steps, self.test_steps = mode, steps, test_steps
         self.neumann_steps, self.neumann_tol = neumann_steps, float(neumann_tol)
-        self.lcp_tau = float(lcp_tau)
+        self.lcp_tau, self.lcp_reduction = float(lcp_tau), lcp_reduction
         self.lcp_subsample, self.lcp_crop = lcp_subsample, lcp_crop
         self.forward_tol, self.test_tol = float(forward_tol), float(test_tol)
         self.solver, self.test_solver = solver, test_solver or solver
@@ -168,7 +173,12 @@ class RecurrentRefiner(nn.Module):
             steps, tol, solver = self.steps, self.forward_tol, self.solver
         else:
             steps, tol, solver = self.test_steps or self.steps, self.test_tol, self.test_solver
-        options = {"forward_tol": tol, "solver": solver, "neumann_tol": self.neumann_tol}
+        options = {
+            "forward_tol": tol,
+            "solver": solver,
+            "neumann_tol": self.neumann_tol,
+            "lcp_reduction": self.lcp_reduction,
+        }
         if solver == "anderson":
             options["anderson_m"] = self.anderson_m
         sampler = self._lcp_sampler(x)
@@ -202,6 +212,7 @@ class RecurrentRefiner(nn.Module):
         return (
             f"mode={self.mode!r}, steps={self.steps}, test_steps={self.test_steps or self.steps}, "
             f"neumann_steps={self.neumann_steps}, lcp_tau={self.lcp_tau}, "
+            f"lcp_reduction={self.lcp_reduction!r}, "
             f"lcp_subsample={self.lcp_subsample}, "
             f"lcp_crop={self.lcp_crop}"
         )

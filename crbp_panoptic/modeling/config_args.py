@@ -13,6 +13,7 @@ __all__ = [
     "fpn_channels",
     "fpn_levels",
     "lcp_weight",
+    "mask_output_norm",
     "mask_train_rois",
     "refiner_args",
 ]
@@ -25,6 +26,9 @@ KEYS = {
     "norm_gain": "NORM_GAIN",
     "gate_bias_range": "GATE_BIAS_RANGE",
     "gala": "GALA",
+    "variant": "CELL",
+    "gate_bias_init": "GATE_BIAS_INIT",
+    "lcp_reduction": "LCP_REDUCTION",
     "mode": "GRAD",
     "steps": "STEPS",
     "test_steps": "TEST_STEPS",
@@ -66,6 +70,22 @@ def mask_train_rois(cfg):
     value = cfg.MODEL.CRBP.MASK_TRAIN_ROIS
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         _fail("MASK_TRAIN_ROIS", value, "expected an integer >= 0 (0 = every foreground ROI)")
+    return value
+
+
+#: Allowed ``MODEL.CRBP.MASK_OUTPUT_NORM`` values ("" = none).
+MASK_OUTPUT_NORMS = ("", "GN", "BN", "SyncBN")
+
+
+def mask_output_norm(cfg, channels):
+    """``MODEL.CRBP.MASK_OUTPUT_NORM``, validated (one of :data:`MASK_OUTPUT_NORMS`; for
+    "GN", ``MODEL.CRBP.NUM_GROUPS`` must divide the ``channels`` of the ROI features)."""
+    value = cfg.MODEL.CRBP.MASK_OUTPUT_NORM
+    if value not in MASK_OUTPUT_NORMS:
+        _fail("MASK_OUTPUT_NORM", value, f"choose from {list(MASK_OUTPUT_NORMS)} ('' = none)")
+    groups = cfg.MODEL.CRBP.NUM_GROUPS
+    if value == "GN" and (not isinstance(groups, int) or groups < 1 or channels % groups):
+        _fail("NUM_GROUPS", groups, f"must divide the channel count {channels} (MASK_OUTPUT_NORM)")
     return value
 
 

@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec
+from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, get_norm
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
 from detectron2.structures import Instances
 
 from crbp_panoptic.crbp import RecurrentRefiner
 
-from .config_args import mask_train_rois, refiner_args
+from .config_args import mask_output_norm, mask_train_rois, refiner_args
 
 __all__ = ["CRBPMaskHead"]
 
@@ -24,11 +24,11 @@ class CRBPMaskHead(BaseMaskRCNNHead):
 
     The ROIAlign features (R, C, 14, 14) are the drive ``x`` of an hGRU run from
     ``h_0 = 0``; its equilibrium replaces the stock head's four 3x3 conv + ReLU layers
-    (``mask_fcn1..4``). A GroupNorm (``mask_recurrent_norm``; with ``MODEL.CRBP.NORM``
-    "GN", else none) rescales the state for the readout: the cell's outer softplus and
-    its mostly closed update gate give the equilibrium a large positive offset, against
-    which the ROI's spatial structure is a small relative contrast
-    (``test_mask_head_readout_sees_a_unit_scale_state``).
+    (``mask_fcn1..4``). A normalisation (``mask_recurrent_norm``, ``MODEL.CRBP.MASK_OUTPUT_NORM``:
+    SyncBN in the authors' COCO model, GroupNorm in ours, or none) rescales the state for
+    the readout: the softplus and the mostly closed update gate give the equilibrium a
+    positive offset, against which the ROI's spatial structure is a small relative
+    contrast (``test_mask_head_readout_sees_a_unit_scale_state``).
     Then, as in ``MaskRCNNConvUpsampleHead``, a 2x2 stride-2
     ``deconv`` + ReLU and a 1x1 ``predictor`` give (R, num_classes, 28, 28) logits; the
     loss and inference contract is :class:`BaseMaskRCNNHead`'s. ``deconv`` and
@@ -43,6 +43,7 @@ class CRBPMaskHead(BaseMaskRCNNHead):
         num_classes,
         conv_dim,
         refiner_kwargs,
+        output_norm: str = "GN",
         train_rois: int = 0,
         **kwargs,
     ):
@@ -53,6 +54,9 @@ class CRBPMaskHead(BaseMaskRCNNHead):
             conv_dim (int): output channels of the deconv.
             refiner_kwargs (dict): :class:`RecurrentRefiner` keyword arguments (those of its
                 :class:`HGRUCell` included; ``channels`` must be ``input_shape.channels``).
+            output_norm (str): normalisation of the equilibrium before the deconv: "GN"
+                (``refiner_kwargs["num_groups"]`` groups, default 32), "BN", "SyncBN" or ""
+                (none).
             train_rois (int): in training, at most this many ROIs per image (a random
                 subset) go through the head and its loss; 0 = all.
             kwargs: :class:`BaseMaskRCNNHead` arguments (``loss_weight``, ``vis_period``).
@@ -63,10 +67,10 @@ class CRBPMaskHead(BaseMaskRCNNHead):
         self.train_rois = train_rois
         channels = input_shape.channels
         self.mask_recurrent = RecurrentRefiner(**refiner_kwargs)
-        norm = refiner_kwargs.get("norm", "GN")
-        self.mask_recurrent_norm = (
-            nn.GroupNorm(refiner_kwargs["num_groups"], channels) if norm == "GN" else nn.Identity()
-        )
+        if output_norm == "GN":
+            self.mask_recurrent_norm = nn.GroupNorm(refiner_kwargs.get("num_groups", 32), channels)
+        else:
+            self.mask_recurrent_norm = get_norm(output_norm, channels) or nn.Identity()
         self.deconv = ConvTranspose2d(channels, conv_dim, kernel_size=2, stride=2, padding=0)
         self.deconv_relu = nn.ReLU()
         self.predictor = Conv2d(conv_dim, num_classes, kernel_size=1)
@@ -84,6 +88,7 @@ class CRBPMaskHead(BaseMaskRCNNHead):
             else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             conv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
             refiner_kwargs=refiner_args(cfg, input_shape.channels),
+            output_norm=mask_output_norm(cfg, input_shape.channels),
             train_rois=mask_train_rois(cfg),
         )
         return ret

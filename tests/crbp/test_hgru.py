@@ -22,8 +22,8 @@ def _conv(h, w):
     """k x k same-padded convolution by explicit shifts (no conv2d)."""
     k = w.shape[-1]
     padded = F.pad(h, (k // 2,) * 4)
-    out = torch.zeros_like(h)
     height, width = h.shape[-2:]
+    out = h.new_zeros(h.shape[0], w.shape[0], height, width)
     for dy in range(k):
         for dx in range(k):
             window = padded[:, :, dy : dy + height, dx : dx + width]
@@ -55,12 +55,26 @@ def reference_step(cell, x, h, groups):
         return t
 
     def one_by_one(t, conv):
-        return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], t) + conv.bias.view(
-            1, -1, 1, 1
-        )
+        out = torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], t)
+        return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
 
-    g1 = torch.sigmoid(one_by_one(h, cell.attention))
+    def k_by_k(t, conv):
+        out = _conv(t, conv.weight)
+        return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+
+    if cell.gala:  # the authors' GALA: channel gate x spatial gate, plus b1
+        g = cell.att_gala
+        channel = one_by_one(_sp(one_by_one(h, g.channel_0)), g.channel_1)
+        spatial = k_by_k(_sp(k_by_k(h, g.spatial_0)), g.spatial_1)
+        g1 = torch.sigmoid(channel * spatial + cell.att_bias)
+    else:
+        g1 = torch.sigmoid(one_by_one(h, cell.attention))
     c1 = norm(_conv(h * g1, cell.w_inh.weight), cell.norm_inh)
+    if cell.variant == "less_softplus":
+        i = _sp(x - c1 * (cell.alpha * h + cell.mu))
+        g2 = torch.sigmoid(one_by_one(i, cell.gate))
+        h_tilde = _sp(norm(_conv(i, cell.w_exc.weight), cell.norm_exc))
+        return (1 - g2) * h + g2 * h_tilde
     inhibition = _sp(c1 * (cell.alpha * h + cell.mu))
     if cell.variant == "pathfinder":
         i = _sp(x - inhibition)
@@ -76,11 +90,16 @@ def reference_step(cell, x, h, groups):
     return _sp((1 - g2) * h + g2 * h_tilde)
 
 
-@pytest.mark.parametrize("variant", ["coco", "pathfinder"])
+VARIANTS = ["less_softplus", "kappa_omega", "pathfinder"]
+
+
+@pytest.mark.parametrize("gala", [False, True])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("norm", ["GN", "BN", "none"])
-def test_step_matches_the_equations(variant, norm):
+def test_step_matches_the_equations(variant, norm, gala):
     torch.manual_seed(0)
-    cell = HGRUCell(8, kernel_size=3, norm=norm, num_groups=4, variant=variant).double()
+    cell = HGRUCell(8, kernel_size=3, norm=norm, num_groups=4, variant=variant, gala=gala)
+    cell = cell.double()
     with torch.no_grad():  # a generic cell: every parameter away from its init
         for p in cell.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -99,7 +118,7 @@ def test_initialisation_took_effect():
     assert torch.all(torch.sigmoid(b2) <= 0.5) and torch.all(torch.sigmoid(b2) >= 1 / 20 - 1e-6)
     for name, value in (("alpha", 0.1), ("mu", 1.0), ("kappa", 0.5), ("omega", 0.5)):
         assert torch.all(getattr(cell, name) == value), name
-    assert not hasattr(cell, "gamma")  # the COCO cell has no gamma
+    assert not hasattr(cell, "gamma")  # the kappa/omega cell has no gamma
     for layer in (cell.norm_inh, cell.norm_exc):
         assert torch.all(layer.weight == 0.1) and torch.all(layer.bias == 0)
     for conv in (cell.attention, cell.gate):
@@ -123,6 +142,42 @@ def test_pathfinder_variant_and_norm_options():
     assert isinstance(cell.norm_inh, torch.nn.BatchNorm2d) and not cell.norm_inh.track_running_stats
     assert torch.all(cell.norm_exc.weight == 1.0)
     torch.testing.assert_close(cell.attention.bias, torch.full((8,), math.log(2.0)))
+
+
+def test_authors_coco_cell_parameters():
+    """less_softplus has alpha and mu only (no kappa, omega, gamma); the authors' GALA at
+    C = 256, k = 3 has 329,280 parameters with b1; their whole cell 1,576,256."""
+    cell = HGRUCell(256, variant="less_softplus", gala=True)
+    names = {n for n, _ in cell.named_parameters()}
+    assert {"alpha", "mu", "att_bias"} <= names
+    assert not names & {"kappa", "omega", "gamma", "attention.weight", "attention.bias"}
+    g = cell.att_gala
+    assert g.channel_0.weight.shape == (64, 256, 1, 1) and g.channel_0.bias is not None
+    assert g.channel_1.weight.shape == (256, 64, 1, 1) and g.channel_1.bias is None
+    assert g.spatial_0.weight.shape == (128, 256, 3, 3) and g.spatial_0.bias is not None
+    assert g.spatial_1.weight.shape == (1, 128, 3, 3) and g.spatial_1.bias is None
+    gala = sum(p.numel() for p in g.parameters()) + cell.att_bias.numel()
+    # 256*64 + 64, 64*256, 256*128*9 + 128, 128*9, and b1 (256)
+    assert gala == 16_448 + 16_384 + 295_040 + 1_152 + 256 == 329_280
+    # + W_inh, W_exc (2 * 256*256*9), two GroupNorms (4 * 256), alpha, mu, U2 and b2
+    assert sum(p.numel() for p in cell.parameters()) == 329_280 + 1_179_648 + 1_024 + 512 + 65_792
+    x = torch.randn(2, 256, 6, 6)
+    assert g(x).shape == (2, 256, 6, 6)  # (B, C, 1, 1)-free: every position its own gate
+    assert cell.attend(x).shape == (2, 256, 6, 6)
+
+
+def test_raw_gate_bias_init_is_the_authors():
+    """gate_bias_init="raw": b1 ~ U(lo, hi) untransformed (the authors' trained models),
+    b2 = -b1, so the update gate starts nearly closed: sigmoid(-b1) <= sigmoid(-1)."""
+    torch.manual_seed(0)
+    for gala in (False, True):
+        cell = HGRUCell(64, num_groups=4, gala=gala, gate_bias_init="raw", gate_bias_range=(1, 19))
+        b1 = (cell.att_bias if gala else cell.attention.bias).detach().flatten()
+        assert b1.min() >= 1.0 and b1.max() <= 19.0 and b1.mean() > 5.0  # not log U(1, 19)
+        torch.testing.assert_close(cell.gate.bias.detach(), -b1)
+        assert torch.sigmoid(cell.gate.bias).max() <= torch.sigmoid(torch.tensor(-1.0))
+    chronos = HGRUCell(64, num_groups=4, gate_bias_range=(1, 19)).attention.bias
+    assert chronos.max() <= math.log(19.0)
 
 
 def test_chronos_bias_is_log_uniform():
@@ -205,10 +260,11 @@ def test_adjoint_growth_is_the_spectral_radius_of_a_dense_jacobian(gain):
     assert cell_diagnostics(step, x[:0], h[:0], power_iters=5)["adjoint_growth"] == 0.0
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("gala", [False, True])
 @pytest.mark.parametrize("norm", ["GN", "BN", "none"])
-def test_shapes(gala, norm):
-    cell = HGRUCell(16, kernel_size=5, norm=norm, num_groups=4, gala=gala)
+def test_shapes(gala, norm, variant):
+    cell = HGRUCell(16, kernel_size=5, norm=norm, num_groups=4, gala=gala, variant=variant)
     x, h = torch.randn(3, 16, 7, 9), torch.rand(3, 16, 7, 9)
     out = cell(x, h)
     assert out.shape == (3, 16, 7, 9) and torch.isfinite(out).all() and torch.all(out > 0)
@@ -240,8 +296,11 @@ def test_validation_errors():
         HGRUCell(8, kernel_size=4, num_groups=4)
     with pytest.raises(ValueError, match="channels=0"):
         HGRUCell(0)
-    with pytest.raises(ValueError, match=r"variant='hgru'; choose from \['coco', 'pathfinder'\]"):
+    allowed = r"\['kappa_omega', 'less_softplus', 'pathfinder'\]"
+    with pytest.raises(ValueError, match=rf"variant='hgru'; choose from {allowed}"):
         HGRUCell(8, num_groups=4, variant="hgru")
+    with pytest.raises(ValueError, match=r"gate_bias_init='log'; choose from \['chronos', 'raw'\]"):
+        HGRUCell(8, num_groups=4, gate_bias_init="log")
     with pytest.raises(ValueError, match="norm_gain=0"):
         HGRUCell(8, num_groups=4, norm_gain=0)
     with pytest.raises(ValueError, match=r"gate_bias_range=\(5.0, 2.0\); expected \[lo, hi\]"):
@@ -252,7 +311,7 @@ def test_validation_errors():
         cell(torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 4, 5))
 
 
-@pytest.mark.parametrize("variant", ["coco", "pathfinder"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_gradients_reach_every_parameter(variant):
     torch.manual_seed(1)  # (GALA's 1x1 bottlenecks are small: some seeds start with dead ReLUs)
     for gala in (False, True):

@@ -141,6 +141,58 @@ def test_equilibrium_lcp_crbp_and_cbptt(tanh_case):
     assert (rW_u - rW_c).abs().max() > 1e-6  # the two modes really differ
 
 
+def dense_summed_penalty(f, h, tau):
+    """sum_j relu(u_j - tau)^2 with u the column sums of the dense Jacobian (the authors'
+    COCO penalty), written without the engine."""
+    n = h.numel()
+    u = jacobian(f, h, create_graph=True).reshape(n, n).sum(0)
+    return torch.clamp(u - tau, min=0).square().sum()
+
+
+def test_summed_penalty_matches_dense_jacobian():
+    """lcp_reduction="sum": the sum over every element of the state, value and gradient,
+    against an explicit Jacobian of an hGRU step (the authors' COCO cell)."""
+    torch.manual_seed(0)
+    cell = HGRUCell(4, num_groups=2, variant="less_softplus", gala=True).double()
+    x = torch.randn(2, 4, 3, 3, dtype=f64)
+    h0 = torch.zeros_like(x)
+    T = 3
+    with torch.no_grad():
+        h_prev = _iterate(lambda h: cell(x, h), h0, T - 1)
+    n = h_prev.numel()
+    u = jacobian(lambda h: cell(x, h), h_prev).reshape(n, n).sum(0)
+    tau = median_tau(u)
+    weight = cell.w_exc.weight
+    res = equilibrium(
+        lambda h: cell(x, h), h0, mode="crbp", steps=T, lcp_tau=tau, lcp_reduction="sum"
+    )
+    (grad,) = torch.autograd.grad(res.lcp, [weight])
+    ref = dense_summed_penalty(lambda h: cell(x, h), h_prev, tau)
+    (ref_grad,) = torch.autograd.grad(ref, [weight])
+    torch.testing.assert_close(res.lcp, ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    mean = equilibrium(lambda h: cell(x, h), h0, mode="crbp", steps=T, lcp_tau=tau)
+    torch.testing.assert_close(res.lcp, mean.lcp * n, rtol=1e-12, atol=1e-14)
+    assert ref > 0
+    # a row subsample estimates the same sum: its rows' penalty scaled to the whole state
+    sampler = batch_subsample(lambda i, hs: cell(x.index_select(0, i), hs), 1)
+    sub = equilibrium(
+        lambda h: cell(x, h),
+        h0,
+        mode="crbp",
+        steps=T,
+        lcp_tau=tau,
+        lcp_reduction="sum",
+        lcp_subsample=sampler,
+    )
+    row = sampler.last_index.item()
+    rows_u = u.reshape(h_prev.shape)[row]
+    expected = torch.clamp(rows_u - tau, min=0).square().sum() * 2  # 2 rows in the batch
+    torch.testing.assert_close(sub.lcp, expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"lcp_reduction='max'; choose from \['mean', 'sum'\]"):
+        equilibrium(lambda h: cell(x, h), h0, mode="crbp", steps=T, lcp_reduction="max")
+
+
 def test_penalty_of_empty_state_is_zero():
     W = torch.randn(4, 4, dtype=f64, requires_grad=True)
     pen, out = lipschitz_penalty(lambda h: torch.tanh(h @ W.T), torch.zeros(0, 4, dtype=f64), 0.9)
@@ -266,10 +318,10 @@ def side_distance(box, hw):
     return d
 
 
-def hgru_state(norm, seed=0):
+def hgru_state(norm, seed=0, **cell_kwargs):
     """A small hGRU (8 ch, 24 x 24) and a state h_{T-1} after 5 steps from 0."""
     torch.manual_seed(seed)
-    cell = HGRUCell(8, num_groups=4, norm=norm).double()
+    cell = HGRUCell(8, num_groups=4, norm=norm, **cell_kwargs).double()
     x = torch.randn(2, 8, 24, 24, dtype=f64)
     h = torch.zeros_like(x)
     with torch.no_grad():
@@ -288,26 +340,27 @@ def crop_and_exact_sums(cell, x, h, box_seed, size=16):
     return sampler.last_box, u_crop, crop(u_full, sampler.last_box)
 
 
-def test_spatial_crop_sums_exact_beyond_margin_without_norm():
-    """norm='none': the crop's column sums are the exact ones 2R = 4 positions from inner sides."""
-    cell, x, h = hgru_state("none")
-    margin = SpatialCrop.margin(cell.kernel_size)
-    assert margin == 4
+@pytest.mark.parametrize("gala", [False, True])
+def test_spatial_crop_sums_exact_beyond_margin_without_norm(gala):
+    """norm='none': the crop's column sums are the exact ones 2R positions from inner sides
+    (R = 2 for k = 3; with the authors' GALA, two more 3x3 convolutions: R = 4)."""
+    cell, x, h = hgru_state("none", gala=gala, variant="less_softplus" if gala else "kappa_omega")
+    margin = SpatialCrop.margin(cell.kernel_size, convs=4 if gala else 2)
+    assert margin == (8 if gala else 4)
     boxes = set()
     for seed in range(4):
-        box, u_crop, u_exact = crop_and_exact_sums(cell, x, h, seed)
+        box, u_crop, u_exact = crop_and_exact_sums(cell, x, h, seed, size=20 if gala else 16)
         boxes.add(box)
         d = side_distance(box, (24, 24))
         inside, band = d >= margin, d == margin - 1
-        assert inside.sum() >= 64
+        assert inside.sum() >= (16 if gala else 64)
         torch.testing.assert_close(
             u_crop[..., inside], u_exact[..., inside], rtol=1e-12, atol=1e-14
         )
         # the margin is tight: one position nearer the inner sides it no longer holds
-        assert (u_crop[..., band] - u_exact[..., band]).abs().max() > 1e-9
-    assert any(
-        b[0] == 0 or b[1] == 0 or b[0] == 8 or b[1] == 8 for b in boxes
-    )  # touched a map side
+        # (through GALA's saturated gate the far reach is weak, but present)
+        assert (u_crop[..., band] - u_exact[..., band]).abs().max() > (1e-11 if gala else 1e-9)
+    assert any(b[0] == 0 or b[1] == 0 or b[0] + b[2] == 24 or b[1] + b[3] == 24 for b in boxes)
 
 
 def test_spatial_crop_sums_with_groupnorm_are_approximate():

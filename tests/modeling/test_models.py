@@ -143,40 +143,100 @@ def test_stock_checkpoint_loads_into_every_part_that_is_not_new(config_file, rep
             assert torch.equal(model.state_dict()[key], value)
 
 
-def test_mask_head_has_fewer_parameters_than_stock():
-    def count(m):
-        return sum(p.numel() for p in m.parameters())
+def _trainable(module):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
-    full = (
-        "MODEL.FPN.OUT_CHANNELS",
-        "256",
-        "MODEL.ROI_MASK_HEAD.CONV_DIM",
-        "256",
-        "MODEL.CRBP.NUM_GROUPS",
-        "32",
+
+@pytest.mark.parametrize(
+    "config_file,stock_file,total,stock_total",
+    [
+        (MASK_YAML, STOCK_YAML, 44_968_038, 45_751_590),
+        (
+            "COCO-PanopticSegmentation/panoptic_crbp_mask_R_101_3x.yaml",
+            "COCO-PanopticSegmentation/panoptic_fpn_R_101_3x.yaml",
+            63_907_942,
+            64_691_494,
+        ),
+    ],
+)
+def test_paper_mask_model_has_the_papers_parameter_count(
+    config_file, stock_file, total, stock_total
+):
+    """The full-size COCO models, as their YAMLs build them: the paper reports 44,968,038
+    trainable parameters for its R-50 C-RBP model against 45,751,590 for Panoptic FPN
+    (783,552 fewer: a 1,859,728-parameter head in place of the stock 2,643,280)."""
+    from crbp_panoptic.engine import setup_cfg
+
+    ours = build_model(setup_cfg(CONFIGS / config_file, ["MODEL.DEVICE", "cpu"]))
+    stock = build_model(setup_cfg(CONFIGS / stock_file, ["MODEL.DEVICE", "cpu"]))
+    assert isinstance(ours.roi_heads.mask_head, CRBPMaskHead)
+    assert _trainable(ours.roi_heads.mask_head) == 1_859_728
+    assert _trainable(stock.roi_heads.mask_head) == 2_643_280
+    assert (_trainable(ours), _trainable(stock)) == (total, stock_total)
+    assert stock_total - total == 783_552
+
+
+def test_paper_mask_config_builds_the_authors_model():
+    model = _build(MASK_YAML)
+    head = model.roi_heads.mask_head
+    refiner, cell = head.mask_recurrent, head.mask_recurrent.cell
+    assert (cell.variant, cell.gala, cell.gate_bias_init, cell.norm) == (
+        "less_softplus",
+        True,
+        "raw",
+        "GN",
     )
-    ours = _build(MASK_YAML, *full).roi_heads.mask_head
-    stock = _build(STOCK_YAML, *full).roi_heads.mask_head
-    assert isinstance(ours, CRBPMaskHead)
-    assert count(ours) < count(stock)
+    assert isinstance(head.mask_recurrent_norm, torch.nn.SyncBatchNorm)
+    assert (refiner.mode, refiner.lcp_tau, refiner.lcp_reduction) == ("crbp", 0.95, "sum")
+    assert refiner.test_tol == 0.0 and model.lcp_weight == 0.001
+    # raw gate biases: b1 ~ U(1, T - 1) with T = 3 in the tiny config, b2 = -b1
+    b1 = cell.att_bias.detach().flatten()
+    assert b1.min() >= 1.0 and b1.max() <= 2.0
+    torch.testing.assert_close(cell.gate.bias.detach(), -b1)
 
 
-def test_mask_head_readout_sees_a_unit_scale_state():
-    head = _build(MASK_YAML).roi_heads.mask_head
+def test_summed_penalty_reaches_the_loss_weighted_by_lcp_weight():
+    """loss_lcp = LCP_WEIGHT x the penalty summed over every element of the mask head's
+    state (all foreground ROIs): the authors' XI x sum."""
+    model = _build(MASK_YAML, "MODEL.CRBP.LCP_TAU", 0.05)
+    losses = _train_step(model, tiny_batch(empty=()))
+    (refiner,) = [m for _, m in recurrent_modules(model)]
+    state = refiner.last_result.state
+    assert losses["loss_lcp"].item() == pytest.approx(0.001 * refiner.last_result.lcp.item())
+    mean = _build(MASK_YAML, "MODEL.CRBP.LCP_TAU", 0.05, "MODEL.CRBP.LCP_REDUCTION", "mean")
+    _train_step(mean, tiny_batch(empty=()))
+    (refiner_mean,) = [m for _, m in recurrent_modules(mean)]
+    assert refiner.last_result.lcp.item() == pytest.approx(
+        refiner_mean.last_result.lcp.item() * state.numel(), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("norm", ["GN", "SyncBN", "BN"])
+def test_mask_head_readout_sees_a_unit_scale_state(norm):
+    head = _build(MASK_YAML, "MODEL.CRBP.MASK_OUTPUT_NORM", norm).roi_heads.mask_head
     seen = {}
     head.deconv.register_forward_pre_hook(lambda m, args: seen.update(readout=args[0]))
     x = torch.randn(6, head.deconv.in_channels, 14, 14)
+    head.train()  # batch statistics for BN
     with torch.no_grad():
         state = head.mask_recurrent(x)
         head.layers(x)
-    assert state.std() < 0.2  # the cell's GroupNorm gains start at 0.1
-    groups = seen["readout"].reshape(6, head.mask_recurrent_norm.num_groups, -1)
-    assert torch.allclose(groups.std(-1), torch.ones(()), atol=0.05)
+    assert state.std() < 0.5  # a small contrast (the cell's norm gains start at 0.1)
+    if norm == "GN":
+        groups = seen["readout"].reshape(6, head.mask_recurrent_norm.num_groups, -1)
+        assert torch.allclose(groups.std(-1), torch.ones(()), atol=0.05)
+    else:
+        per_channel = seen["readout"].transpose(0, 1).flatten(1).std(-1)
+        assert torch.allclose(per_channel, torch.ones(()), atol=0.05)
 
 
-def test_mask_head_without_norm_has_no_readout_norm():
-    head = _build(MASK_YAML, "MODEL.CRBP.NORM", "none").roi_heads.mask_head
+def test_mask_head_output_norm_none_and_bad_values():
+    head = _build(MASK_YAML, "MODEL.CRBP.MASK_OUTPUT_NORM", "").roi_heads.mask_head
     assert isinstance(head.mask_recurrent_norm, torch.nn.Identity)
+    with pytest.raises(ValueError, match=r"MODEL.CRBP.MASK_OUTPUT_NORM='LN'; choose from"):
+        _build(MASK_YAML, "MODEL.CRBP.MASK_OUTPUT_NORM", "LN")
+    with pytest.raises(ValueError, match=r"MODEL.CRBP.NUM_GROUPS=5; must divide .* 32"):
+        _build(MASK_YAML, "MODEL.CRBP.MASK_OUTPUT_NORM", "GN", "MODEL.CRBP.NUM_GROUPS", 5)
 
 
 @pytest.mark.parametrize("grad", GRADS)
@@ -274,6 +334,10 @@ def test_test_steps_used_at_inference():
         ("MODEL.CRBP.GATE_BIAS_RANGE", "[3.0, 2.0]", "MODEL.CRBP.GATE_BIAS_RANGE=[3.0, 2.0]"),
         ("MODEL.CRBP.DIAGNOSTICS_PERIOD", -1, "MODEL.CRBP.DIAGNOSTICS_PERIOD=-1"),
         ("MODEL.CRBP.LCP_TAU", 0.0, "MODEL.CRBP.LCP_TAU=0.0"),
+        ("MODEL.CRBP.LCP_TAU", 1.5, "MODEL.CRBP.LCP_TAU=1.5; expected 0 < tau <= 1"),
+        ("MODEL.CRBP.CELL", "hgru", "MODEL.CRBP.CELL='hgru'; choose from"),
+        ("MODEL.CRBP.GATE_BIAS_INIT", "log", "MODEL.CRBP.GATE_BIAS_INIT='log'; choose from"),
+        ("MODEL.CRBP.LCP_REDUCTION", "max", "MODEL.CRBP.LCP_REDUCTION='max'; choose from"),
         ("MODEL.CRBP.LCP_CROP", -2, "MODEL.CRBP.LCP_CROP=-2"),
     ],
 )
