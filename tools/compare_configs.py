@@ -203,7 +203,11 @@ def _suite(p, args, command):
         )
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
-    summary = run_suite(plan, command=command)
+    try:
+        summary = run_suite(plan, command=command)
+    except (ValueError, RuntimeError) as e:  # a warm-up that failed or does not fit the arms
+        print(f"compare_configs.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
     with open(os.path.join(plan.output_dir, "summary.md")) as f:
         print(f.read())
     return summary

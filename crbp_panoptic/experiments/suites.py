@@ -456,8 +456,11 @@ def plan_suite(
             or runs in ``output_dir`` made with other settings.
     """
     seeds = list(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise ValueError(f"seeds={seeds}; expected one or more integers")
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(
+            f"seeds={seeds}; expected one or more integers >= 0 (a negative SEED draws a "
+            "random one: the run could not be repeated)"
+        )
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={seeds}; each seed once")
     iterations = suite.iterations if iterations is None else iterations

@@ -197,6 +197,8 @@ def test_overrides_of_what_the_runner_sets_and_bad_values_are_rejected(tmp_path)
         plan_suite(quick, [0], str(tmp_path), opts=["MODEL.CRBP.GRAD", "rbp"])
     with pytest.raises(ValueError, match="iterations=0"):
         plan_suite(quick, [0], str(tmp_path), iterations=0)
+    with pytest.raises(ValueError, match=r"seeds=\[-1\]; expected .* >= 0"):
+        plan_suite(quick, [-1], str(tmp_path))
     with pytest.raises(ValueError, match=r"seeds=\[1, 1\]"):
         plan_suite(quick, [1, 1], str(tmp_path))
     with pytest.raises(ValueError, match=r"multiples \[3\].*1 among them"):
@@ -468,7 +470,7 @@ def test_a_failed_warm_up_stops_the_suite_and_is_recorded(fake, monkeypatch):
     assert len(_calls(calls_path)) == 1
 
 
-def test_given_warmup_weights_that_do_not_fit_fail_before_any_arm_trains(fake, tmp_path):
+def test_given_warmup_weights_that_do_not_fit_fail_before_any_arm_trains(fake, tmp_path, capsys):
     from detectron2.modeling import build_model
 
     python, calls_path, out = fake
@@ -478,6 +480,15 @@ def test_given_warmup_weights_that_do_not_fit_fail_before_any_arm_trains(fake, t
     with pytest.raises(ValueError, match="warm-up weights .*other.pth.* do not fit arm 'ff'"):
         run_suite(plan, python=python, log=lambda m: None)
     assert _calls(calls_path) == []
+    assert not os.path.exists(os.path.join(out, "runs"))
+
+    tool = load_tool("compare_configs")
+    argv = ["--suite", "quick", "--seeds", "0", "--output", str(tmp_path / "tool")]
+    with pytest.raises(SystemExit) as e:
+        tool.main(argv + ["--warmup-weights", str(tmp_path / "other.pth")])
+    assert e.value.code == 1
+    assert "do not fit arm 'ff'" in capsys.readouterr().err
+    assert not (tmp_path / "tool" / "runs").exists()
 
 
 # --- end to end: real tools/train_net.py children ----------------------------------------------
