@@ -16,7 +16,9 @@ tested:
 * :mod:`.stability` -- PQ and residual when a model runs past its trained steps.
 * :mod:`.demo` -- train on the synthetic data, report PQ, draw overlays.
 * :mod:`.seeds` -- train configs over seeds, PQ at multiples of the trained steps, the
-  mask head alone on ground-truth boxes (``tools/compare_configs.py``).
+  mask head alone on ground-truth boxes (``tools/compare_configs.py --configs``).
+* :mod:`.suites` -- declared comparisons: feedforward, BPTT-1, BPTT-3 and C-RBP from one
+  shared warm start, over seeds (``tools/compare_configs.py --suite``).
 
 Submodules import Detectron2 where they need it; import them, not this package, for names.
 """

@@ -1,0 +1,587 @@
+"""Comparison suites: the declared tables, bad input, the shared warm start, the runner (with a
+stand-in for tools/train_net.py, and end to end on a tiny suite), the plot."""
+
+import dataclasses
+import json
+import os
+import stat
+import statistics
+import sys
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+
+from crbp_panoptic.experiments.suites import (  # noqa: E402
+    RESERVED_KEYS,
+    SUITES,
+    Suite,
+    get_suite,
+    placement_of,
+    plan_suite,
+    plot_pq_vs_steps,
+    run_suite,
+    suite_floors,
+    warm_start_keys,
+)
+
+from tests.tiny import REPO, load_tool, tiny_cfg, tiny_train_opts  # noqa: E402
+
+S = "configs/Synthetic-PanopticSegmentation/"
+FF_QUICK = S + "panoptic_fpn_R_18_quick.yaml"
+FPN_QUICK = S + "panoptic_crbp_fpn_R_18_quick.yaml"
+MASK_QUICK = S + "panoptic_crbp_mask_R_18_quick.yaml"
+FF_LONG = S + "longrange_panoptic_fpn_R_18.yaml"
+MASK_LONG = S + "longrange_panoptic_crbp_mask_R_18.yaml"
+TRAIN, VAL = "synthetic_panoptic_tiny_train_separated", "synthetic_panoptic_tiny_val_separated"
+CONTRACT = {
+    "arm",
+    "seed",
+    "config",
+    "opts",
+    "weights",
+    "params",
+    "steps_multiple",
+    "pq",
+    "pq_th",
+    "pq_st",
+    "box_ap",
+}
+
+
+def _opt(opts, key):
+    return opts[opts.index(key) + 1]
+
+
+def _tiny_opts(*extra):
+    """Tiny sizes and the tiny synthetic splits (registered by default, so children see them),
+    without the keys the runner sets; MODEL.CRBP.STEPS 3 makes T = 3."""
+    opts = tiny_train_opts("unused", TRAIN, VAL)
+    pairs = [(k, v) for k, v in zip(opts[::2], opts[1::2]) if k not in RESERVED_KEYS]
+    return [x for pair in pairs for x in pair] + list(extra)
+
+
+def _tiny_suite(**changes):
+    suite = Suite(
+        name="tiny",
+        description="test suite: tiny recurrent FPN on tiny synthetic data",
+        placement="fpn",
+        feedforward_config=FF_QUICK,
+        recurrent_config=FPN_QUICK,
+        warmup_iterations=5,
+        iterations=2,
+        opts=tuple(_tiny_opts()),
+    )
+    return dataclasses.replace(suite, **changes)
+
+
+# --- the declared suites -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, ff, recurrent, placement",
+    [("quick", FF_QUICK, FPN_QUICK, "fpn"), ("longrange", FF_LONG, MASK_LONG, "mask_head")],
+)
+def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
+    tmp_path, name, ff, recurrent, placement
+):
+    suite = get_suite(name)
+    assert sorted(SUITES) == ["longrange", "quick"] and SUITES[name] is suite
+    assert (suite.feedforward_config, suite.recurrent_config) == (ff, recurrent)
+    assert placement_of(tiny_cfg(recurrent[len("configs/") :])) == placement
+    plan = plan_suite(suite, [0, 1, 2], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # planning writes nothing
+    assert [a.name for a in plan.arms] == ["ff", "bptt:1", "bptt:3", "crbp:10"]
+    assert _opt(plan.warmup_opts, "SOLVER.MAX_ITER") == str(suite.warmup_iterations)
+    assert plan.warmup_config == ff and plan.warmup_dir == str(tmp_path / "out" / "warmup")
+    runs = {(r.arm, r.seed): r for r in plan.runs}
+    assert len(runs) == 12 and len({r.run_dir for r in plan.runs}) == 12
+    for (arm, seed), run in runs.items():
+        assert _opt(run.opts, "SEED") == str(seed)
+        assert _opt(run.opts, "SOLVER.MAX_ITER") == str(suite.iterations)
+        assert "MODEL.WEIGHTS" not in run.opts and "OUTPUT_DIR" not in run.opts
+    ff_run = runs[("ff", 1)]
+    assert ff_run.config == ff and ff_run.multiples == [1]
+    assert not [k for k in ff_run.opts[::2] if k.startswith("MODEL.CRBP")]
+    for arm, grad, steps in (("bptt:1", "bptt", 1), ("bptt:3", "bptt", 3), ("crbp:10", "crbp", 10)):
+        run = runs[(arm, 2)]
+        assert run.config == recurrent and run.multiples == [1, 3]
+        assert (_opt(run.opts, "MODEL.CRBP.GRAD"), _opt(run.opts, "MODEL.CRBP.STEPS")) == (
+            grad,
+            str(steps),
+        )
+        assert _opt(run.opts, "MODEL.CRBP.TEST_STEPS") == str(steps)
+        assert _opt(run.eval_opts(3), "MODEL.CRBP.TEST_STEPS") == str(3 * steps)
+        assert _opt(run.eval_opts(3), "MODEL.CRBP.TEST_TOL") == "0.0"
+
+    other = plan_suite(
+        suite,
+        [4],
+        str(tmp_path / "o2"),
+        iterations=7,
+        warmup_iterations=9,
+        opts=["MODEL.CRBP.STEPS", "6"],
+    )
+    assert [a.name for a in other.arms][-1] == "crbp:6"  # T: the config's STEPS (after overrides)
+    assert _opt(other.warmup_opts, "SOLVER.MAX_ITER") == "9"
+    assert {_opt(r.opts, "SOLVER.MAX_ITER") for r in other.runs} == {"7"}
+
+
+def test_schedule_restarts_and_scales_the_decay_points(tmp_path):
+    plan = plan_suite(get_suite("quick"), [0], str(tmp_path), iterations=600, warmup_iterations=60)
+    # The quick configs decay at 250 of 300 iterations.
+    assert _opt(plan.warmup_opts, "SOLVER.STEPS") == "(50,)"
+    assert {_opt(r.opts, "SOLVER.STEPS") for r in plan.runs} == {"(500,)"}
+    assert {_opt(r.opts, "SOLVER.CHECKPOINT_PERIOD") for r in plan.runs} == {"601"}
+
+
+# --- bad input, before anything trains ---------------------------------------------------------
+
+
+def _tool_error(capsys, argv):
+    tool = load_tool("compare_configs")
+    with pytest.raises(SystemExit) as e:
+        tool.main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_suite_names_the_value_and_the_suites(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"suite 'nope'.*allowed: \['longrange', 'quick'\]"):
+        get_suite("nope")
+    err = _tool_error(capsys, ["--suite", "nope", "--output", str(tmp_path / "out")])
+    assert "suite 'nope'" in err and "'longrange', 'quick'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_warmup_weights_fail_before_anything_trains(tmp_path, capsys):
+    missing = str(tmp_path / "warm" / "model_final.pth")
+    with pytest.raises(FileNotFoundError, match="warm-up weights .*model_final.pth.*no such file"):
+        plan_suite(get_suite("quick"), [0], str(tmp_path / "out"), warmup_weights=missing)
+    err = _tool_error(
+        capsys,
+        ["--suite", "quick", "--warmup-weights", missing, "--output", str(tmp_path / "out")],
+    )
+    assert missing in err and "panoptic_fpn_R_18_quick.yaml" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_whose_placement_does_not_match_the_suite_fails(tmp_path, capsys):
+    quick = get_suite("quick")
+    with pytest.raises(ValueError, match=r"recurrent config .*panoptic_crbp_mask_R_18_quick.yaml"):
+        plan_suite(dataclasses.replace(quick, recurrent_config=MASK_QUICK), [0], str(tmp_path))
+    with pytest.raises(ValueError, match="placement 'fpn'.*suite 'longrange'.*CRBPMaskHead"):
+        plan_suite(
+            dataclasses.replace(get_suite("longrange"), recurrent_config=FPN_QUICK),
+            [0],
+            str(tmp_path),
+        )
+    with pytest.raises(ValueError, match="feedforward config .*placement 'fpn'"):
+        plan_suite(dataclasses.replace(quick, feedforward_config=FPN_QUICK), [0], str(tmp_path))
+    err = _tool_error(
+        capsys,
+        ["--suite", "quick", "--recurrent-config", MASK_QUICK, "--output", str(tmp_path / "o")],
+    )
+    assert "placement 'mask_head'" in err and "build_resnet_crbp_fpn_backbone" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_overrides_of_what_the_runner_sets_and_bad_values_are_rejected(tmp_path):
+    quick = get_suite("quick")
+    for key, flag in (("SOLVER.MAX_ITER", "--iterations"), ("SEED", "--seeds")):
+        with pytest.raises(ValueError, match=f"{key} is set by the suite runner.*{flag}"):
+            plan_suite(quick, [0], str(tmp_path), opts=[key, "5"])
+    with pytest.raises(ValueError, match="MODEL.CRBP.GRAD is set by the suite runner.*arms"):
+        plan_suite(quick, [0], str(tmp_path), opts=["MODEL.CRBP.GRAD", "rbp"])
+    with pytest.raises(ValueError, match="iterations=0"):
+        plan_suite(quick, [0], str(tmp_path), iterations=0)
+    with pytest.raises(ValueError, match=r"seeds=\[-1\]; expected .* >= 0"):
+        plan_suite(quick, [-1], str(tmp_path))
+    with pytest.raises(ValueError, match=r"seeds=\[1, 1\]"):
+        plan_suite(quick, [1, 1], str(tmp_path))
+    with pytest.raises(ValueError, match=r"multiples \[3\].*1 among them"):
+        plan_suite(quick, [0], str(tmp_path), multiples=[3])
+    with pytest.raises(ValueError, match="placement='nowhere'"):
+        dataclasses.replace(quick, placement="nowhere")
+
+
+def test_output_with_runs_made_otherwise_is_an_error_not_overwritten(tmp_path):
+    plan = plan_suite(_tiny_suite(), [0], str(tmp_path))
+    run = plan.runs[1]
+    os.makedirs(run.run_dir)
+    spec = {"config": run.config, "opts": run.opts[:-2] + ["SEED", "9"], "init_weights": None}
+    (tmp_path / "runs" / "bptt_1" / "seed0" / "run.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"seed0 holds a run made with other settings \(opts"):
+        plan_suite(_tiny_suite(), [0], str(tmp_path))
+    assert json.loads((tmp_path / "runs" / "bptt_1" / "seed0" / "run.json").read_text()) == spec
+
+
+# --- the shared warm start ---------------------------------------------------------------------
+
+
+def _state_keys(model, prefix):
+    return sorted(k for k in model.state_dict() if k.startswith(prefix))
+
+
+@pytest.mark.parametrize("ff, recurrent", [(FF_QUICK, FPN_QUICK), (FF_LONG, MASK_LONG)])
+def test_warm_start_leaves_exactly_the_recurrent_module_new(tmp_path, ff, recurrent):
+    from detectron2.modeling import build_model
+
+    from crbp_panoptic.modeling import recurrent_modules
+
+    torch.manual_seed(0)
+    ff_model = build_model(tiny_cfg(ff[len("configs/") :]))
+    path = str(tmp_path / "ff.pth")
+    torch.save({"model": ff_model.state_dict()}, path)
+    model = build_model(tiny_cfg(recurrent[len("configs/") :]))
+    keys = warm_start_keys(model, path)
+
+    refiners = [name for name, _ in recurrent_modules(model)]
+    if "fpn" in recurrent:
+        assert refiners == [f"backbone.fpn_lateral{k}.recurrent" for k in (3, 4, 5)]
+        new = [k for r in refiners for k in _state_keys(model, r + ".")]
+        assert keys["unexpected"] == []
+        stock = "backbone.fpn_lateral3.weight"  # the lateral conv under the recurrent lateral
+    else:
+        assert refiners == ["roi_heads.mask_head.mask_recurrent"]
+        # the refiner and the GroupNorm of its state
+        new = _state_keys(model, "roi_heads.mask_head.mask_recurrent")
+        fcn = _state_keys(ff_model, "roi_heads.mask_head.mask_fcn")
+        assert keys["unexpected"] == fcn
+        assert {k.rsplit(".", 1)[0] for k in fcn} == {
+            f"roi_heads.mask_head.mask_fcn{i}" for i in (1, 2, 3, 4)
+        }
+        stock = "roi_heads.mask_head.predictor.weight"
+    assert new and keys["missing"] == sorted(new)
+    assert keys["incorrect_shapes"] == []
+    loaded, saved = model.state_dict(), ff_model.state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved if k in loaded)
+    assert torch.equal(loaded[stock], saved[stock])
+
+
+# --- the runner, with a stand-in for tools/train_net.py ----------------------------------------
+
+LOG = """[12/01 10:00:00 d2.evaluation.testing]: copypaste: Task: bbox
+[12/01 10:00:00 d2.evaluation.testing]: copypaste: AP,AP50,AP75,APs,APm,APl
+[12/01 10:00:00 d2.evaluation.testing]: copypaste: {ap},50.0,10.0,nan,nan,nan
+[12/01 10:00:00 d2.evaluation.testing]: copypaste: Task: panoptic_seg
+[12/01 10:00:00 d2.evaluation.testing]: copypaste: PQ,SQ,RQ,PQ_th,SQ_th,RQ_th,PQ_st,SQ_st,RQ_st
+[12/01 10:00:00 d2.evaluation.testing]: copypaste: {pq},48.7,51.0,{th},0.0,0.0,{st},81.3,85.1
+"""
+
+# Writes what tools/train_net.py would (log.txt with copypaste lines; model_final.pth, a copy
+# of a real feedforward checkpoint) with PQ = 40 + SEED + TEST_STEPS / 10 + 1 (bptt) or 5
+# (crbp); records its command line and how many runs summary.json held when it started;
+# fails (exit 3) when its OUTPUT_DIR contains $FAKE_FAIL.
+FAKE_TRAIN = r"""
+import json, os, shutil, sys
+args = sys.argv[2:]
+rest = [a for a in args if a != "--eval-only"]
+i = rest.index("--config-file")
+pairs = rest[:i] + rest[i + 2 :]
+opts = dict(zip(pairs[::2], pairs[1::2]))
+out = opts["OUTPUT_DIR"]
+summary = os.path.join(os.environ["FAKE_OUTPUT"], "summary.json")
+held = len(json.load(open(summary))["runs"]) if os.path.exists(summary) else None
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write(json.dumps({"argv": sys.argv[1:], "runs_in_summary": held}) + "\n")
+os.makedirs(out, exist_ok=True)
+if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in out:
+    print("simulated failure: out of memory")
+    sys.exit(3)
+grad = opts.get("MODEL.CRBP.GRAD", "ff")
+pq = 40 + int(opts["SEED"]) + int(opts.get("MODEL.CRBP.TEST_STEPS", 0)) / 10
+pq += {"ff": 0, "bptt": 1, "crbp": 5}[grad]
+with open(os.path.join(out, "log.txt"), "a") as f:
+    f.write(LOG.format(ap=pq / 2, pq=pq, th=pq - 10, st=pq + 10))
+if "--eval-only" not in args:
+    shutil.copy(os.environ["FAKE_CKPT"], os.path.join(out, "model_final.pth"))
+"""
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """(python, calls file, output dir): the stand-in interpreter and where it reports."""
+    from detectron2.modeling import build_model
+
+    from crbp_panoptic.engine import setup_cfg
+
+    script = tmp_path / "fake_train.py"
+    script.write_text(f"LOG = {LOG!r}\n" + FAKE_TRAIN)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    torch.manual_seed(0)
+    ff = build_model(setup_cfg(REPO / FF_QUICK, _tiny_opts("MODEL.DEVICE", "cpu")))
+    torch.save({"model": ff.state_dict()}, tmp_path / "ff.pth")
+    calls, out = tmp_path / "calls.jsonl", tmp_path / "suite"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    monkeypatch.setenv("FAKE_CKPT", str(tmp_path / "ff.pth"))
+    monkeypatch.setenv("FAKE_OUTPUT", str(out))
+    return str(python), calls, str(out)
+
+
+def _calls(path):
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _expected_pq(arm, seed, test_steps):
+    return 40 + seed + (test_steps or 0) / 10 + {"ff": 0, "bptt": 1, "crbp": 5}[arm.split(":")[0]]
+
+
+def test_suite_trains_every_arm_from_one_warm_up_and_reuses_finished_runs(fake, monkeypatch):
+    from detectron2.modeling import build_model
+
+    from crbp_panoptic.modeling import recurrent_modules
+
+    python, calls_path, out = fake
+    suite = _tiny_suite(arms=("ff", "bptt:1", "bptt:3", "crbp:T"))
+    plan = plan_suite(suite, [0, 1], out)
+    messages = []
+    summary = run_suite(plan, python=python, log=messages.append)
+    calls = _calls(calls_path)
+    warm = os.path.join(out, "warmup", "model_final.pth")
+
+    # The warm-up: once, the feedforward config from its own initialisation.
+    argv = calls[0]["argv"]
+    assert _opt(argv, "OUTPUT_DIR") == os.path.join(out, "warmup")
+    assert "MODEL.WEIGHTS" not in argv and _opt(argv, "SOLVER.MAX_ITER") == "5"
+    assert _opt(argv, "--config-file") == FF_QUICK and _opt(argv, "SEED") == "0"
+    trains = [c["argv"] for c in calls[1:] if "--eval-only" not in c["argv"]]
+    evals = [c["argv"] for c in calls[1:] if "--eval-only" in c["argv"]]
+    assert len(trains) == 8 and len(evals) == 6  # 2 seeds x 4 arms; 3 recurrent arms at 3T
+    for argv in trains:  # every arm from the warm-up, a fresh schedule, the run's seed
+        assert _opt(argv, "MODEL.WEIGHTS") == warm and "--resume" not in argv
+        assert _opt(argv, "SOLVER.MAX_ITER") == "2"
+    assert sorted((_opt(a, "--config-file"), _opt(a, "SEED")) for a in trains) == sorted(
+        [(FF_QUICK, s) for s in "01"] + [(FPN_QUICK, s) for s in "01" for _ in range(3)]
+    )
+    # summary.json is rewritten after every run: each child sees the runs before it.
+    assert [c["runs_in_summary"] for c in calls] == [0] + list(range(14))
+
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["runs"] == summary["runs"]
+    assert summary["suite"] == "tiny"
+    assert summary["warmup"]["config"] == FF_QUICK and summary["warmup"]["iterations"] == 5
+    assert summary["warmup"]["weights"] == warm and summary["warmup"]["status"] == "ok"
+    runs = summary["runs"]
+    assert len(runs) == 14 and all(r["status"] == "ok" for r in runs)
+    assert all(CONTRACT <= set(r) for r in runs)
+    assert sorted((r["arm"], r["seed"], r["steps_multiple"]) for r in runs) == sorted(
+        [("ff", s, 1) for s in (0, 1)]
+        + [(a, s, m) for a in ("bptt:1", "bptt:3", "crbp:3") for s in (0, 1) for m in (1, 3)]
+    )
+    for r in runs:
+        steps = int(r["arm"].split(":")[1]) * r["steps_multiple"] if ":" in r["arm"] else None
+        assert r["pq"] == pytest.approx(_expected_pq(r["arm"], r["seed"], steps))
+        assert r["pq_th"] == pytest.approx(r["pq"] - 10) and r["pq_st"] == pytest.approx(
+            r["pq"] + 10
+        )
+        assert r["box_ap"] == pytest.approx(r["pq"] / 2)
+        assert r["weights"].endswith("model_final.pth") and os.path.isfile(r["weights"])
+        assert r["seconds"] >= 0
+    for argv in evals:  # an entry's config, opts and weights are what its evaluation ran
+        entry = next(
+            r
+            for r in runs
+            if r["weights"] == _opt(argv, "MODEL.WEIGHTS") and r["steps_multiple"] == 3
+        )
+        i = argv.index("--config-file")
+        assert argv[i + 1] == entry["config"]
+        assert argv[i + 2 : argv.index("MODEL.WEIGHTS", i + 2)] == entry["opts"]
+    total = summary["seconds"]["total"]
+    assert total == pytest.approx(summary["seconds"]["warmup"] + sum(r["seconds"] for r in runs))
+
+    # Parameters: the same model for every recurrent arm; the refiner is what is new.
+    model = build_model(tiny_cfg(FPN_QUICK[len("configs/") :], *_tiny_opts()))
+    refiner = sum(p.numel() for _, m in recurrent_modules(model) for p in m.parameters())
+    params = {r["arm"]: r["params"] for r in runs}
+    assert params["ff"]["recurrent"] == 0
+    assert params["bptt:1"] == params["bptt:3"] == params["crbp:3"]
+    assert params["crbp:3"]["recurrent"] == refiner > 0
+    assert params["crbp:3"]["total"] == params["ff"]["total"] + refiner
+    assert params["crbp:3"]["mask_head"] == params["ff"]["mask_head"]
+    refiner_keys = sorted(
+        k
+        for name, _ in recurrent_modules(model)
+        for k in model.state_dict()
+        if k.startswith(name + ".")
+    )
+    assert summary["warm_start"]["crbp:3"]["missing"] == refiner_keys
+    assert summary["warm_start"]["ff"]["missing"] == []
+    logged = f"warm start crbp:3: {len(refiner_keys)} keys not in the warm-up checkpoint"
+    assert any(logged in m for m in messages)
+
+    # Floors: the grouping-free mask on the tiny val split, from its generator.
+    from crbp_panoptic.data import CATEGORIES, render_sample
+    from crbp_panoptic.data.longrange import box_class_mask_iou
+
+    samples = [render_sample(i, "val", (64, 64), 0) for i in range(4)]
+    ious = [v for s in samples for v in box_class_mask_iou(s.panoptic, s.segments_info, CATEGORIES)]
+    assert summary["floors"]["dataset"] == VAL
+    assert summary["floors"]["grouping_free_mask_iou"] == pytest.approx(statistics.median(ious))
+    assert os.path.isfile(os.path.join(out, "pq_vs_steps.png"))
+    assert "| C-RBP-3 |" in open(os.path.join(out, "summary.md")).read()
+
+    again = run_suite(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
+    assert len(_calls(calls_path)) == len(calls)  # every run and the warm-up reused
+    assert [r["pq"] for r in again["runs"]] == [r["pq"] for r in runs]
+
+
+def test_a_failed_run_is_recorded_not_dropped_and_retried_on_rerun(fake, monkeypatch):
+    python, calls_path, out = fake
+    suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"))
+    monkeypatch.setenv("FAKE_FAIL", os.path.join("crbp_3", "seed1"))
+    summary = run_suite(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
+    failed = [r for r in summary["runs"] if r["status"] == "failed"]
+    assert [(r["arm"], r["seed"], r["steps_multiple"]) for r in failed] == [
+        ("crbp:3", 1, 1),
+        ("crbp:3", 1, 3),
+    ]
+    assert "exit code 3" in failed[0]["error"] and "simulated failure" in failed[0]["error"]
+    assert failed[0]["log"].endswith(os.path.join("crbp_3", "seed1", "stdout.txt"))
+    assert os.path.isfile(failed[0]["log"]) and failed[0]["pq"] is None
+    assert len(summary["runs"]) == 10 and sum(r["status"] == "ok" for r in summary["runs"]) == 8
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["runs"] == summary["runs"]
+
+    before = len(_calls(calls_path))
+    monkeypatch.delenv("FAKE_FAIL")
+    summary = run_suite(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
+    new = [c["argv"] for c in _calls(calls_path)[before:]]
+    assert [_opt(a, "OUTPUT_DIR") for a in new] == [
+        os.path.join(out, "runs", "crbp_3", "seed1"),
+        os.path.join(out, "runs", "crbp_3", "seed1", "test_steps9"),
+    ]
+    assert all(r["status"] == "ok" for r in summary["runs"]) and len(summary["runs"]) == 10
+
+
+def test_a_failed_warm_up_stops_the_suite_and_is_recorded(fake, monkeypatch):
+    python, calls_path, out = fake
+    monkeypatch.setenv("FAKE_FAIL", "warmup")
+    with pytest.raises(RuntimeError, match="the warm-up failed .*exit code 3"):
+        run_suite(plan_suite(_tiny_suite(), [0], out), python=python, log=lambda m: None)
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["warmup"]["status"] == "failed" and summary["runs"] == []
+    assert "simulated failure" in summary["warmup"]["error"]
+    assert len(_calls(calls_path)) == 1
+
+
+def test_given_warmup_weights_that_do_not_fit_fail_before_any_arm_trains(fake, tmp_path, capsys):
+    from detectron2.modeling import build_model
+
+    python, calls_path, out = fake
+    other = build_model(tiny_cfg(FF_QUICK[len("configs/") :], "MODEL.FPN.OUT_CHANNELS", "16"))
+    torch.save({"model": other.state_dict()}, tmp_path / "other.pth")
+    plan = plan_suite(_tiny_suite(), [0], out, warmup_weights=str(tmp_path / "other.pth"))
+    with pytest.raises(ValueError, match="warm-up weights .*other.pth.* do not fit arm 'ff'"):
+        run_suite(plan, python=python, log=lambda m: None)
+    assert _calls(calls_path) == []
+    assert not os.path.exists(os.path.join(out, "runs"))
+
+    tool = load_tool("compare_configs")
+    argv = ["--suite", "quick", "--seeds", "0", "--output", str(tmp_path / "tool")]
+    with pytest.raises(SystemExit) as e:
+        tool.main(argv + ["--warmup-weights", str(tmp_path / "other.pth")])
+    assert e.value.code == 1
+    assert "do not fit arm 'ff'" in capsys.readouterr().err
+    assert not (tmp_path / "tool" / "runs").exists()
+
+
+# --- end to end: real tools/train_net.py children ----------------------------------------------
+
+
+def test_tiny_suite_end_to_end_eval_only_reproduces_every_entry(tmp_path):
+    import subprocess
+
+    from crbp_panoptic.experiments.seeds import parse_copypaste
+
+    suite = _tiny_suite(
+        arms=("ff", "crbp:T"),
+        warmup_iterations=20,
+        opts=tuple(_tiny_opts("SOLVER.BASE_LR", "0.02")),
+    )
+    out = str(tmp_path / "suite")
+    summary = run_suite(plan_suite(suite, [0], out), log=lambda m: None)
+    runs = summary["runs"]
+    assert [(r["arm"], r["steps_multiple"], r["status"]) for r in runs] == [
+        ("ff", 1, "ok"),
+        ("crbp:3", 1, "ok"),
+        ("crbp:3", 3, "ok"),
+    ]
+    assert max(r["pq"] for r in runs) > 0  # the comparison below is not 0 against 0
+
+    # The arm started at iteration 0 from the warm-up, whose checkpoint lacks only the refiner.
+    with open(os.path.join(out, "runs", "crbp_3", "seed0", "log.txt")) as f:
+        log = f.read()
+    assert "Starting training from iteration 0" in log
+    assert "not found in the checkpoint" in log and "fpn_lateral3.recurrent.cell" in log
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for r in runs:
+        eval_dir = str(tmp_path / f"again_{r['arm'].replace(':', '_')}_{r['steps_multiple']}")
+        cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--eval-only"]
+        cmd += ["--config-file", r["config"], *r["opts"], "MODEL.WEIGHTS", r["weights"]]
+        cmd += ["OUTPUT_DIR", eval_dir]
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        with open(os.path.join(eval_dir, "log.txt")) as f:
+            assert parse_copypaste(f.read())["panoptic_seg"]["PQ"] == r["pq"]
+
+
+# --- floors and the plot -----------------------------------------------------------------------
+
+
+def test_floor_of_a_split_that_is_not_synthetic_says_why_it_is_missing():
+    floors = suite_floors("coco_2017_val_panoptic_separated")
+    assert floors["grouping_free_mask_iou"] is None
+    assert "not a synthetic split" in floors["reason"]
+
+
+def _summary_for_plot(status="ok"):
+    runs = []
+    for seed in (0, 1, 2):
+        runs.append({"arm": "ff", "seed": seed, "steps_multiple": 1, "pq": 70.0 + seed})
+        for arm, base in (("bptt:1", 68.0), ("crbp:10", 75.0)):
+            for m in (1, 3):
+                runs.append({"arm": arm, "seed": seed, "steps_multiple": m, "pq": base - m + seed})
+    for r in runs:
+        r["status"] = status
+    return {
+        "suite": "quick",
+        "arms": ["ff", "bptt:1", "crbp:10"],
+        "multiples": [1, 3],
+        "runs": runs,
+    }
+
+
+def test_plot_pq_vs_steps_writes_a_png(tmp_path):
+    from PIL import Image
+
+    path = str(tmp_path / "pq_vs_steps.png")
+    assert plot_pq_vs_steps(_summary_for_plot(), path) == path
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+    nothing = str(tmp_path / "none.png")
+    assert plot_pq_vs_steps(_summary_for_plot("failed"), nothing) is None
+    assert not os.path.exists(nothing)
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_compare_configs_keeps_configs_mode_and_output_dir_alias(tmp_path, capsys):
+    tool = load_tool("compare_configs")
+    _, args = tool.parse_args(["--configs", FF_QUICK, "--output-dir", "x", "SOLVER.BASE_LR", "1"])
+    assert (args.configs, args.output, args.opts) == ([FF_QUICK], "x", ["SOLVER.BASE_LR", "1"])
+    _, args = tool.parse_args(["--suite", "quick", "--seeds", "0", "1", "2", "--output", "y"])
+    assert (args.suite, args.seeds, args.output) == ("quick", [0, 1, 2], "y")
+    assert "cannot be used with --suite" in _tool_error(capsys, ["--suite", "quick", "--probe"])
+    err = _tool_error(capsys, ["--configs", FF_QUICK, "--iterations", "5"])
+    assert "--iterations cannot be used with --configs" in err
+    with pytest.raises(SystemExit):
+        tool.main(["--help"])
+    assert "Train and compare Panoptic FPN configs over seeds" in capsys.readouterr().out
