@@ -18,6 +18,8 @@ recurrent modules' own weights may be missing, as in a stock Detectron2 checkpoi
 import argparse
 import sys
 
+import numpy as np
+
 from crbp_panoptic.engine import setup_cfg
 from crbp_panoptic.engine.checkpoint import WeightsError
 from crbp_panoptic.engine.dynamics import record_dynamics
@@ -63,7 +65,7 @@ def main(argv=None):
     image = read_rgb(path, (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))[0]
     try:
         with record_dynamics(predictor.model, args.steps) as records:
-            outputs = predictor(image[:, :, ::-1])  # DefaultPredictor takes BGR
+            outputs = predictor(np.ascontiguousarray(image[:, :, ::-1]))  # it takes BGR
     except ValueError as e:  # a model without recurrent modules
         sys.exit(f"visualize_dynamics.py: {e}")
     summary = save_dynamics(

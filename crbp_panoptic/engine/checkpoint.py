@@ -145,17 +145,17 @@ class _StrictCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` (model-zoo conversions included) that refuses a checkpoint
     whose keys do not fit the model, beyond the recurrent parts of a stock checkpoint."""
 
-    def __init__(self, model: nn.Module, weights: str):
+    def __init__(self, model: nn.Module, weights: str, source: str):
         super().__init__(model)
         self.weights = weights
+        self.name = f"{source} {weights!r}"
 
     def _load_file(self, filename):
         try:
             return super()._load_file(filename)
         except Exception as e:
             raise WeightsError(
-                f"MODEL.WEIGHTS {self.weights!r} cannot be read as a checkpoint: "
-                f"{type(e).__name__}: {e}"
+                f"{self.name} cannot be read as a checkpoint: {type(e).__name__}: {e}"
             ) from e
 
     def _load_model(self, checkpoint):
@@ -174,7 +174,7 @@ class _StrictCheckpointer(DetectionCheckpointer):
         unexpected -= replaced
 
         if missing or unexpected or wrong_shapes:
-            parts = [f"MODEL.WEIGHTS {self.weights!r} does not fit the model:"]
+            parts = [f"{self.name} does not fit the model:"]
             for title, lines in (
                 ("missing from the checkpoint", _grouped(missing)),
                 ("in the checkpoint but not in the model", _grouped(unexpected)),
@@ -192,9 +192,8 @@ class _StrictCheckpointer(DetectionCheckpointer):
             raise WeightsError("\n".join(parts))
         if absent_groups:
             logger.warning(
-                "MODEL.WEIGHTS %r has no weights for the recurrent modules %s: they keep their "
-                "initialisation%s",
-                self.weights,
+                "%s has no weights for the recurrent modules %s: they keep their initialisation%s",
+                self.name,
                 absent_groups,
                 "; the stock mask head's mask_fcn* convs in it are not used" if replaced else "",
             )
@@ -202,13 +201,14 @@ class _StrictCheckpointer(DetectionCheckpointer):
         return incompatible._replace(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
 
 
-def load_trained_weights(model: nn.Module, weights: str) -> None:
+def load_trained_weights(model: nn.Module, weights: str, source: str = "MODEL.WEIGHTS") -> None:
     """Load ``weights`` into ``model``, refusing a checkpoint that does not fit it.
 
     Args:
         model: a built (recurrent) Panoptic FPN.
         weights: a checkpoint accepted by :func:`check_weights_given`; "" loads nothing
             (the user asked for random weights).
+        source: where ``weights`` came from, for messages.
 
     Raises:
         WeightsError: the file cannot be read as a checkpoint, or its keys do not fit the
@@ -217,8 +217,8 @@ def load_trained_weights(model: nn.Module, weights: str) -> None:
     if not weights:
         logger.warning("%s: the model runs with untrained weights", RANDOM_WEIGHTS_FLAG)
         return
-    checkpointer = _StrictCheckpointer(model, weights)
+    checkpointer = _StrictCheckpointer(model, weights, source)
     try:
         checkpointer.load(weights, checkpointables=[])
-    except (AssertionError, OSError) as e:  # a URL that cannot be fetched
-        raise WeightsError(f"MODEL.WEIGHTS {weights!r} cannot be loaded: {e}") from e
+    except (AssertionError, OSError) as e:  # a URL that cannot be fetched, a vanished file
+        raise WeightsError(f"{checkpointer.name} cannot be loaded: {e}") from e

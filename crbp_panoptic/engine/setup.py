@@ -87,11 +87,15 @@ def train_or_evaluate(args):
     if args.eval_only:
         saved = DetectionCheckpointer(None, save_dir=cfg.OUTPUT_DIR)  # finds the last one only
         if args.resume and saved.has_checkpoint():
-            weights = saved.get_checkpoint_file()
+            weights, source = saved.get_checkpoint_file(), "the last checkpoint"
         else:
-            weights = check_weights_given(cfg.MODEL.WEIGHTS, getattr(args, "random_weights", False))
+            random_weights = getattr(args, "random_weights", False)
+            weights, source = (
+                check_weights_given(cfg.MODEL.WEIGHTS, random_weights),
+                "MODEL.WEIGHTS",
+            )
         model = Trainer.build_model(cfg)
-        load_trained_weights(model, weights)
+        load_trained_weights(model, weights, source)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

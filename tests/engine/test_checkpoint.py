@@ -2,6 +2,7 @@
 or an error naming MODEL.WEIGHTS; random weights only on request."""
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -171,14 +172,14 @@ def test_export_runs_on_random_weights_when_asked(tmp_path):
     assert diff == 0 and (tmp_path / "ts" / "model.ts").is_file()
 
 
-def _eval_args(tmp_path, *opts, extra=()):
-    parser = load_tool("train_net").argument_parser()
+def _eval_args(tmp_path, *opts, parser=None, flags=()):
+    parser = parser or default_argument_parser()
     return parser.parse_args(
         [
             "--config-file",
             str(REPO / "configs" / SYNTHETIC / FPN),
             "--eval-only",
-            *extra,
+            *flags,
             *TINY_OPTS,
             "OUTPUT_DIR",
             str(tmp_path),
@@ -195,6 +196,20 @@ def test_eval_only_needs_weights_that_fit(checkpoints, tmp_path):
     with pytest.raises(WeightsError, match="does not fit the model"):
         train_or_evaluate(_eval_args(tmp_path, "MODEL.WEIGHTS", checkpoints[MASK]))
     assert train_or_evaluate(_eval_args(tmp_path, "MODEL.WEIGHTS", checkpoints[FPN])) == {}
-    assert train_or_evaluate(_eval_args(tmp_path, extra=["--random-weights"])) == {}
-    plain = default_argument_parser().parse_args(["--eval-only", "--config-file", "x.yaml"])
-    assert not hasattr(plain, "random_weights")  # Detectron2's own parser works as well
+    # --resume evaluates the last checkpoint of OUTPUT_DIR, as strictly.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name, config in (("model_0000001.pth", MASK), ("model_0000002.pth", FPN)):
+        shutil.copy(checkpoints[config], resumed / name)
+        (resumed / "last_checkpoint").write_text(name)
+        args = _eval_args(resumed, flags=["--resume"])
+        if config == MASK:
+            last = f"the last checkpoint '{resumed / name}' does not fit the model"
+            with pytest.raises(WeightsError, match=last):
+                train_or_evaluate(args)
+        else:
+            assert train_or_evaluate(args) == {}
+    # tools/train_net.py's parser adds --random-weights to Detectron2's flags.
+    parser = load_tool("train_net").argument_parser()
+    args = _eval_args(tmp_path, parser=parser, flags=["--random-weights"])
+    assert args.random_weights and train_or_evaluate(args) == {}

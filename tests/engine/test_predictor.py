@@ -26,7 +26,6 @@ from crbp_panoptic.engine.predictor import (
     OutputError,
     PanopticCategories,
     _replace_into,
-    build_predictor,
     predict_to_files,
     segments_record,
 )
@@ -244,7 +243,7 @@ def _no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built before the outputs were checked")
 
-    monkeypatch.setattr("crbp_panoptic.engine.predictor.build_predictor", refuse)
+    monkeypatch.setattr("detectron2.engine.DefaultPredictor", refuse)
 
 
 def _predict_argv(out, *inputs):
@@ -382,7 +381,9 @@ def test_predict_refuses_to_run_without_weights(images, tmp_path):
 
 
 def _recording_predictor(cfg, seen):
-    predictor = build_predictor(cfg, random_weights=True)
+    from detectron2.engine import DefaultPredictor
+
+    predictor = DefaultPredictor(cfg)  # random weights: tests/tiny.py sets MODEL.WEIGHTS ""
 
     def predict(image):
         seen.append(image.copy())
@@ -415,8 +416,8 @@ def test_the_predictor_is_given_bgr_whatever_the_input_format(tmp_path):
 
 
 def _ramp16():
-    """A 64x64 16-bit ramp over the full range, and its 8-bit scaling."""
-    values = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    """A 64x64 16-bit ramp above 8-bit values (PIL saturates all of it), and its 8-bit scaling."""
+    values = np.linspace(256, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
     return values, np.rint(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
 
 
