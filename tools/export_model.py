@@ -3,14 +3,16 @@
 
     python tools/export_model.py --config-file CONFIG --output DIR \
         --format torchscript --export-method tracing [--steps N] [--sample-image IMAGE] \
-        [KEY VALUE ...]          (e.g. MODEL.WEIGHTS output/model_final.pth)
+        [--random-weights] [KEY VALUE ...]     (e.g. MODEL.WEIGHTS output/model_final.pth)
 
 Writes DIR/model.ts. Each recurrent module runs a fixed number of steps in the trace
 (--steps, default: the config's test steps). The traced module takes one (3, H, W) float
 image as the model does (INPUT.FORMAT channels, resized like the test-time resize) and
 returns the raw detections and semantic logits (see crbp_panoptic/engine/export.py);
 the script checks them against the eager model on the sample image (default: a
-synthetic one of INPUT.MIN_SIZE_TEST pixels).
+synthetic one of INPUT.MIN_SIZE_TEST pixels). MODEL.WEIGHTS must be a checkpoint that fits
+the model (only the recurrent modules' own weights may be missing, as in a stock Detectron2
+checkpoint); --random-weights exports an untrained model instead.
 """
 
 import argparse
@@ -21,23 +23,23 @@ import numpy as np
 import torch
 
 from crbp_panoptic.engine import setup_cfg
+from crbp_panoptic.engine.checkpoint import WeightsError, check_weights_given, load_trained_weights
 from crbp_panoptic.engine.export import eager_raw_outputs, trace_panoptic, traced_outputs
-from crbp_panoptic.engine.inputs import InputError, collect_images
+from crbp_panoptic.engine.inputs import InputError, collect_images, read_rgb
 
 
 def sample_image(cfg, path=None):
     """(3, H, W) float image tensor as the model takes it, resized for test."""
     from detectron2.data import transforms as T
-    from detectron2.data.detection_utils import read_image
 
     if path:
-        image = read_image(path, format=cfg.INPUT.FORMAT)
+        image = read_rgb(path, (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))[0]
     else:
         from crbp_panoptic.data.synthetic import render_sample
 
         size = cfg.INPUT.MIN_SIZE_TEST
         image = np.asarray(render_sample(0, "val", (size, size), seed=0).image)
-        image = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
+    image = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     image = resize.get_transform(image).apply_image(image)
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)).astype("float32"))
@@ -67,6 +69,11 @@ def main(argv=None):
     )
     parser.add_argument("--steps", type=int, default=None, help="recurrent steps in the trace")
     parser.add_argument("--sample-image", help="image to trace with (default: synthetic)")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="export an untrained model (without MODEL.WEIGHTS), e.g. to test a setup",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
@@ -76,14 +83,17 @@ def main(argv=None):
             collect_images([args.sample_image])
         cfg = setup_cfg(args.config_file, args.opts)
         cfg.freeze()
-    except (InputError, FileNotFoundError) as e:
+        weights = check_weights_given(cfg.MODEL.WEIGHTS, args.random_weights)
+    except (InputError, FileNotFoundError, WeightsError) as e:
         sys.exit(f"export_model.py: {e}")
 
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    try:
+        load_trained_weights(model, weights)
+    except WeightsError as e:
+        sys.exit(f"export_model.py: {e}")
     image = sample_image(cfg, args.sample_image).to(cfg.MODEL.DEVICE)
     try:
         traced, adapter = trace_panoptic(model, image, args.steps)

@@ -6,7 +6,9 @@
         --num-gpus 8 [--resume] [--eval-only MODEL.WEIGHTS path/to/model.pth] [KEY VALUE ...]
 
 Multi-machine: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT on each.
-Without CUDA it runs on the CPU (--num-gpus then counts CPU processes).
+Without CUDA it runs on the CPU (--num-gpus then counts CPU processes). --eval-only needs
+trained weights (MODEL.WEIGHTS, or the last checkpoint with --resume) that fit the model;
+--eval-only --random-weights evaluates an untrained model instead.
 """
 
 from detectron2.engine import default_argument_parser
@@ -14,7 +16,18 @@ from detectron2.engine import default_argument_parser
 import crbp_panoptic  # noqa: F401  (registers the C-RBP backbone, mask head and datasets)
 from crbp_panoptic.engine import launch, setup, train_or_evaluate
 
-__all__ = ["main", "setup"]
+__all__ = ["argument_parser", "main", "setup"]
+
+
+def argument_parser():
+    """Detectron2's ``default_argument_parser`` plus ``--random-weights``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --eval-only: evaluate an untrained model (no MODEL.WEIGHTS)",
+    )
+    return parser
 
 
 def main(args):
@@ -23,7 +36,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

@@ -16,6 +16,7 @@ from detectron2.engine import default_setup
 
 from ..config import add_crbp_config
 from ..data.checks import check_datasets
+from .checkpoint import check_weights_given, load_trained_weights
 from .trainer import Trainer
 
 __all__ = ["setup", "setup_cfg", "train_or_evaluate"]
@@ -68,18 +69,33 @@ def train_or_evaluate(args):
     """Train (then evaluate, as the trainer's hooks do), or only evaluate with ``--eval-only``.
 
     The datasets named by the config are checked before anything runs, so a missing file
-    fails early with its path.
+    fails early with its path. ``--eval-only`` evaluates trained weights: those of the last
+    checkpoint in ``OUTPUT_DIR`` with ``--resume`` (if there is one), else
+    ``MODEL.WEIGHTS``, which must then be given and fit the model (see
+    :mod:`crbp_panoptic.engine.checkpoint`); ``--random-weights`` (``args.random_weights``)
+    evaluates an untrained model instead.
 
     Returns:
         dict: the evaluation results (``Trainer.test``'s, or the last of training).
+
+    Raises:
+        WeightsError: ``--eval-only`` without usable weights (the message names
+            ``MODEL.WEIGHTS``).
     """
     cfg = setup(args)
     check_datasets(cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
     if args.eval_only:
+        saved = DetectionCheckpointer(None, save_dir=cfg.OUTPUT_DIR)  # finds the last one only
+        if args.resume and saved.has_checkpoint():
+            weights, source = saved.get_checkpoint_file(), "the last checkpoint"
+        else:
+            random_weights = getattr(args, "random_weights", False)
+            weights, source = (
+                check_weights_given(cfg.MODEL.WEIGHTS, random_weights),
+                "MODEL.WEIGHTS",
+            )
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        load_trained_weights(model, weights, source)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -75,7 +75,9 @@ def test_training_mode_is_not_recorded_and_a_feedforward_model_is_refused():
 
 
 def test_tool_writes_grids_and_gifs_with_one_frame_per_step(image_path, tmp_path):
-    torch.manual_seed(0)
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    DetectionCheckpointer(_model(), save_dir=str(tmp_path)).save("model_final")
     out = tmp_path / "dyn"
     summary = load_tool("visualize_dynamics").main(
         [
@@ -91,6 +93,8 @@ def test_tool_writes_grids_and_gifs_with_one_frame_per_step(image_path, tmp_path
             "2",
             *[str(v) for v in TINY],
             *BOTH,
+            "MODEL.WEIGHTS",
+            str(tmp_path / "model_final.pth"),
         ]
     )
     assert set(summary) == {n for n, _ in recurrent_modules(_model())}
