@@ -97,7 +97,9 @@ mask head's ROI count), :func:`power_start` reuses the stored rows cyclically; w
 per-row shape changes (another image size), it starts from a fixed random vector. Rows
 hold different images from one iteration to the next, so a carried-over row is a warm
 start only in so far as the dominant direction depends more on the weights than on the
-input; the estimate is then a lower bound that catches up over iterations.
+input. Until the vector is aligned, ``||J^T v||`` is only somewhere between 0 and the
+largest singular value of ``J``: it may understate the spectral radius (a random start
+spreads over many directions) or, for a non-normal ``J``, overstate it.
 """
 
 from __future__ import annotations
