@@ -6,7 +6,8 @@
 * :mod:`.solvers` -- forward solvers (:data:`SOLVERS`: fixed point, Anderson).
 * :mod:`.rbp` -- the RBP adjoint backward (Neumann series with a divergence guard).
 * :mod:`.lcp` -- the Lipschitz-coefficient penalty and its cheap variants (a random
-  subset of batch rows: exact per row; a random spatial crop: approximate).
+  subset of batch rows: exact per row; a random spatial crop: approximate), and the
+  spectral penalty on the growth of ``J^T`` (a warm-started power iteration).
 * :mod:`.arms` -- the one grammar for naming a training arm (``crbp:20``).
 * :mod:`.options` -- the engine's choices (modes, norms, cell variants), declared once,
   and the one place argument values are checked.
@@ -25,10 +26,12 @@ from .lcp import (
     batch_subsample,
     lipschitz_penalty,
     spatial_crop,
+    spectral_penalty,
     step_penalty,
 )
 from .options import (
     GATE_BIAS_INITS,
+    LCP_KINDS,
     LCP_REDUCTIONS,
     MODES,
     NORMS,
@@ -36,15 +39,17 @@ from .options import (
     UNROLLED_MODES,
     VARIANTS,
 )
-from .rbp import neumann_adjoint, rbp_adjoint
+from .rbp import NEUMANN_STOPS, neumann_adjoint, rbp_adjoint
 from .refiner import RecurrentRefiner
 from .solvers import SOLVERS, SolverInfo, anderson, fixed_point, get_solver
 
 __all__ = [
     "Arm",
     "GATE_BIAS_INITS",
+    "LCP_KINDS",
     "LCP_REDUCTIONS",
     "MODES",
+    "NEUMANN_STOPS",
     "NORMS",
     "OPTIONS",
     "PENALISED_MODES",
@@ -68,5 +73,6 @@ __all__ = [
     "neumann_adjoint",
     "rbp_adjoint",
     "spatial_crop",
+    "spectral_penalty",
     "step_penalty",
 ]

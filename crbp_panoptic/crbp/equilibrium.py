@@ -9,7 +9,9 @@ rbp    ``steps - 1`` steps unrecorded, 1 recorded step      Neumann RBP  no
 crbp   same                                                 Neumann RBP  yes
 ====== ==================================================== ============ =====
 
-The LCP (:mod:`.lcp`) is taken at the last step ``h_T = f(h_{T-1})``. In the RBP
+The penalty (:mod:`.lcp`; the paper's column sums, or with ``lcp_kind="spectral"`` a
+power-iteration estimate of the growth of ``J^T``) is taken at the last step
+``h_T = f(h_{T-1})``. In the RBP
 modes it reuses that step's graph; in ``cbptt`` ``h_{T-1}`` lies inside the
 unrolled graph, so the penalty's gradient also flows back through it.
 
@@ -22,11 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from .lcp import lipschitz_penalty, step_penalty
+from .lcp import lipschitz_penalty, spectral_penalty, step_penalty
 from .options import MODES, PENALISED_MODES, UNROLLED_MODES, check_refiner_args
 from .rbp import rbp_adjoint
 from .solvers import get_solver, relative_residual
@@ -44,6 +46,10 @@ OPTIONS: Dict[str, Any] = {
     "lcp_subsample": None,
     # "mean" or "sum" of the penalty over the state's elements (see LCP_REDUCTIONS)
     "lcp_reduction": "mean",
+    # "colsum" (the paper's column sums) or "spectral" (growth of J^T, see LCP_KINDS)
+    "lcp_kind": "colsum",
+    # spectral kind: the power iteration's vector from the last call (None = a fixed start)
+    "lcp_vector": None,
 }
 
 
@@ -66,7 +72,14 @@ class EquilibriumResult:
         backward_info: filled by the RBP backward when it runs:
             ``neumann_terms`` (int), ``neumann_cut`` (bool, stopped by the
             divergence guard), ``neumann_residual`` (float, size of the last
-            accepted term relative to the sum). Empty otherwise.
+            accepted term relative to the sum) and ``neumann_stop`` (str, why the
+            series stopped, one of :data:`~crbp_panoptic.crbp.rbp.NEUMANN_STOPS`). Empty
+            otherwise.
+        lcp_growth: with ``lcp_kind="spectral"``, the estimated growth ``||J^T v||`` of the
+            penalised step (a float); None otherwise or when no penalty was computed.
+        lcp_vector: with ``lcp_kind="spectral"``, the power iteration's next vector
+            (detached, the penalised state's shape): pass it back as the ``lcp_vector``
+            option of the next call to warm-start the estimate. None otherwise.
     """
 
     state: torch.Tensor
@@ -76,6 +89,8 @@ class EquilibriumResult:
     mode: str
     trace: List[float] = dataclasses.field(default_factory=list)
     backward_info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    lcp_growth: Optional[float] = None
+    lcp_vector: Optional[torch.Tensor] = None
 
 
 def check_arguments(
@@ -106,6 +121,7 @@ def check_arguments(
         neumann_tol=opts["neumann_tol"],
         test_solver=opts["solver"],
         lcp_reduction=opts["lcp_reduction"],
+        lcp_kind=opts["lcp_kind"],
         **({} if opts["anderson_m"] is None else {"anderson_m": opts["anderson_m"]}),
     )
     if opts["anderson_m"] is not None and opts["solver"] != "anderson":
@@ -115,6 +131,12 @@ def check_arguments(
         raise ValueError(
             f"lcp_subsample={sub!r}; must be None or a callable h_prev -> (f_sub, h_sub) "
             "(see crbp_panoptic.crbp.batch_subsample, crbp_panoptic.crbp.spatial_crop)"
+        )
+    vector = opts["lcp_vector"]
+    if vector is not None and not isinstance(vector, torch.Tensor):
+        raise ValueError(
+            f"lcp_vector={type(vector).__name__}; must be None or a tensor "
+            "(EquilibriumResult.lcp_vector of the last call)"
         )
     return opts
 
@@ -164,7 +186,8 @@ def equilibrium(
         mode: one of :data:`MODES`.
         steps: number of steps ``T >= 1`` (exactly this many unless stopped early).
         neumann_steps: maximum Neumann terms ``K >= 0`` of the RBP backward.
-        lcp_tau: penalty threshold ``tau > 0`` on the Jacobian column sums.
+        lcp_tau: penalty threshold ``tau > 0`` on the Jacobian column sums (or, with
+            ``lcp_kind="spectral"``, on the growth of ``J^T``).
         check: validate the arguments (False: the caller validated them once, e.g.
             :class:`~crbp_panoptic.crbp.RecurrentRefiner` when it was built).
         **options: see :data:`OPTIONS`:
@@ -190,7 +213,14 @@ def equilibrium(
             * ``lcp_reduction`` ("mean"): ``"sum"`` multiplies the (mean) penalty by the
               number of elements of the state ``h_{T-1}``: the sum over every element for
               the exact penalty, an unbiased estimate of it for a row subsample (the
-              authors' COCO model weighted such a sum).
+              authors' COCO model weighted such a sum). Column sums only.
+            * ``lcp_kind`` ("colsum"): ``"spectral"`` penalises ``relu(||J^T v|| - tau)^2``,
+              one warm-started power step with a unit vector ``v``
+              (:func:`~crbp_panoptic.crbp.lcp.spectral_penalty`): one VJP with a graph, as
+              the column sums. With ``lcp_subsample`` it is taken on the sample.
+            * ``lcp_vector`` (None): the spectral kind's start vector, normally the last
+              call's :attr:`EquilibriumResult.lcp_vector` (another shape is adapted, see
+              :func:`~crbp_panoptic.crbp.lcp.power_start`).
 
     Returns:
         :class:`EquilibriumResult`.
@@ -244,10 +274,16 @@ def equilibrium(
     if not tracked:
         return EquilibriumResult(h_next.detach(), zero, n_steps, residual, mode, trace)
 
-    lcp = zero
+    lcp, growth, vector = zero, None, None
     if mode in PENALISED_MODES:
         sample = opts["lcp_subsample"]
-        if sample is None:
+        if opts["lcp_kind"] == "spectral":
+            out, inp = h_next, h_prev
+            if sample is not None:
+                f_sub, inp = sample(h_prev)
+                out = f_sub(inp)
+            lcp, growth, vector = spectral_penalty(out, inp, lcp_tau, opts["lcp_vector"])
+        elif sample is None:
             lcp = step_penalty(h_next, h_prev, lcp_tau)
         else:
             f_sub, h_sub = sample(h_prev)
@@ -256,6 +292,7 @@ def equilibrium(
             lcp = lcp * h_prev.numel()
 
     result = EquilibriumResult(h_next, lcp, n_steps, residual, mode, trace)
+    result.lcp_growth, result.lcp_vector = growth, vector
     if mode not in UNROLLED_MODES:
         result.state = rbp_adjoint(
             h_next, h_prev, neumann_steps, opts["neumann_tol"], result.backward_info

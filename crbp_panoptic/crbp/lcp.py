@@ -1,4 +1,4 @@
-"""Lipschitz-coefficient penalty (LCP).
+"""Lipschitz-coefficient penalty (LCP), and a spectral penalty that bounds the adjoint.
 
 For one step ``h_next = f(h_prev)`` with Jacobian ``J = d h_next / d h_prev``,
 the penalty is::
@@ -71,6 +71,35 @@ state costs about ``1 + 2.1 a`` times RBP's saved bytes: a crop stays within
 count at least the batch) costs *more* than the exact penalty (about 2.9x RBP),
 because the step is evaluated again: use the crop on large maps, not on 14x14
 ROIs.
+
+Spectral penalty (``lcp_kind="spectral"``, :func:`spectral_penalty`). The RBP backward's
+Neumann series ``sum_k (J^T)^k g`` converges when its terms shrink, i.e. when the growth
+of ``J^T`` per term -- the spectral radius of ``J`` -- is below 1. The column sums do not
+bound it: they add signed entries, and a cell with inhibition can keep them under ``tau``
+while the radius exceeds 1. This penalty acts on the growth itself, estimated by power
+iteration with a vector ``v`` that persists across training iterations::
+
+    v       = start / ||start||                # warm start: last iteration's direction
+    w       = J^T v                            # one VJP, create_graph=True
+    growth  = ||w||                            # = ||J^T v|| / ||v||
+    penalty = relu(growth - tau) ** 2          # a scalar, differentiable in theta
+    next v  = w / ||w||                        # detached, kept for the next iteration
+
+Each training iteration adds one power step, so while the weights move slowly the
+vector tracks the dominant direction of ``J^T`` and ``growth`` tends to the spectral
+radius (:func:`~crbp_panoptic.crbp.cell_diagnostics`'s ``adjoint_growth`` runs the same
+iteration to convergence at fixed weights; ``tests/crbp/test_lcp.py`` checks both
+against a dense Jacobian's eigenvalues). Cost: one VJP through the recorded step and its
+double backward, the same as the column-sum penalty's. The growth is one number for the
+whole state, so ``lcp_reduction`` has nothing to reduce: only ``"mean"`` (the penalty as
+is) is accepted with this kind. When the state's row count changes between calls (the
+mask head's ROI count), :func:`power_start` reuses the stored rows cyclically; when the
+per-row shape changes (another image size), it starts from a fixed random vector. Rows
+hold different images from one iteration to the next, so a carried-over row is a warm
+start only in so far as the dominant direction depends more on the weights than on the
+input. Until the vector is aligned, ``||J^T v||`` is only somewhere between 0 and the
+largest singular value of ``J``: it may understate the spectral radius (a random start
+spreads over many directions) or, for a non-normal ``J``, overstate it.
 """
 
 from __future__ import annotations
@@ -91,7 +120,9 @@ __all__ = [
     "crop",
     "lipschitz_penalty",
     "penalty_from_sums",
+    "power_start",
     "spatial_crop",
+    "spectral_penalty",
     "step_penalty",
 ]
 
@@ -139,6 +170,89 @@ def step_penalty(h_next: torch.Tensor, h_prev: torch.Tensor, tau: float) -> torc
         0-dim penalty tensor (float32 or float64) with a graph to ``f``'s parameters.
     """
     return penalty_from_sums(column_sums(h_next, h_prev), tau)
+
+
+def power_start(previous: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The start vector of the spectral penalty's power step: unit norm, shaped like ``like``.
+
+    Args:
+        previous: the vector kept from the last call (any shape), or None.
+        like: the state the step starts from, shape (B, ...).
+
+    Returns:
+        A detached tensor with ``like``'s shape, dtype and device and norm 1: ``previous``
+        itself when the shapes agree; its rows reused cyclically (row ``b`` from row
+        ``b mod B_previous``) when only the row count differs; else a fixed random vector
+        (seed 0, so runs are reproducible and torch's global RNG is left alone). A
+        ``previous`` that is zero or not finite also gives the random vector.
+    """
+    v = None
+    if (
+        previous is not None
+        and previous.dim() == like.dim()
+        and previous.shape[1:] == like.shape[1:]
+        and previous.shape[0] > 0
+    ):
+        v = previous.detach()
+        if v.shape[0] != like.shape[0]:
+            rows = torch.arange(like.shape[0], device=v.device) % v.shape[0]
+            v = v.index_select(0, rows)
+        v = v.to(device=like.device, dtype=like.dtype)
+        wide = v if v.dtype in (torch.float32, torch.float64) else v.float()
+        norm = float(torch.linalg.vector_norm(wide))
+        v = v / norm if norm > 0 and math.isfinite(norm) else None
+    if v is None:
+        gen = torch.Generator().manual_seed(0)
+        v = torch.randn(like.shape, generator=gen, dtype=torch.float64)
+        v = (v / torch.linalg.vector_norm(v).clamp_min(1e-300)).to(like.device, like.dtype)
+    return v
+
+
+def spectral_penalty(
+    h_next: torch.Tensor,
+    h_prev: torch.Tensor,
+    tau: float,
+    start: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, float, torch.Tensor]:
+    """One warm-started power step on ``J^T`` of a recorded step, and its penalty.
+
+    Args:
+        h_next: output of the step, shape S, with history back to ``h_prev``.
+        h_prev: the step's input state, shape S (must require grad).
+        tau: bound on the growth.
+        start: the vector kept from the last call (see :func:`power_start`), or None.
+
+    Returns:
+        ``(penalty, growth, vector)``: the 0-dim penalty ``relu(||J^T v|| - tau)^2`` (float32
+        or float64) with a graph to whatever ``h_next`` depends on (``create_graph=True``),
+        ``growth = ||J^T v||`` with ``||v|| = 1`` as a float, and the next start vector
+        ``J^T v / ||J^T v||`` (detached; ``v`` itself if ``J^T v`` is zero or not finite).
+        An empty state gives a zero penalty, growth 0 and ``start`` unchanged.
+    """
+    if h_prev.numel() == 0:
+        zero = h_next.new_zeros((), dtype=torch.float32)
+        return zero, 0.0, start
+    v = power_start(start, h_prev)
+    (w,) = torch.autograd.grad(
+        h_next,
+        h_prev,
+        v.to(h_next.dtype),
+        create_graph=True,
+        retain_graph=True,
+        allow_unused=True,
+    )
+    if w is None:  # h_next does not depend on h_prev: J = 0
+        return h_next.new_zeros((), dtype=torch.float32), 0.0, v
+    if w.dtype not in (torch.float32, torch.float64):
+        w = w.float()
+    growth = torch.linalg.vector_norm(w)
+    value = float(growth.detach())
+    penalty = F.relu(growth - tau).pow(2)
+    if value > 0 and math.isfinite(value):
+        vector = (w.detach() / value).to(h_prev.dtype)
+    else:
+        vector = v
+    return penalty, value, vector
 
 
 def lipschitz_penalty(

@@ -18,6 +18,7 @@ from .solvers import SOLVERS
 __all__ = [
     "MODES",
     "GATE_BIAS_INITS",
+    "LCP_KINDS",
     "LCP_REDUCTIONS",
     "NORMS",
     "PENALISED_MODES",
@@ -43,6 +44,9 @@ VARIANTS: Tuple[str, ...] = ("less_softplus", "pathfinder", "kappa_omega")
 GATE_BIAS_INITS: Tuple[str, ...] = ("chronos", "raw")
 #: LCP reductions over the state's elements: the mean, or the sum (the authors' COCO model).
 LCP_REDUCTIONS: Tuple[str, ...] = ("mean", "sum")
+#: Penalty kinds: the paper's signed Jacobian column sums (``colsum``), or a power-iteration
+#: estimate of the growth of ``J^T`` per Neumann term (``spectral``, see :mod:`.lcp`).
+LCP_KINDS: Tuple[str, ...] = ("colsum", "spectral")
 
 
 class _Checker:
@@ -151,6 +155,16 @@ def check_refiner_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any
             check.fail("lcp_tau", tau, "expected 0 < tau <= 1 (a bound that asks for contraction)")
     if "lcp_reduction" in kwargs:
         check.choice("lcp_reduction", kwargs["lcp_reduction"], LCP_REDUCTIONS)
+    if "lcp_kind" in kwargs:
+        check.choice("lcp_kind", kwargs["lcp_kind"], LCP_KINDS)
+        if kwargs["lcp_kind"] == "spectral" and get("lcp_reduction", "mean") != "mean":
+            kind = check.labels.get("lcp_kind", "lcp_kind")
+            check.fail(
+                "lcp_reduction",
+                kwargs["lcp_reduction"],
+                f"with {kind}='spectral' the penalty is one scalar per module, so there is "
+                "nothing to sum over: use 'mean'",
+            )
     for name in ("solver", "test_solver"):
         if get(name) is not None:
             check.choice(name, kwargs[name], SOLVERS)

@@ -23,9 +23,15 @@ from torch.autograd.function import once_differentiable
 
 from .solvers import _norm
 
-__all__ = ["neumann_adjoint", "rbp_adjoint"]
+__all__ = ["NEUMANN_STOPS", "neumann_adjoint", "rbp_adjoint"]
 
 _EPS = 1e-12
+
+#: Why a Neumann series stopped: it ran ``max_terms`` terms (``cap``; also when
+#: ``max_terms`` is 0), a term fell below the relative tolerance (``tolerance``), the
+#: divergence guard rejected a growing or non-finite term (``guard``), or a term was
+#: exactly zero so every later one is too (``zero``).
+NEUMANN_STOPS = ("cap", "tolerance", "guard", "zero")
 
 
 def neumann_adjoint(
@@ -54,32 +60,37 @@ def neumann_adjoint(
 
     Returns:
         ``(a, info)`` with ``a`` shaped like ``g`` and
-        ``info = {"neumann_terms": int, "neumann_cut": bool, "neumann_residual": float}``
-        where ``neumann_terms`` counts accepted terms beyond ``g`` and
-        ``neumann_residual = ||v_last accepted|| / ||a||``.
+        ``info = {"neumann_terms": int, "neumann_cut": bool, "neumann_residual": float,
+        "neumann_stop": str}`` where ``neumann_terms`` counts accepted terms beyond ``g``,
+        ``neumann_residual = ||v_last accepted|| / ||a||`` and ``neumann_stop`` is the
+        reason the loop ended (:data:`NEUMANN_STOPS`; ``neumann_cut`` is
+        ``neumann_stop == "guard"``).
     """
     acc_dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
     a = g.to(acc_dtype, copy=True)
     v = g
     v_norm = float(_norm(v))
-    terms, cut = 0, False
+    terms, stop = 0, "cap"
     for k in range(1, max_terms + 1):
         if v_norm == 0.0:  # exact: every further term is zero
+            stop = "zero"
             break
         v_new = vjp(v)
         new_norm = float(_norm(v_new))
         if not math.isfinite(new_norm) or new_norm > v_norm:
-            cut = True
+            stop = "guard"
             break
         a += v_new.to(acc_dtype)
         v, v_norm, terms = v_new.to(g.dtype), new_norm, k
         if tol > 0 and v_norm <= tol * float(_norm(a)):
+            stop = "tolerance"
             break
     a_norm = float(_norm(a))
     info = {
         "neumann_terms": terms,
-        "neumann_cut": cut,
+        "neumann_cut": stop == "guard",
         "neumann_residual": v_norm / (a_norm + _EPS) if a_norm > 0 else 0.0,
+        "neumann_stop": stop,
     }
     return a.to(g.dtype), info
 
@@ -131,7 +142,9 @@ def rbp_adjoint(
         neumann_steps: ``K``, the maximum number of Neumann terms beyond ``g``.
         neumann_tol: stop the series once ``||v_k|| <= tol * ||a||`` (0 = off).
         info: optional dict filled in by the backward with ``neumann_terms``,
-            ``neumann_cut`` and ``neumann_residual`` (see :func:`neumann_adjoint`).
+            ``neumann_cut``, ``neumann_residual`` and ``neumann_stop`` (see
+            :func:`neumann_adjoint`). ``neumann_steps = 0`` gives the one-step
+            ("Jacobian-free") gradient: ``g`` itself enters the recorded step.
 
     Returns:
         A tensor equal to ``h_next`` (shape S) whose gradient ``g`` is replaced by

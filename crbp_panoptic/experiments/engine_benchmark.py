@@ -85,7 +85,7 @@ def time_step(
     """
     device = x.device
     cuda = device.type == "cuda"
-    refiner = RecurrentRefiner(cell=cell, neumann_steps=neumann_steps, **arm.refiner_kwargs())
+    refiner = RecurrentRefiner(cell=cell, **arm.refiner_kwargs(neumann_steps=neumann_steps))
     refiner.train()
     times: List[float] = []
     cpu_times: List[float] = []

@@ -84,7 +84,7 @@ def _loss(state: torch.Tensor) -> torch.Tensor:
 
 
 def _engine_step(cell: HGRUCell, x: torch.Tensor, arm: Arm, neumann_steps: int):
-    refiner = RecurrentRefiner(cell=cell, neumann_steps=neumann_steps, **arm.refiner_kwargs())
+    refiner = RecurrentRefiner(cell=cell, **arm.refiner_kwargs(neumann_steps=neumann_steps))
     refiner.train()
 
     def step() -> torch.Tensor:

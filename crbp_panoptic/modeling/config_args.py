@@ -29,6 +29,7 @@ KEYS = {
     "variant": "CELL",
     "gate_bias_init": "GATE_BIAS_INIT",
     "lcp_reduction": "LCP_REDUCTION",
+    "lcp_kind": "LCP_KIND",
     "mode": "GRAD",
     "steps": "STEPS",
     "test_steps": "TEST_STEPS",

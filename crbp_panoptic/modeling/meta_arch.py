@@ -4,7 +4,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.utils.events import get_event_storage
 
-from crbp_panoptic.crbp import PENALISED_MODES, RecurrentRefiner
+from crbp_panoptic.crbp import NEUMANN_STOPS, PENALISED_MODES, RecurrentRefiner
 
 from .config_args import diagnostics_period, lcp_weight
 
@@ -26,8 +26,11 @@ class CRBPPanopticFPN(PanopticFPN):
     ``MODEL.CRBP.LCP_WEIGHT`` and returned as ``loss_lcp``, so the trainer, the logs and
     DDP treat it like any other loss. For "rbp" / "bptt" no ``loss_lcp`` is returned.
 
-    Each recurrent module's forward residual, steps and penalty, and the Neumann terms of
-    the previous backward pass, go to the event storage as ``crbp/<module>/<stat>``.
+    Each recurrent module's forward residual, steps and penalty (and, with the spectral
+    penalty, its growth estimate ``lcp_growth``), and the Neumann statistics of the previous
+    backward pass (terms, last relative term, and why the series stopped as one 0/1
+    indicator per reason, ``neumann_stop_<reason>``, whose mean over a window is the share
+    of iterations) go to the event storage as ``crbp/<module>/<stat>``.
     Every ``diagnostics_period`` iterations, so do the state's spatial contrast and the
     distribution of the step Jacobian's column sums at the equilibrium
     (:func:`~crbp_panoptic.crbp.cell_diagnostics`): whether the dynamics sit near the
@@ -65,7 +68,15 @@ class CRBPPanopticFPN(PanopticFPN):
         # The backward pass of the previous iteration has filled in its Neumann statistics.
         for name, result in self._last_results:
             for key, value in result.backward_info.items():
-                storage.put_scalar(f"crbp/{name}/{key}", float(value), smoothing_hint=False)
+                if key == "neumann_stop":
+                    for reason in NEUMANN_STOPS:
+                        storage.put_scalar(
+                            f"crbp/{name}/neumann_stop_{reason}",
+                            float(value == reason),
+                            smoothing_hint=False,
+                        )
+                else:
+                    storage.put_scalar(f"crbp/{name}/{key}", float(value), smoothing_hint=False)
         period = self.diagnostics_period
         diagnose = period > 0 and storage.iter % period == 0
         for _, module in self._recurrent:
@@ -78,6 +89,8 @@ class CRBPPanopticFPN(PanopticFPN):
         for name, r in self._last_results:
             for key, value in (("residual", r.residual), ("steps", r.steps), ("lcp", r.lcp.item())):
                 storage.put_scalar(f"crbp/{name}/{key}", value, smoothing_hint=False)
+            if r.lcp_growth is not None:
+                storage.put_scalar(f"crbp/{name}/lcp_growth", r.lcp_growth, smoothing_hint=False)
         for name, module in self._recurrent:
             module.diagnose = False
             for key, value in (module.last_diagnostics or {}).items():

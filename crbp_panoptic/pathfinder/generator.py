@@ -56,6 +56,14 @@ INK = 0.5
 #: Bump when the drawing changes, so caches made by older code are not reused.
 GENERATOR_VERSION = 2
 
+#: Capacity of the layout (:meth:`PathfinderConfig.max_path_length`): with distractors, a
+#: path's contour span ``path_length * (dash_length + gap)`` may reach this many times the
+#: free side of the image, ...
+EXTENT_LIMIT = 1.1
+#: ... and every path's separation band (contour span x ``min_separation``) together may
+#: cover this share of the free area.
+LOAD_LIMIT = 0.35
+
 
 @dataclasses.dataclass(frozen=True)
 class PathfinderConfig:
@@ -116,6 +124,44 @@ class PathfinderConfig:
                 f"min_separation={self.min_separation!r}, dot_clearance={self.dot_clearance!r}; "
                 "must be >= 0"
             )
+
+    def max_path_length(self) -> int:
+        """The longest path, in dashes, that the layout places in reasonable time.
+
+        A rule of thumb fitted to this generator, not a geometric bound. With ``side =
+        size - 1 - 2 margin`` the free side, ``step = dash_length + gap`` and ``band =
+        max(min_separation, thickness)``, a length ``L`` is held when the paths' bands fill
+        at most :data:`LOAD_LIMIT` of the free area,
+        ``(distractors + 1) * L * step * band <= LOAD_LIMIT * side^2``, and, with
+        distractors, when one path's span is at most :data:`EXTENT_LIMIT` free sides,
+        ``L * step <= EXTENT_LIMIT * side`` (a target alone may curl up; distractors
+        must find room around it). Timed on this generator (2 distractors, the defaults'
+        geometry, 10 images each): at 48 px, 9 dashes took 0.4 s an image and 10 dashes
+        failed 8 of 10 layouts within 30 tries; 14 dashes took 1.1 s at 64 px and 0.08 s at
+        80 px; at 150 px with 3 distractors, 25 dashes took 0.08 s and 40 took 4.3 s.
+
+        Returns:
+            the largest ``path_length`` within both limits (0 if not even one dash fits).
+        """
+        side = self.size - 1 - 2 * self.margin
+        if side <= 0:
+            return 0
+        step = self.dash_length + self.gap
+        band = max(self.min_separation, self.thickness)
+        limit = LOAD_LIMIT * side**2 / ((self.distractors + 1) * step * band)
+        if self.distractors:
+            limit = min(limit, EXTENT_LIMIT * side / step)
+        return max(int(math.floor(limit + 1e-9)), 0)
+
+    def smallest_size_for(self, path_length: int, largest: int = 4096) -> Optional[int]:
+        """The smallest ``size`` (other parameters kept) whose :meth:`max_path_length` is at
+        least ``path_length``; None if none up to ``largest``."""
+        for size in range(max(8, self.size), largest + 1):
+            if size > 2 * self.margin and (
+                dataclasses.replace(self, size=size).max_path_length() >= path_length
+            ):
+                return size
+        return None
 
     def digest(self) -> str:
         """A short hash of every parameter and the generator version (names cache folders)."""

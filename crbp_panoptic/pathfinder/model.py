@@ -186,6 +186,8 @@ class PathfinderNet(nn.Module):
         neumann_steps: Neumann terms K (RBP modes).
         lcp_tau: LCP threshold.
         lcp_subsample: rows for a subsampled LCP (None = exact).
+        lcp_crop: side of a cropped LCP (0 = off).
+        lcp_kind: ``"colsum"`` (the paper's LCP) or ``"spectral"`` (growth of ``J^T``).
         wavelength, line_width, dot_radius: Gabor bank tuning (match the generator).
         drive_gain: scale of the Gabor energy (see :class:`GaborEnergy`).
         prior: initial foreground probability of the readout (bias init), for the sparse target.
@@ -208,6 +210,8 @@ class PathfinderNet(nn.Module):
         neumann_steps: int = 15,
         lcp_tau: float = 0.9,
         lcp_subsample: Union[None, int, float] = None,
+        lcp_crop: int = 0,
+        lcp_kind: str = "colsum",
         wavelength: float = 4.0,
         line_width: float = 2.0,
         dot_radius: float = 2.0,
@@ -232,6 +236,8 @@ class PathfinderNet(nn.Module):
             neumann_steps=neumann_steps,
             lcp_tau=lcp_tau,
             lcp_subsample=lcp_subsample,
+            lcp_crop=lcp_crop,
+            lcp_kind=lcp_kind,
             kernel_size=kernel_size,
             **cell_kwargs,
         )

@@ -1,9 +1,12 @@
 """Train / evaluate Pathfinder arms (library code behind ``tools/train_pathfinder.py``).
 
 An *arm* is a gradient mode and a training step count, written in the shared
-grammar of :func:`crbp_panoptic.crbp.parse_arm` (``bptt:6``, ``crbp:20``).
+grammar of :func:`crbp_panoptic.crbp.parse_arm` (``bptt:6``, ``crbp:20``,
+``crbp:20:spectral`` for the spectral penalty, ``crbp:20:k0`` for the one-step gradient).
 :func:`run_experiment` computes the two floors on the held-out set, trains every
-arm (:func:`run_arm`), and writes ``metrics.json`` and ``table.md``.
+arm (:func:`run_arm`), and writes ``metrics.json`` and ``table.md``;
+:func:`run_length_sweep` does that at several path lengths and draws the length curve.
+Every setting is checked by :func:`check_settings` before any data is generated.
 
 Metrics, at every test-time step from 1 to ``test_multiple * T``:
 
@@ -28,27 +31,40 @@ import os
 import resource
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..crbp import Arm, cell_diagnostics, parse_arm
 from ..crbp.memory import SavedTensorBytes
+from ..crbp.options import check_refiner_args
 from .generator import INK, CachedPathfinder, PathfinderConfig, cached_arrays, connected_to_dot
-from .model import PathfinderNet, confusion, iou_f1, segmentation_loss
+from .model import LOSSES, PathfinderNet, confusion, iou_f1, segmentation_loss
 
 __all__ = [
+    "DEFAULT_ARMS",
+    "LENGTH_ARMS",
     "SCALES",
     "Settings",
     "build_model",
+    "check_settings",
     "floors",
     "geodesic_distance",
+    "parse_arms",
     "run_arm",
     "run_experiment",
+    "run_length_sweep",
     "saved_tensor_bytes",
+    "write_length_report",
     "write_report",
 ]
+
+#: Arms of a single-length run: the paper's two, C-RBP with the spectral penalty, and the
+#: one-step-gradient control of C-RBP-20 (same cell, forward and penalty, no Neumann terms).
+DEFAULT_ARMS = ("crbp:20", "bptt:6", "crbp:20:spectral", "crbp:20:k0")
+#: Arms of a length sweep.
+LENGTH_ARMS = ("bptt:6", "crbp:20", "crbp:20:spectral")
 
 
 @dataclasses.dataclass
@@ -92,6 +108,8 @@ class Settings:
     test_multiple: int = 3
     seed: int = 0
     log_every: int = 25
+    # the Neumann statistics (guard_cut_share) count logged iterations from this one on
+    telemetry_from_iter: int = 300
     data_root: str = "datasets/pathfinder"
     data_workers: int = 0
 
@@ -113,8 +131,12 @@ class Settings:
 
 #: Presets. ``cpu``: C-RBP-20 trains in ~11 min and BPTT-6 in ~5 min on one shared
 #: core; paths (7 dashes, 34 px along the contour) reach beyond what 6 steps of a
-#: 5x5 kernel carry from the dot. ``gpu``: the paper's setting (150x150, 25 channels, 15x15 kernels;
-#: path length set per run: 9, 14, 20 or 25 dashes).
+#: 5x5 kernel carry from the dot; 48 px hold at most 8 dashes
+#: (:meth:`~crbp_panoptic.pathfinder.generator.PathfinderConfig.max_path_length`), so a
+#: length sweep to 14 dashes needs ``--size 72``. ``gpu``: the paper's setting (150x150, 25
+#: channels, 15x15 kernels; path length set per run: 9, 14, 20 or 25 dashes). ``smoke``:
+#: a few seconds end to end (tests, and a check that a command line works); 32 px hold 1-5
+#: dashes with its one distractor.
 SCALES: Dict[str, Settings] = {
     "cpu": Settings(),
     "gpu": Settings(
@@ -133,7 +155,105 @@ SCALES: Dict[str, Settings] = {
         log_every=100,
         data_workers=8,
     ),
+    "smoke": Settings(
+        size=32,
+        path_length=4,
+        distractors=1,
+        channels=5,
+        kernel_size=3,
+        gabor_size=5,
+        iters=3,
+        batch=2,
+        n_train=4,
+        n_test=4,
+        log_every=1,
+        telemetry_from_iter=2,
+    ),
 }
+
+
+def _label(labels: Optional[Mapping[str, str]], name: str) -> str:
+    return (labels or {}).get(name, name)
+
+
+def check_settings(s: Settings, labels: Optional[Mapping[str, str]] = None) -> None:
+    """Validate ``s`` before anything is generated or trained.
+
+    Args:
+        s: the settings.
+        labels: display names of the fields in messages (e.g. the command line's flags);
+            default: the field names.
+
+    Raises:
+        ValueError: naming the field (or its label), the value and what is allowed: a path
+            the image size cannot hold names the range it holds, and the size it would
+            take; a negative Neumann term count, an unknown loss or norm, a count below
+            its minimum.
+    """
+
+    def fail(name, value, allowed):
+        raise ValueError(f"{_label(labels, name)}={value!r}; {allowed}")
+
+    for name, low in (
+        ("iters", 1),
+        ("batch", 1),
+        ("n_train", 1),
+        ("n_test", 1),
+        ("test_multiple", 1),
+        ("log_every", 1),
+        ("telemetry_from_iter", 0),
+        ("data_workers", 0),
+    ):
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            fail(name, value, f"expected an integer >= {low}")
+    if s.loss not in LOSSES:
+        fail("loss", s.loss, f"choose from {sorted(LOSSES)}")
+    if not (isinstance(s.lcp_weight, (int, float)) and s.lcp_weight >= 0):
+        fail("lcp_weight", s.lcp_weight, "expected a finite number >= 0")
+    if isinstance(s.path_length, bool) or not isinstance(s.path_length, int) or s.path_length < 1:
+        fail("path_length", s.path_length, "expected an integer >= 1 (dashes)")
+    try:
+        cfg = s.generator_config()
+    except ValueError as err:  # the generator's own message names the parameter
+        raise ValueError(f"{err} (see {_label(labels, 'size')} and the path geometry)") from None
+    longest = cfg.max_path_length()
+    if s.path_length > longest:
+        need = cfg.smallest_size_for(s.path_length)
+        fits = f"1 to {longest} dashes" if longest else "no path"
+        size = _label(labels, "size")
+        fail(
+            "path_length",
+            s.path_length,
+            f"{size}={s.size} holds paths of {fits} with {s.distractors} distractor(s)"
+            + (f"; {s.path_length} dashes need {size} >= {need}" if need else ""),
+        )
+    names = {f.name for f in dataclasses.fields(Settings)}
+    check_refiner_args(
+        {n: _label(labels, n) for n in names},
+        neumann_steps=s.neumann_steps,
+        lcp_tau=s.lcp_tau,
+        lcp_subsample=s.lcp_subsample,
+        channels=s.channels,
+        kernel_size=s.kernel_size,
+        **s.cell_kwargs(),
+    )
+
+
+def parse_arms(arms: Sequence[str]) -> List[Arm]:
+    """Parse Pathfinder arms: recurrent and distinct.
+
+    Raises:
+        ValueError: naming the arm and the grammar.
+    """
+    parsed = [parse_arm(a) for a in arms]
+    for arm in parsed:
+        if not arm.recurrent:
+            raise ValueError(f"arm={arm.name!r}; Pathfinder arms are MODE:STEPS, e.g. crbp:20")
+    names = [a.name for a in parsed]
+    if not parsed or len(set(names)) != len(names):
+        raise ValueError(f"arms={names}; expected one or more distinct arms")
+    return parsed
 
 
 def held_out_data(s: Settings) -> CachedPathfinder:
@@ -198,16 +318,21 @@ def geodesic_distance(mask: np.ndarray, dot: Sequence[float], limit: int = 512) 
     return dist
 
 
-def build_model(s: Settings, mode: str, steps: int) -> PathfinderNet:
+def build_model(s: Settings, arm: Union[Arm, str]) -> PathfinderNet:
+    """The Pathfinder network of ``s`` trained as ``arm`` (an :class:`Arm` or its text):
+    the arm's mode, steps, penalty kind, cheap penalty and Neumann terms over the settings'
+    ``neumann_steps`` and ``lcp_subsample`` (an arm's crop replaces the latter)."""
+    arm = parse_arm(arm) if isinstance(arm, str) else arm
+    defaults = {"neumann_steps": s.neumann_steps}
+    if not arm.lcp_crop:
+        defaults["lcp_subsample"] = s.lcp_subsample
+    kwargs = arm.refiner_kwargs(**defaults)
     return PathfinderNet(
         s.channels,
         s.kernel_size,
         s.gabor_size,
-        mode=mode,
-        steps=steps,
-        neumann_steps=s.neumann_steps,
         lcp_tau=s.lcp_tau,
-        lcp_subsample=s.lcp_subsample,
+        **kwargs,
         line_width=s.thickness,
         dot_radius=s.dot_radius,
         drive_gain=s.drive_gain,
@@ -317,21 +442,31 @@ def _train(model, s: Settings, arm: Arm, data: CachedPathfinder, device, log) ->
             r = model.refiner.last_result
             with torch.no_grad():
                 train_iou = float(iou_f1(model.read(r.state), mask)[0].mean())
+            info = r.backward_info
             rec = {
                 "iter": it,
                 "loss": seg.item(),
                 "lcp": lcp.item(),
+                "lcp_growth": r.lcp_growth,
                 "train_iou": train_iou,
                 "residual": r.residual,
-                "neumann": r.backward_info.get("neumann_terms"),
-                "neumann_cut": r.backward_info.get("neumann_cut"),
+                "neumann": info.get("neumann_terms"),
+                "neumann_cut": info.get("neumann_cut"),
+                "neumann_residual": info.get("neumann_residual"),
+                "neumann_stop": info.get("neumann_stop"),
                 "time": time.time() - t0,
             }
             history.append(rec)
+            growth = "" if r.lcp_growth is None else f" growth {r.lcp_growth:.3f}"
+            series = (
+                ""
+                if rec["neumann"] is None
+                else f" neumann {rec['neumann']} ({rec['neumann_stop']}, last term "
+                f"{rec['neumann_residual']:.1e})"
+            )
             log(
-                f"[{arm.name}] it {it:5d} loss {rec['loss']:.4f} lcp {rec['lcp']:.4f} "
-                f"train IoU {train_iou:.3f} res {rec['residual']:.2e} neumann {rec['neumann']} "
-                f"cut {rec['neumann_cut']} {rec['time']:.0f}s"
+                f"[{arm.name}] it {it:5d} loss {rec['loss']:.4f} lcp {rec['lcp']:.4f}{growth} "
+                f"train IoU {train_iou:.3f} res {rec['residual']:.2e}{series} {rec['time']:.0f}s"
             )
             if not math.isfinite(rec["loss"]):
                 log(f"[{arm.name}] loss is not finite; stopping")
@@ -365,15 +500,12 @@ def run_arm(
     """
     if not arm.recurrent:
         raise ValueError(f"arm={arm.name!r}; Pathfinder arms are recurrent (MODE:STEPS)")
+    check_settings(s)
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(s.seed)
     device = torch.device(device)
     train, test = training_data(s), held_out_data(s)
-    model = build_model(s, arm.mode, arm.steps).to(device)
-    model.refiner.lcp_subsample = (
-        arm.lcp_subsample if arm.lcp_subsample is not None else s.lcp_subsample
-    )
-    model.refiner.lcp_crop = arm.lcp_crop
+    model = build_model(s, arm).to(device)
     probe, _ = _batch(test, np.arange(min(8, len(test))), device)
     diag_init = _diagnostics(model, probe, s, arm.steps)
     saved = saved_tensor_bytes(model, s, *_batch(train, np.arange(s.batch) % len(train), device))
@@ -389,6 +521,8 @@ def run_arm(
         os.path.join(out_dir, "model.pt"),
     )
     diag_trained = _diagnostics(model, probe, s, arm.steps)
+    # The closest the evaluation gets to the fixed point: the state after test_multiple * T.
+    diag_fixed = _diagnostics(model, probe, s, s.test_multiple * arm.steps)
     t1 = time.time()
     steps = arm.steps
     traj = evaluate_trajectory(
@@ -413,8 +547,11 @@ def run_arm(
         "cuda_peak_bytes": cuda_peak,
         "peak_rss_mb": _peak_rss_mb(),
         "train_time_s": train_time,
+        "iters_run": history[-1]["iter"] if history else 0,
         "threads": torch.get_num_threads(),
         "colsum": {"init": diag_init, "trained": diag_trained},
+        "adjoint_growth": diag_fixed["adjoint_growth"],
+        "adjoint_growth_steps": s.test_multiple * steps,
         "history": history,
         "trajectory": traj,
     }
@@ -442,11 +579,15 @@ def arm_dir(out: str, arm: Arm) -> str:
 def run_experiment(
     s: Settings, arms: Sequence[str], out: str, device: str = "cpu", log: Callable = print
 ) -> dict:
-    """Floors, then every arm; writes ``out/metrics.json`` and ``out/table.md``."""
-    parsed = [parse_arm(a) for a in arms]
+    """Floors, then every arm; writes ``out/metrics.json`` and ``out/table.md``.
+
+    Settings and arms are checked (and every arm's model built once) before anything is
+    generated or written.
+    """
+    check_settings(s)
+    parsed = parse_arms(arms)
     for arm in parsed:
-        if not arm.recurrent:
-            raise ValueError(f"--arms: {arm.name!r}; Pathfinder arms are MODE:STEPS, e.g. crbp:20")
+        build_model(s, arm)
     os.makedirs(out, exist_ok=True)
     for arm in parsed:
         run_arm(s, arm, arm_dir(out, arm), device=device, log=log)
@@ -458,3 +599,55 @@ def write_report(out: str, s: Optional[Settings] = None) -> dict:
     from .report import collect
 
     return collect(out, s)
+
+
+def length_dir(out: str, length: int) -> str:
+    """Where a length sweep keeps the run at ``length`` dashes."""
+    return os.path.join(out, f"L{int(length)}")
+
+
+def run_length_sweep(
+    s: Settings,
+    arms: Sequence[str],
+    lengths: Sequence[int],
+    out: str,
+    device: str = "cpu",
+    log: Callable = print,
+    labels: Optional[Mapping[str, str]] = None,
+) -> dict:
+    """:func:`run_experiment` at every path length, into ``out/L<length>/``; then
+    ``out/metrics.json`` (``{"lengths": {"5": <that length's metrics.json>, ...}, ...}``),
+    ``out/table.md`` and ``out/length_curve.png`` (:func:`write_length_report`).
+
+    Every length and arm is checked before anything is generated (``labels`` name the
+    fields in messages; ``path_length`` defaults to ``lengths``).
+
+    Raises:
+        ValueError: a length the image cannot hold (naming the range it holds), a repeated
+            or empty list of lengths, a bad setting or arm.
+    """
+    labels = {"path_length": "lengths", **(labels or {})}
+    lengths = list(lengths)
+    if not lengths or len(set(lengths)) != len(lengths):
+        raise ValueError(f"{labels['path_length']}={lengths}; expected distinct path lengths")
+    per_length = [dataclasses.replace(s, path_length=n) for n in lengths]
+    for sl in per_length:
+        check_settings(sl, labels)
+    parsed = parse_arms(arms)
+    for arm in parsed:
+        build_model(s, arm)
+    t0 = time.time()
+    for sl in per_length:
+        log(f"== path length {sl.path_length} dashes ==")
+        run_experiment(sl, arms, length_dir(out, sl.path_length), device=device, log=log)
+    return write_length_report(out, lengths, wall_time_s=time.time() - t0)
+
+
+def write_length_report(
+    out: str, lengths: Optional[Sequence[int]] = None, wall_time_s: Optional[float] = None
+) -> dict:
+    """Gather ``out/L<length>/metrics.json`` into ``out/metrics.json``, ``out/table.md`` and
+    ``out/length_curve.png`` (see :func:`~crbp_panoptic.pathfinder.report.length_report`)."""
+    from .report import length_report
+
+    return length_report(out, lengths, wall_time_s)

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
-from crbp_panoptic.crbp import MODES, HGRUCell, equilibrium, rbp_adjoint
+from crbp_panoptic.crbp import MODES, NEUMANN_STOPS, HGRUCell, equilibrium, rbp_adjoint
 from crbp_panoptic.crbp.memory import SavedTensorBytes
+from crbp_panoptic.crbp.rbp import neumann_adjoint
 
 f64 = torch.float64
 
@@ -317,6 +318,26 @@ def test_neumann_tol_stops_early():
     info = res.backward_info
     assert 0 < info["neumann_terms"] < 50 and not info["neumann_cut"]
     assert info["neumann_residual"] <= 1e-4
+    assert info["neumann_stop"] == "tolerance"
+
+
+@pytest.mark.parametrize(
+    "scale, max_terms, tol, stop, terms",
+    [
+        (0.5, 6, 0.0, "cap", 6),  # shrinking terms, no tolerance: all 6
+        (0.5, 0, 0.0, "cap", 0),  # no term beyond g: the one-step gradient
+        (0.5, 40, 1e-3, "tolerance", 9),  # 0.5^9 <= 1e-3 * (2 - 0.5^9) < 0.5^8
+        (1.5, 6, 0.0, "guard", 0),  # the first term grows: rejected
+        (0.0, 6, 0.0, "zero", 1),  # J = 0: the second term is exactly zero
+    ],
+)
+def test_neumann_stop_names_why_the_series_ended(scale, max_terms, tol, stop, terms):
+    g = torch.ones(2, 3, dtype=f64)
+    a, info = neumann_adjoint(lambda v: scale * v, g, max_terms, tol)
+    assert info["neumann_stop"] == stop and stop in NEUMANN_STOPS
+    assert info["neumann_terms"] == terms
+    assert info["neumann_cut"] is (stop == "guard")
+    torch.testing.assert_close(a, g * sum(scale**k for k in range(terms + 1)))
 
 
 # --------------------------------------------------------------------------- (f) autocast
@@ -433,6 +454,12 @@ def test_argument_errors():
         equilibrium(f, h0, mode="rbp", steps=2, anderson_m=3)
     with pytest.raises(ValueError, match="lcp_subsample"):
         equilibrium(f, h0, mode="crbp", steps=2, lcp_subsample=0.5)
+    with pytest.raises(ValueError, match=r"lcp_kind='jacobi'; choose from \['colsum'"):
+        equilibrium(f, h0, mode="crbp", steps=2, lcp_kind="jacobi")
+    with pytest.raises(ValueError, match=r"lcp_reduction='sum'; with lcp_kind='spectral'.*'mean'"):
+        equilibrium(f, h0, mode="crbp", steps=2, lcp_kind="spectral", lcp_reduction="sum")
+    with pytest.raises(ValueError, match="lcp_vector=list"):
+        equilibrium(f, h0, mode="crbp", steps=2, lcp_kind="spectral", lcp_vector=[1.0])
     w = torch.ones(3, requires_grad=True)
     with pytest.raises(ValueError, match="solver='anderson'.*bptt"):
         equilibrium(lambda h: h * w, h0, mode="bptt", steps=2, solver="anderson")

@@ -1,4 +1,7 @@
-"""Lipschitz-coefficient penalty against explicitly built Jacobians, and its subsample."""
+"""Lipschitz-coefficient penalty against explicitly built Jacobians, and its subsample;
+the spectral penalty against dense Jacobians' eigenvalues and an explicit gradient."""
+
+import math
 
 import pytest
 import torch
@@ -10,12 +13,14 @@ from crbp_panoptic.crbp import (
     HGRUCell,
     SpatialCrop,
     batch_subsample,
+    cell_diagnostics,
     equilibrium,
     lipschitz_penalty,
     spatial_crop,
+    spectral_penalty,
     step_penalty,
 )
-from crbp_panoptic.crbp.lcp import column_sums, crop, penalty_from_sums
+from crbp_panoptic.crbp.lcp import column_sums, crop, penalty_from_sums, power_start
 
 f64 = torch.float64
 
@@ -458,3 +463,172 @@ def test_equilibrium_with_spatial_crop():
     torch.testing.assert_close(res.lcp, ref, rtol=1e-12, atol=1e-14)
     res.lcp.backward()
     assert cell.w_exc.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- spectral kind
+
+
+def dense_map(gain, symmetric=False, n=36):
+    """A tanh map on (1, 4, 3, 3) states whose weight has spectral radius ``gain``."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(n, n, generator=g, dtype=f64)
+    if symmetric:
+        weight = weight + weight.T
+    weight *= gain / torch.linalg.eigvals(weight).abs().max()
+    weight.requires_grad_()
+
+    def step(x, h):
+        return torch.tanh((weight @ h.flatten()).view_as(h) + x)
+
+    x = torch.randn(1, 4, 3, 3, generator=g, dtype=f64)
+    h = torch.rand(1, 4, 3, 3, generator=g, dtype=f64)
+    return step, weight, x, h
+
+
+def spectral_radius(step, x, h):
+    jac = jacobian(lambda s: step(x, s), h).reshape(h.numel(), h.numel())
+    return torch.linalg.eigvals(jac).abs().max().item()
+
+
+@pytest.mark.parametrize("gain", [0.5, 3.0])
+def test_spectral_growth_carried_across_calls_is_the_spectral_radius(gain):
+    """One power step per call, the vector carried from call to call (as in training, at
+    fixed weights here): the growth settles at the dense Jacobian's spectral radius, and
+    agrees with ``cell_diagnostics``' ``adjoint_growth``."""
+    step, weight, x, h = dense_map(gain)
+    radius = spectral_radius(step, x, h)
+    vector, growths = None, []
+    for _ in range(400):
+        # steps=1: the penalised step starts from h0 = h, the same point every call
+        res = equilibrium(
+            lambda s: step(x, s), h, mode="crbp", steps=1, lcp_kind="spectral", lcp_vector=vector
+        )
+        vector = res.lcp_vector
+        growths.append(res.lcp_growth)
+    assert vector.shape == h.shape and not vector.requires_grad
+    assert vector.norm().item() == pytest.approx(1.0)
+    tail = growths[200:]  # a complex dominant pair makes single ratios oscillate
+    estimate = math.exp(sum(math.log(g) for g in tail) / len(tail))
+    assert estimate == pytest.approx(radius, rel=0.02)
+    diag = cell_diagnostics(step, x, h, power_iters=400)["adjoint_growth"]
+    assert estimate == pytest.approx(diag, rel=0.02)
+    # the first call, from the fixed random start, is not yet the radius
+    assert abs(growths[0] - radius) > 0.05 * radius
+
+
+def test_spectral_growth_of_a_symmetric_jacobian_converges_call_by_call():
+    """With a real dominant eigenvalue every single call's estimate converges, and the
+    carried vector becomes the dominant eigenvector of J^T."""
+    step, weight, x, h = dense_map(0.8, symmetric=True)
+    n = h.numel()
+    jac = jacobian(lambda s: step(x, s), h).reshape(n, n)
+    vals, vecs = torch.linalg.eig(jac.T)
+    top = vals.abs().argmax()
+    vector = None
+    for _ in range(300):
+        res = equilibrium(
+            lambda s: step(x, s), h, mode="crbp", steps=1, lcp_kind="spectral", lcp_vector=vector
+        )
+        vector = res.lcp_vector
+    assert res.lcp_growth == pytest.approx(vals.abs().max().item(), rel=1e-6)
+    eig = vecs[:, top].real
+    cosine = (vector.flatten() @ eig).abs() / eig.norm()
+    assert cosine.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def dense_spectral_penalty(f, h, v, tau):
+    """relu(||J^T v|| / ||v|| - tau)^2 from the dense Jacobian, differentiable in f's params."""
+    n = h.numel()
+    J = jacobian(f, h, create_graph=True).reshape(n, n)  # J[i, j] = d f_i / d h_j
+    w = J.T @ v.flatten()
+    growth = w.norm() / v.norm()
+    return torch.clamp(growth - tau, min=0).square(), growth, w / w.norm()
+
+
+@pytest.mark.parametrize("mode", ["crbp", "cbptt"])
+def test_spectral_penalty_value_and_gradient_match_dense_jacobian(tanh_case, mode):
+    W, U, x, h = tanh_case
+    params = [t.clone().requires_grad_() for t in (W, U, x)]
+    f = tanh_step(*params)
+    v = torch.randn(h.shape, generator=torch.Generator().manual_seed(1), dtype=f64) * 3.0
+    ref, growth_ref, w_ref = dense_spectral_penalty(f, h, v, 0.0)
+    tau = 0.5 * growth_ref.item()  # active: the penalty and its gradient are not zero
+    ref, growth_ref, w_ref = dense_spectral_penalty(f, h, v, tau)
+    grads_ref = torch.autograd.grad(ref, params)
+
+    # the engine, on a recorded step (steps=1: the step starts from h) from the start v
+    res = equilibrium(f, h, mode=mode, steps=1, lcp_tau=tau, lcp_kind="spectral", lcp_vector=v)
+    assert res.lcp.item() == pytest.approx(ref.item(), rel=1e-10) and ref.item() > 0
+    assert res.lcp_growth == pytest.approx(growth_ref.item(), rel=1e-10)
+    torch.testing.assert_close(res.lcp_vector.flatten(), w_ref.detach())
+    for g, g_ref in zip(torch.autograd.grad(res.lcp, params), grads_ref):
+        torch.testing.assert_close(g, g_ref)
+        assert g.abs().max() > 0
+    # spectral_penalty itself, on a step recorded by hand
+    h_leaf = h.clone().requires_grad_()
+    penalty, growth, vector = spectral_penalty(f(h_leaf), h_leaf, tau, v)
+    assert growth == pytest.approx(growth_ref.item(), rel=1e-10)
+    torch.testing.assert_close(torch.autograd.grad(penalty, params[0])[0], grads_ref[0])
+
+
+def test_spectral_penalty_is_zero_below_tau_and_for_empty_or_constant_steps(tanh_case):
+    W, U, x, h = tanh_case
+    W = W.clone().requires_grad_()
+    f = tanh_step(W, U, x)
+    h_leaf = h.clone().requires_grad_()
+    penalty, growth, _ = spectral_penalty(f(h_leaf), h_leaf, 1.0, None)
+    assert 0 < growth < 1.0 and penalty.item() == 0.0  # ||W|| < 1 and tanh' <= 1
+    (g,) = torch.autograd.grad(penalty, W)
+    assert torch.isfinite(g).all() and g.abs().max() == 0
+    empty = h[:0].clone().requires_grad_()
+    penalty, growth, vector = spectral_penalty(tanh_step(W, U, x[:0])(empty), empty, 0.1, None)
+    assert penalty.item() == 0.0 and growth == 0.0 and vector is None
+    # a step that ignores its state: J = 0, growth 0, the start vector is kept
+    const = h.clone().requires_grad_()
+    start = power_start(None, const)
+    penalty, growth, vector = spectral_penalty(W.sum() + 0 * const.detach(), const, 0.1, start)
+    assert penalty.item() == 0.0 and growth == 0.0 and torch.equal(vector, start)
+
+
+def test_power_start_reuses_rows_and_restarts_on_a_new_shape():
+    like = torch.zeros(3, 2, 4, 4)
+    fresh = power_start(None, like)
+    assert fresh.shape == like.shape and fresh.norm().item() == pytest.approx(1.0)
+    torch.testing.assert_close(power_start(None, like), fresh)  # fixed seed, reproducible
+    previous = torch.randn(2, 2, 4, 4) * 5
+    same = power_start(previous, torch.zeros(2, 2, 4, 4))
+    torch.testing.assert_close(same, previous / previous.norm())
+    more = power_start(previous, like)  # 2 rows -> 3 rows: rows 0, 1, 0
+    expected = previous[[0, 1, 0]]
+    torch.testing.assert_close(more, expected / expected.norm())
+    fewer = power_start(previous, torch.zeros(1, 2, 4, 4))
+    torch.testing.assert_close(fewer, previous[:1] / previous[:1].norm())
+    other = power_start(previous, torch.zeros(2, 2, 5, 4))  # another map size: restart
+    torch.testing.assert_close(other, power_start(None, torch.zeros(2, 2, 5, 4)))
+    torch.testing.assert_close(power_start(torch.zeros(3, 2, 4, 4), like), fresh)
+    nan = torch.full((3, 2, 4, 4), float("nan"))
+    torch.testing.assert_close(power_start(nan, like), fresh)
+    assert power_start(previous.double(), like).dtype == like.dtype
+
+
+def test_spectral_penalty_on_a_row_subsample_uses_only_those_rows():
+    torch.manual_seed(0)
+    cell = HGRUCell(4, norm="none", gate_bias_range=(1.0, 3.0)).double()
+    x = torch.randn(5, 4, 4, 4, dtype=f64)
+    h0 = torch.rand(5, 4, 4, 4, dtype=f64)
+    sampler = batch_subsample(lambda idx, h: cell(x.index_select(0, idx), h), 2)
+    v = torch.randn(2, 4, 4, 4, dtype=f64)
+    res = equilibrium(
+        lambda h: cell(x, h),
+        h0,
+        mode="crbp",
+        steps=1,
+        lcp_kind="spectral",
+        lcp_vector=v,
+        lcp_subsample=sampler,
+    )
+    rows = sampler.last_index
+    h_sub = h0[rows].clone().requires_grad_()
+    (w,) = torch.autograd.grad(cell(x[rows], h_sub), h_sub, v / v.norm())
+    assert res.lcp_growth == pytest.approx(w.norm().item(), rel=1e-10)
+    assert res.lcp_vector.shape == (2, 4, 4, 4)

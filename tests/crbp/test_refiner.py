@@ -1,10 +1,12 @@
 """RecurrentRefiner: step counts per phase, penalty plumbing, validation."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from crbp_panoptic.crbp import MODES, EquilibriumResult, HGRUCell, RecurrentRefiner
+from crbp_panoptic.crbp import MODES, EquilibriumResult, HGRUCell, RecurrentRefiner, parse_arm
 from crbp_panoptic.crbp.lcp import column_sums, crop, penalty_from_sums
 from crbp_panoptic.crbp.memory import SavedTensorBytes
 
@@ -182,6 +184,12 @@ def test_validation():
         make(lcp_tau=0)
     with pytest.raises(ValueError, match="test_solver='newton'"):
         make(test_solver="newton")
+    with pytest.raises(ValueError, match=r"lcp_kind='power'; choose from \['colsum', 'spectral'\]"):
+        make(lcp_kind="power")
+    with pytest.raises(ValueError, match="lcp_reduction='sum'; with lcp_kind='spectral'"):
+        make(lcp_kind="spectral", lcp_reduction="sum")
+    with pytest.raises(ValueError, match="neumann_steps=-1"):
+        make(neumann_steps=-1)
     with pytest.raises(ValueError, match="solver='anderson'; with mode='bptt'"):
         make(mode="bptt", solver="anderson")
     with pytest.raises(ValueError, match="exactly one"):
@@ -191,3 +199,81 @@ def test_validation():
     with pytest.raises(ValueError, match="num_groups=32"):
         RecurrentRefiner(8)
     make(mode="rbp", solver="anderson")  # fine: the iterations are not differentiated
+
+
+def test_spectral_vector_is_a_warm_started_buffer():
+    """The power-iteration vector lives on the refiner: one power step per training call,
+    each call starting where the last one ended; eval calls leave it alone; it is not
+    saved; a call with another row count reuses its rows."""
+    ref = make(mode="crbp", steps=1, lcp_kind="spectral", lcp_tau=0.05)
+    assert ref.lcp_vector is None and "lcp_vector" not in ref.state_dict()
+    x = torch.randn(2, 8, 5, 5)
+    ref(x)
+    first = ref.lcp_vector
+    assert first.shape == x.shape and first.norm().item() == pytest.approx(1.0, rel=1e-5)
+    assert "lcp_vector" in dict(ref.named_buffers()) and "lcp_vector" not in ref.state_dict()
+
+    # steps=1: the penalised step starts at h0 = 0; the next growth is ||J^T first||
+    h = torch.zeros_like(x).requires_grad_()
+    (w,) = torch.autograd.grad(ref.cell(x, h), h, first)
+    ref(x)
+    assert ref.last_result.lcp_growth == pytest.approx(w.norm().item(), rel=1e-5)
+    torch.testing.assert_close(ref.lcp_vector, w / w.norm())
+    assert ref.last_result.lcp.item() == pytest.approx((w.norm().item() - 0.05) ** 2, rel=1e-4)
+
+    kept = ref.lcp_vector
+    ref.eval()
+    with torch.no_grad():
+        ref(x)
+    assert ref.lcp_vector is kept and ref.last_result.lcp_growth is None
+    ref.train()
+    ref(torch.randn(3, 8, 5, 5))  # 3 ROIs instead of 2: rows 0, 1, 0 of the last vector
+    assert ref.lcp_vector.shape == (3, 8, 5, 5)
+    colsum = make(mode="crbp", steps=1)
+    colsum(x)
+    assert colsum.lcp_vector is None and colsum.last_result.lcp_growth is None
+
+
+def test_spectral_penalty_reaches_the_cell():
+    ref = make(mode="crbp", steps=3, lcp_kind="spectral", lcp_tau=0.01)
+    x = torch.randn(2, 8, 6, 6)
+    out = ref(x)
+    lcp = ref.last_result.lcp
+    assert lcp.item() > 0 and lcp.requires_grad
+    p = ref.cell.w_exc.weight
+    (g_task,) = torch.autograd.grad(out.sum(), [p], retain_graph=True)
+    (g_total,) = torch.autograd.grad(out.sum() + lcp, [p])
+    assert (g_total - g_task).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("arm", ["crbp:6:k0", "rbp:6:k0"])
+def test_one_step_arm_gradient_is_the_one_step_gradient(arm):
+    """k0: the same forward, and the gradient of the last step alone from h_{T-1} held
+    fixed, computed here without the engine."""
+    torch.manual_seed(0)
+    cell = HGRUCell(8, num_groups=4, gate_bias_range=(1.0, 5.0)).double()
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    target = torch.randn_like(x)
+    ref = RecurrentRefiner(cell=copy.deepcopy(cell), **parse_arm(arm).refiner_kwargs())
+    x_ref = x.clone().requires_grad_()
+    ((ref(x_ref) - target).square().sum()).backward()  # the task loss only
+    assert ref.neumann_steps == 0
+    assert ref.last_result.backward_info["neumann_terms"] == 0
+    assert ref.last_result.backward_info["neumann_stop"] == "cap"
+
+    x_one = x.clone().requires_grad_()
+    with torch.no_grad():
+        h = torch.zeros_like(x)
+        for _ in range(5):
+            h = cell(x, h)
+    ((cell(x_one, h) - target).square().sum()).backward()
+    torch.testing.assert_close(x_ref.grad, x_one.grad)
+    for (name, p), q in zip(ref.cell.named_parameters(), cell.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+    # with its Neumann terms the same arm's gradient differs: k0 is not a no-op
+    full = RecurrentRefiner(cell=copy.deepcopy(cell), **parse_arm(arm[:-3]).refiner_kwargs())
+    x_full = x.clone().requires_grad_()
+    ((full(x_full) - target).square().sum()).backward()
+    assert full.last_result.backward_info["neumann_terms"] > 0
+    assert (x_full.grad - x_one.grad).abs().max() > 1e-6

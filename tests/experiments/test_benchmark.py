@@ -44,19 +44,22 @@ def test_default_plan_runs_feedforward_first_then_by_priority():
 
 def test_arm_options_select_exact_or_cheap_penalty():
     head = ["MODEL.CRBP.GRAD", "crbp", "MODEL.CRBP.STEPS", "20"]
-    exact = ["MODEL.CRBP.LCP_SUBSAMPLE", "0.0", "MODEL.CRBP.LCP_CROP", "0"]
+    kind = ["MODEL.CRBP.LCP_KIND", "colsum"]
+    exact = ["MODEL.CRBP.LCP_SUBSAMPLE", "0.0", "MODEL.CRBP.LCP_CROP", "0", *kind]
     assert bench.arm_opts(parse_arm("crbp:20")) == head + exact  # the FPN YAML's crop switched off
     assert bench.arm_opts(parse_arm("crbp:20:sub0.25")) == head + [
         "MODEL.CRBP.LCP_SUBSAMPLE",
         "0.25",
         "MODEL.CRBP.LCP_CROP",
         "0",
+        *kind,
     ]
     assert bench.arm_opts(parse_arm("crbp:20:crop16")) == head + [
         "MODEL.CRBP.LCP_SUBSAMPLE",
         "0.0",
         "MODEL.CRBP.LCP_CROP",
         "16",
+        *kind,
     ]
     assert bench.arm_opts(bench.FEEDFORWARD) == []
     assert bench.series(parse_arm("crbp:20:crop16")) == "C-RBP (cheap LCP)"

@@ -57,6 +57,8 @@ def test_schedule_rescaling_and_train_opts():
         "0.25",
         "MODEL.CRBP.LCP_CROP",
         "0",
+        "MODEL.CRBP.LCP_KIND",
+        "colsum",
         "OUTPUT_DIR",
         "d",
     ]

@@ -9,6 +9,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import crbp_panoptic  # noqa: F401  (registers)
+from crbp_panoptic.crbp import NEUMANN_STOPS
 from crbp_panoptic.modeling import CRBPFPN, CRBPMaskHead, recurrent_modules
 
 from tests.tiny import CONFIGS, tiny_batch, tiny_cfg
@@ -294,8 +295,14 @@ def test_diagnostics_reach_event_storage():
             storage.step()
         keys = set(storage.histories())
     prefix = "crbp/roi_heads.mask_head.mask_recurrent/"
-    for stat in ("residual", "steps", "lcp", "neumann_terms", *DYNAMICS):
+    neumann = ("neumann_terms", "neumann_residual", "neumann_cut")
+    stops = tuple(f"neumann_stop_{reason}" for reason in NEUMANN_STOPS)
+    for stat in ("residual", "steps", "lcp", *neumann, *stops, *DYNAMICS):
         assert prefix + stat in keys, sorted(keys)
+    # one reason per iteration: the indicators of the last logged backward sum to 1
+    latest = storage.latest()
+    assert sum(latest[prefix + stop][0] for stop in stops) == 1.0
+    assert prefix + "lcp_growth" not in keys  # the column-sum penalty has no growth
     # the dynamics' diagnostics only on every DIAGNOSTICS_PERIOD-th iteration (0 and 2)
     assert [prefix + "colsum_p90" in keys for keys in logged] == [True, False, True]
     (refiner,) = [m for _, m in recurrent_modules(model)]
@@ -339,11 +346,37 @@ def test_test_steps_used_at_inference():
         ("MODEL.CRBP.GATE_BIAS_INIT", "log", "MODEL.CRBP.GATE_BIAS_INIT='log'; choose from"),
         ("MODEL.CRBP.LCP_REDUCTION", "max", "MODEL.CRBP.LCP_REDUCTION='max'; choose from"),
         ("MODEL.CRBP.LCP_CROP", -2, "MODEL.CRBP.LCP_CROP=-2"),
+        ("MODEL.CRBP.LCP_KIND", "power", "MODEL.CRBP.LCP_KIND='power'; choose from"),
+        ("MODEL.CRBP.NEUMANN_STEPS", -1, "MODEL.CRBP.NEUMANN_STEPS=-1; expected an integer >= 0"),
     ],
 )
 def test_bad_config_values_fail_at_build_time(key, value, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _build(FPN_YAML, key, value)
+
+
+def test_spectral_penalty_trains_and_logs_its_growth():
+    # The authors' COCO head sums its penalty; the spectral kind is one scalar per module.
+    with pytest.raises(
+        ValueError,
+        match=r"MODEL.CRBP.LCP_REDUCTION='sum'; with MODEL.CRBP.LCP_KIND='spectral'.*'mean'",
+    ):
+        _build(MASK_YAML, "MODEL.CRBP.LCP_KIND", "spectral")
+    model = _build(
+        MASK_YAML,
+        *("MODEL.CRBP.LCP_KIND", "spectral", "MODEL.CRBP.LCP_REDUCTION", "mean"),
+        *("MODEL.CRBP.LCP_TAU", 0.05),
+    )
+    (refiner,) = [m for _, m in recurrent_modules(model)]
+    assert refiner.lcp_kind == "spectral"
+    model.train()
+    with EventStorage() as storage:
+        losses = model(tiny_batch(empty=()))
+        sum(losses.values()).backward()
+        keys = set(storage.histories())
+    assert losses["loss_lcp"] > 0
+    assert "crbp/roi_heads.mask_head.mask_recurrent/lcp_growth" in keys
+    assert refiner.lcp_vector is not None and refiner.lcp_vector.shape[1:] == (32, 14, 14)
 
 
 def test_two_cheap_penalties_are_rejected():

@@ -1,5 +1,6 @@
 """Tests of the Pathfinder generator: determinism, geometry, separation, oracle, caching."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -191,3 +192,30 @@ def test_cached_arrays_are_reused_and_regenerated_when_the_config_changes(tmp_pa
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == 2
     assert not np.array_equal(c.masks, a.masks)
     assert not list((tmp_path / "cache").rglob("*partial*"))
+
+
+def test_max_path_length_follows_the_layout_rule():
+    """The capacity rule's two limits, and a layout at the limit draws in reasonable time."""
+    from crbp_panoptic.pathfinder.generator import EXTENT_LIMIT, LOAD_LIMIT
+
+    side = CFG.size - 1 - 2 * CFG.margin  # 41
+    step = CFG.dash_length + CFG.gap
+    by_extent = EXTENT_LIMIT * side / step  # 9.02: the binding limit here
+    by_load = LOAD_LIMIT * side**2 / ((CFG.distractors + 1) * step * CFG.min_separation)
+    assert CFG.max_path_length() == math.floor(min(by_extent, by_load)) == 9
+    # a target alone may curl up: only the load limit applies
+    alone = PathfinderConfig(size=48, path_length=7, distractors=0)
+    assert alone.max_path_length() == math.floor(LOAD_LIMIT * side**2 / (step * 4.0)) == 29
+    # more distractors: the load limit binds
+    crowded = PathfinderConfig(size=48, path_length=7, distractors=5)
+    assert crowded.max_path_length() == math.floor(LOAD_LIMIT * side**2 / (6 * step * 4.0)) == 4
+    assert PathfinderConfig(size=8, path_length=1, margin=3.0).max_path_length() == 0
+    # the smallest size for a length holds it, one pixel less does not
+    size = CFG.smallest_size_for(14)
+    assert dataclasses.replace(CFG, size=size).max_path_length() >= 14
+    assert dataclasses.replace(CFG, size=size - 1).max_path_length() < 14
+    assert CFG.smallest_size_for(14, largest=size - 1) is None
+    edge = PathfinderConfig(size=32, path_length=5, distractors=1, margin=3.5, max_tries=30)
+    assert edge.max_path_length() == 5
+    for i in range(3):
+        generate(edge, np.random.default_rng([0, i]))

@@ -49,12 +49,23 @@ def test_drive_gain_scales_the_drive():
 
 def test_build_model_uses_the_settings_cell():
     s = dataclasses.replace(SCALES["cpu"], norm_gain=0.7, drive_gain=3.0)
-    net = build_model(s, "crbp", 20)
+    net = build_model(s, "crbp:20")
     cell = net.cell
     assert cell.variant == "pathfinder" and isinstance(cell.norm_exc, torch.nn.BatchNorm2d)
     assert not cell.norm_exc.track_running_stats
     assert torch.all(cell.norm_exc.weight == 0.7) and net.frontend.gain == 3.0
     assert cell.kernel_size == s.kernel_size and cell.channels == s.channels
+    ref = net.refiner
+    assert (ref.mode, ref.steps, ref.lcp_kind, ref.neumann_steps) == ("crbp", 20, "colsum", 15)
+
+
+def test_build_model_takes_the_arm_options():
+    s = dataclasses.replace(SCALES["cpu"], neumann_steps=9, lcp_subsample=0.5)
+    ref = build_model(s, "crbp:20:spectral:k0").refiner
+    assert (ref.lcp_kind, ref.neumann_steps, ref.lcp_subsample) == ("spectral", 0, 0.5)
+    ref = build_model(s, "crbp:6:crop8:k3").refiner
+    assert (ref.lcp_kind, ref.neumann_steps, ref.lcp_crop, ref.steps) == ("colsum", 3, 8, 6)
+    assert build_model(s, "bptt:6").refiner.neumann_steps == 9  # the settings' default
 
 
 def test_readout_shape_and_trajectory_matches_eval_forward():
@@ -121,7 +132,7 @@ def test_saved_memory_grows_with_bptt_steps_but_not_crbp():
     s = dataclasses.replace(SCALES["cpu"], size=24, channels=6, kernel_size=3, gabor_size=5)
     image, mask = _batch(2)
     mem = {
-        (m, t): saved_tensor_bytes(build_model(s, m, t), s, image, mask)
+        (m, t): saved_tensor_bytes(build_model(s, f"{m}:{t}"), s, image, mask)
         for m in ("bptt", "crbp")
         for t in (2, 6)
     }

@@ -10,10 +10,12 @@ import torch
 from crbp_panoptic.pathfinder.model import confusion
 from crbp_panoptic.pathfinder.train import (
     SCALES,
+    check_settings,
     floors,
     geodesic_distance,
     held_out_data,
     run_experiment,
+    run_length_sweep,
 )
 
 TINY = dict(
@@ -28,6 +30,7 @@ TINY = dict(
     n_train=4,
     n_test=4,
     log_every=1,
+    telemetry_from_iter=1,
 )
 
 
@@ -70,23 +73,123 @@ def test_geodesic_distance_follows_the_mask():
     assert (geodesic_distance(mask, (0.0, 0.0)) == -1).all()
 
 
-def test_metrics_json_contract(tmp_path):
-    out = tmp_path / "run"
-    summary = run_experiment(_tiny(tmp_path), ["crbp:3", "bptt:2"], str(out), log=lambda m: None)
-    with open(out / "metrics.json") as fh:
-        m = json.load(fh)
-    assert m == json.loads(json.dumps(summary))
+def check_length_contract(m: dict, arms, penalty):
+    """The contract of one path length's metrics.json (a single-length run's, and each
+    entry of a length sweep's)."""
     assert set(m["floor"]) == {"all_paths", "connectivity_oracle"}
     assert all(isinstance(v, float) for v in m["floor"].values())
-    assert set(m["arms"]) == {"crbp:3", "bptt:2"}
-    for arm in m["arms"].values():
+    assert m["penalty_arm"] == penalty
+    assert set(m["arms"]) == set(arms)
+    for name, arm in m["arms"].items():
         for key in ("iou", "f1"):
             assert set(arm[key]) == {"T", "2T", "3T"} and all(
                 0 <= v <= 1 for v in arm[key].values()
             )
+        assert set(arm["residual"]) == {"T", "3T"}
+        assert all(isinstance(v, float) and v >= 0 for v in arm["residual"].values())
+        assert isinstance(arm["adjoint_growth"], float) and arm["adjoint_growth"] > 0
+        if name.startswith("bptt"):  # no Neumann series
+            assert arm["guard_cut_share"] is None
+        else:
+            assert 0 <= arm["guard_cut_share"] <= 1
+
+
+def test_metrics_json_contract(tmp_path):
+    out = tmp_path / "run"
+    arms = ["crbp:3", "bptt:2", "crbp:3:spectral"]
+    summary = run_experiment(_tiny(tmp_path), arms, str(out), log=lambda m: None)
+    with open(out / "metrics.json") as fh:
+        m = json.load(fh)
+    assert m == json.loads(json.dumps(summary))
+    check_length_contract(m, arms, "crbp:3:spectral")
     table = (out / "table.md").read_text()
     assert "every path" in table and "oracle" in table and "C-RBP-3" in table
+    assert "C-RBP-3 (spectral penalty)" in table and "guard-cut share" in table
     assert (out / "crbp_3" / "model.pt").exists()
+    # the per-iteration telemetry behind the share
+    with open(out / "crbp_3_spectral" / "metrics.json") as fh:
+        history = json.load(fh)["history"]
+    assert [h["iter"] for h in history] == [1, 2]
+    for h in history:
+        assert h["neumann_stop"] in ("cap", "tolerance", "guard", "zero")
+        assert isinstance(h["neumann_residual"], float) and isinstance(h["residual"], float)
+        assert isinstance(h["lcp_growth"], float) and h["lcp_growth"] > 0
+    with open(out / "crbp_3" / "metrics.json") as fh:
+        assert json.load(fh)["history"][0]["lcp_growth"] is None  # colsum: no growth
+
+
+def test_length_sweep_cli_writes_the_contract_and_the_curve(tmp_path, capsys):
+    from PIL import Image
+
+    from tests.tiny import load_tool
+
+    tool = load_tool("train_pathfinder")
+    out, arms = tmp_path / "lengths", ["bptt:2", "crbp:3", "crbp:3:spectral"]
+    flags = ["--scale", "smoke", "--data-root", str(tmp_path / "data"), "--out", str(out)]
+    tool.main([*flags, "--lengths", "3", "5", "--arms", ",".join(arms)])
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["lengths"]) == {"3", "5"}
+    assert m["arms"] == arms and m["penalty_arm"] == "crbp:3:spectral"
+    assert m["wall_time_s"] > 0 and m["paper"]["lengths"] == [9, 14, 25]
+    for length, per in m["lengths"].items():
+        check_length_contract(per, arms, "crbp:3:spectral")
+        assert per["settings"]["path_length"] == int(length)
+        assert per == json.loads((out / f"L{length}" / "metrics.json").read_text())
+    with Image.open(out / "length_curve.png") as png:
+        assert png.format == "PNG" and png.size[0] > 100
+    table = (out / "table.md").read_text()
+    assert "3 dashes | 5 dashes" in table and "C-RBP-3 (spectral penalty)" in table
+    assert "3 dashes" in capsys.readouterr().out
+    # the report alone, from what the sweep left
+    (out / "metrics.json").unlink()
+    tool.main(["--out", str(out), "--lengths", "3", "5", "--report-only"])
+    again = json.loads((out / "metrics.json").read_text())
+    assert set(again["lengths"]) == {"3", "5"} and again["arms"] == arms
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--lengths", "3", "9"], "--lengths=9; --size=32 holds paths of 1 to 5 dashes"),
+        (["--lengths", "3", "9"], "9 dashes need --size >= "),
+        (["--lengths", "0"], "--lengths=0; expected an integer >= 1"),
+        (["--lengths", "3", "3"], "--lengths=[3, 3]; expected distinct"),
+        (["--path-length", "9"], "--path-length=9; --size=32 holds paths of 1 to 5 dashes"),
+        (["--neumann-steps", "-1"], "--neumann-steps=-1; expected an integer >= 0"),
+        (["--arms", "crbp:3:k-1"], "option 'k-1' must be kN with N an integer >= 0"),
+        (["--arms", "crbp:3:power"], "unknown option 'power'"),
+        (["--arms", "bptt:3:spectral"], "needs a penalised mode"),
+        (["--loss", "l2"], "--loss='l2'; choose from"),
+        (["--path-length", "4", "--lengths", "3"], "give one"),
+    ],
+)
+def test_cli_bad_input_fails_before_anything_is_written(tmp_path, argv, words):
+    from tests.tiny import load_tool
+
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as err:
+        load_tool("train_pathfinder").main(
+            ["--scale", "smoke", "--data-root", str(tmp_path / "data"), "--out", str(out), *argv]
+        )
+    assert words in str(err.value)
+    assert not out.exists() and not (tmp_path / "data").exists()
+
+
+def test_library_checks_name_the_field_and_the_range(tmp_path):
+    s = _tiny(tmp_path)
+    with pytest.raises(ValueError, match=r"lengths=6; size=32 holds paths of 1 to 5 dashes"):
+        run_length_sweep(s, ["crbp:2"], [4, 6], str(tmp_path / "x"), log=lambda m: None)
+    with pytest.raises(ValueError, match=r"neumann_steps=-2; expected an integer >= 0"):
+        run_experiment(dataclasses.replace(s, neumann_steps=-2), ["crbp:2"], str(tmp_path / "y"))
+    with pytest.raises(ValueError, match=r"arms=\['crbp:2', 'crbp:2'\]; expected one or more"):
+        run_experiment(s, ["crbp:2", "crbp:2"], str(tmp_path / "z"))
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "z", "data"))
+    labels = {"path_length": "--path-length", "size": "--size"}
+    with pytest.raises(ValueError, match=r"--path-length=9; --size=48 holds paths of 1 to 8"):
+        check_settings(dataclasses.replace(SCALES["cpu"], path_length=9), labels)
+    check_settings(SCALES["cpu"])  # the presets hold their own lengths
+    check_settings(SCALES["gpu"])
+    check_settings(SCALES["smoke"])
 
 
 def test_bad_arm_is_named(tmp_path):
