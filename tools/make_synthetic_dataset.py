@@ -3,7 +3,7 @@
 
     python tools/make_synthetic_dataset.py --split val --num-images 12 --image-size 128 128
     python tools/make_synthetic_dataset.py --kind cables --name synthetic_longrange_val \
-        --split val --num-images 32
+        --split val --num-images 100
 
 writes ``<root>/synthetic_panoptic/<name>/`` (default name ``synthetic_panoptic_<split>``,
 the name Detectron2 knows it by; layout in ``crbp_panoptic/data/synthetic.py``). Not

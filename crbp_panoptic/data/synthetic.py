@@ -43,9 +43,11 @@ Atomicity: :func:`generate_split` writes into a hidden temporary directory next 
 ``split_dir`` and renames it into place at the end; a failure removes the temporary
 directory, and a killed process leaves at most a ``.<name>.tmp-*`` directory, never a
 half-written ``split_dir``. :func:`ensure_split` generates a missing split and, for an
-existing one, compares ``generation.json`` with the requested parameters: a mismatch
-raises ``ValueError`` naming the directory (delete it to regenerate); it never
-overwrites data.
+existing one, compares ``generation.json`` with the requested parameters. A split with
+the same parameters written by an older version of the generator (a lower
+``generator_version`` or ``kind_version``) is a stale cache: it is generated afresh and
+swapped in, atomically. Any other mismatch raises ``ValueError`` naming the directory
+(delete it to regenerate); such data is never overwritten.
 
 This module needs only numpy and Pillow (no torch, no Detectron2). Its checker,
 :func:`validate_panoptic_split`, also works on real COCO panoptic data.
@@ -53,6 +55,7 @@ This module needs only numpy and Pillow (no torch, no Detectron2). Its checker,
 
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -63,6 +66,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CATEGORIES",
@@ -118,7 +123,7 @@ _MARKER = "generation.json"
 KINDS = ("shapes", "cables")
 # Version of each kind's rendering other than "shapes" (which GENERATOR_VERSION covers);
 # bump when it changes, so that older data on disk is reported as a mismatch.
-_KIND_VERSIONS = {"cables": 3}
+_KIND_VERSIONS = {"cables": 4}
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -693,6 +698,48 @@ def _read_marker(split_dir: str) -> dict:
         ) from e
 
 
+_VERSION_KEYS = ("generator_version", "kind_version")
+
+
+def _is_stale(on_disk: dict, wanted: dict) -> bool:
+    """Whether ``on_disk`` (a ``generation.json``) is the requested split written by an
+    older generator: the same parameters, and versions lower than (or missing from)
+    ``wanted``'s, none higher."""
+    strip = lambda d: {k: v for k, v in d.items() if k not in _VERSION_KEYS}  # noqa: E731
+    if strip(on_disk) != strip(wanted):
+        return False
+    old = [on_disk.get(k, 0) for k in _VERSION_KEYS]
+    new = [wanted.get(k, 0) for k in _VERSION_KEYS]
+    if not all(isinstance(v, int) for v in old):
+        return False
+    return old != new and all(o <= n for o, n in zip(old, new))
+
+
+def _replace_stale(split_dir: str, spec: SplitSpec) -> None:
+    """Generate ``spec`` next to ``split_dir`` and swap it in for the stale split there.
+
+    Safe against other processes doing the same: whichever fresh copy lands first stays.
+    """
+    parent, base = os.path.split(split_dir)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    fresh = os.path.join(parent, f".{base}.new-{tag}")
+    old = os.path.join(parent, f".{base}.old-{tag}")
+    generate_split(fresh, spec.split, spec.num_images, spec.image_size, spec.seed, spec.kind)
+    try:
+        try:
+            os.rename(split_dir, old)
+        except FileNotFoundError:
+            pass  # another process moved it away first
+        try:
+            os.rename(fresh, split_dir)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise  # (another process's fresh copy is in place otherwise)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def ensure_split(
     split_dir: str,
     split: str = "train",
@@ -703,26 +750,38 @@ def ensure_split(
 ) -> str:
     """Generate a split unless it exists; check that an existing one matches the request.
 
-    Safe to call from several processes at once (each may generate; one rename wins).
+    A split with the requested parameters written by an older version of the generator
+    is regenerated and replaced (see the module docstring). Safe to call from several
+    processes at once (each may generate; one rename wins).
 
     Returns:
         str: the absolute ``split_dir``.
 
     Raises:
-        ValueError: ``split_dir`` holds a split generated with other parameters (or a
-            different generator version), or is not a generated split; the message names
-            the directory.
+        ValueError: ``split_dir`` holds a split generated with other parameters (or by a
+            newer generator version), or is not a generated split; the message names the
+            directory.
     """
     spec = SplitSpec(split, num_images, image_size, seed, kind)
     split_dir = split_paths(split_dir).split_dir
-    if not os.path.isdir(split_dir):
-        try:
-            return generate_split(
-                split_dir, spec.split, spec.num_images, spec.image_size, spec.seed, spec.kind
-            )
-        except FileExistsError:
-            pass  # another process won the race; check what it wrote
-    on_disk, wanted = _read_marker(split_dir), spec.to_json()
+    wanted = spec.to_json()
+    for _ in range(3):  # a concurrent replacement may move the directory away for a moment
+        if not os.path.isdir(split_dir):
+            try:
+                return generate_split(
+                    split_dir, spec.split, spec.num_images, spec.image_size, spec.seed, spec.kind
+                )
+            except FileExistsError:
+                pass  # another process won the race; check what it wrote
+        if not os.path.isdir(split_dir):
+            continue
+        on_disk = _read_marker(split_dir)
+        if not _is_stale(on_disk, wanted):
+            break
+        versions = {k: on_disk[k] for k in _VERSION_KEYS if k in on_disk}
+        logger.info(f"{split_dir} was written by an older generator ({versions}); regenerating it")
+        _replace_stale(split_dir, spec)
+    on_disk = _read_marker(split_dir)
     if on_disk != wanted:
         diff = {
             k: (on_disk.get(k), wanted.get(k))
