@@ -285,3 +285,41 @@ def test_longrange_datasets_are_registered_with_their_own_classes(tmp_path):
         assert all(len(d["annotations"]) >= 5 for d in dicts)
     finally:
         unregister_synthetic_panoptic(name)
+
+
+def _tool():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "make_synthetic_dataset.py")
+    spec = importlib.util.spec_from_file_location("make_synthetic_dataset", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tool_prints_the_grouping_statistics_and_draws_a_preview(tmp_path, capsys):
+    from PIL import Image
+
+    tool = _tool()
+    png = str(tmp_path / "preview.png")
+    args = ["--root", str(tmp_path), "--kind", "cables", "--name", "lr", "--split", "val"]
+    args += ["--num-images", "3", "--image-size", "64", "--preview", png]
+    assert tool.main(args) == 0
+    out = capsys.readouterr().out
+    grouping = json.loads(out.split("grouping: ")[1].splitlines()[0])
+    d = os.path.join(str(tmp_path), "synthetic_panoptic", "lr")
+    assert grouping == split_statistics(d)
+    assert 0 < grouping["box_class_iou_median"] < 1 and grouping["box_holds_same_class"] > 0
+    with Image.open(png) as im:
+        grid = np.asarray(im.convert("RGB"))
+    assert grid.shape == (2 * 64 + 2, 3 * (64 + 2), 3)  # three images above their labels
+    with Image.open(os.path.join(d, "images", "val_000002.jpg")) as im:
+        np.testing.assert_array_equal(grid[:64, 132:196], np.asarray(im))
+    labels = grid[64:128, 132:196]
+    pan = np.asarray(Image.open(os.path.join(d, "panoptic", "val_000002.png")))
+    ids = synthetic.rgb2id(pan)
+    for sid in np.unique(ids):  # one colour per segment
+        assert len(np.unique(labels[ids == sid], axis=0)) == 1
+    with pytest.raises(SystemExit):
+        tool.main(args[:-2] + ["--preview", str(tmp_path / "missing" / "p.png")])
+    assert "its directory does not exist" in capsys.readouterr().err
