@@ -26,8 +26,8 @@ first read of a file path in the metadata (``json_file``, ``panoptic_json``,
 does at construction), or :func:`ensure_generated` writes the split if it is missing.
 Every ``DatasetCatalog.get`` then checks the files (:func:`~.synthetic.validate_panoptic_split`,
 pixel-exact) before Detectron2's loaders read them. A split on disk generated with
-other parameters is an error (delete it to regenerate), never overwritten; one with the
-same parameters written by an older version of the generator is regenerated.
+other parameters is an error (delete it to regenerate), never overwritten; one written
+by an older version of the generator is regenerated.
 
 Training on these datasets needs ``INPUT.MASK_FORMAT: "bitmask"`` (instance masks are
 RLE), ``MODEL.ROI_HEADS.NUM_CLASSES: 3`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES: 4``

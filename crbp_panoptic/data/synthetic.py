@@ -43,11 +43,11 @@ Atomicity: :func:`generate_split` writes into a hidden temporary directory next 
 ``split_dir`` and renames it into place at the end; a failure removes the temporary
 directory, and a killed process leaves at most a ``.<name>.tmp-*`` directory, never a
 half-written ``split_dir``. :func:`ensure_split` generates a missing split and, for an
-existing one, compares ``generation.json`` with the requested parameters. A split with
-the same parameters written by an older version of the generator (a lower
-``generator_version`` or ``kind_version``) is a stale cache: it is generated afresh and
-swapped in, atomically. Any other mismatch raises ``ValueError`` naming the directory
-(delete it to regenerate); such data is never overwritten.
+existing one, compares ``generation.json`` with the requested parameters. A split of
+the requested kind written by an older version of the generator (a lower
+``generator_version`` or ``kind_version``) is a stale cache: the requested split is
+generated afresh and swapped in, atomically. Any other mismatch raises ``ValueError``
+naming the directory (delete it to regenerate); such data is never overwritten.
 
 This module needs only numpy and Pillow (no torch, no Detectron2). Its checker,
 :func:`validate_panoptic_split`, also works on real COCO panoptic data.
@@ -703,11 +703,13 @@ _VERSION_KEYS = ("generator_version", "kind_version")
 
 
 def _is_stale(on_disk: dict, wanted: dict) -> bool:
-    """Whether ``on_disk`` (a ``generation.json``) is the requested split written by an
-    older generator: the same parameters, and versions lower than (or missing from)
-    ``wanted``'s, none higher."""
-    strip = lambda d: {k: v for k, v in d.items() if k not in _VERSION_KEYS}  # noqa: E731
-    if strip(on_disk) != strip(wanted):
+    """Whether ``on_disk`` (a ``generation.json``) is a split of the requested kind written
+    by an older generator: versions lower than (or missing from) ``wanted``'s, none higher.
+
+    Its other parameters may differ: data of an older generator is of no use to the
+    current one, and a new version may come with new sizes for the same dataset name.
+    """
+    if on_disk.get("kind", "shapes") != wanted.get("kind", "shapes"):
         return False
     old = [on_disk.get(k, 0) for k in _VERSION_KEYS]
     new = [wanted.get(k, 0) for k in _VERSION_KEYS]
@@ -751,8 +753,8 @@ def ensure_split(
 ) -> str:
     """Generate a split unless it exists; check that an existing one matches the request.
 
-    A split with the requested parameters written by an older version of the generator
-    is regenerated and replaced (see the module docstring). Safe to call from several
+    A split of the requested kind written by an older version of the generator is
+    replaced by the requested one (see the module docstring). Safe to call from several
     processes at once (each may generate; one rename wins).
 
     Returns:

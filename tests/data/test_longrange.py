@@ -208,26 +208,30 @@ def _write_json(obj, path):
 
 
 def test_an_older_cables_split_is_regenerated_on_first_use(tmp_path):
-    """A split written by an earlier version of the generator is a stale cache: the same
-    request regenerates it; other parameters, or a newer version, stay an error."""
+    """A split written by an earlier version of the generator is a stale cache: the
+    request regenerates it, also where the sizes changed with the version (as those of
+    ``synthetic_longrange_*`` did). A newer version or another kind stays an error."""
     d = str(tmp_path / "s")
     ensure_split(d, "val", 2, (48, 48), 0, kind="cables")
     p = split_paths(d)
     fresh_json = _read(p.panoptic_json, "rb")
     marker = _read(p.marker)
-    old = dict(marker, kind_version=marker["kind_version"] - 1)
-    _write_json(old, p.marker)
-    with open(p.panoptic_json, "w") as f:
-        f.write("written by the old generator")
-    assert ensure_split(d, "val", 2, (48, 48), 0, kind="cables") == d
-    assert _read(p.marker) == marker
-    assert _read(p.panoptic_json, "rb") == fresh_json
-    assert _validate(d, check_pixels=True)["images"] == 2
-    assert os.listdir(tmp_path) == ["s"]  # no temporary directory left behind
+    for old in (
+        dict(marker, kind_version=marker["kind_version"] - 1),
+        dict(marker, kind_version=marker["kind_version"] - 1, num_images=5),
+    ):
+        _write_json(old, p.marker)
+        with open(p.panoptic_json, "w") as f:
+            f.write("written by the old generator")
+        assert ensure_split(d, "val", 2, (48, 48), 0, kind="cables") == d
+        assert _read(p.marker) == marker
+        assert _read(p.panoptic_json, "rb") == fresh_json
+        assert _validate(d, check_pixels=True)["images"] == 2
+        assert os.listdir(tmp_path) == ["s"]  # no temporary directory left behind
 
     for kept in (
         dict(marker, kind_version=marker["kind_version"] + 1),  # newer: refuse, keep
-        dict(old, num_images=3),  # older, but another split: refuse, keep
+        {k: v for k, v in marker.items() if k not in ("kind", "kind_version")},  # shapes
     ):
         _write_json(kept, p.marker)
         with pytest.raises(ValueError, match="other parameters"):
