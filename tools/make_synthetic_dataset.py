@@ -3,14 +3,15 @@
 
     python tools/make_synthetic_dataset.py --split val --num-images 12 --image-size 128 128
     python tools/make_synthetic_dataset.py --kind cables --name synthetic_longrange_val \
-        --split val --num-images 32
+        --split val --num-images 100
 
 writes ``<root>/synthetic_panoptic/<name>/`` (default name ``synthetic_panoptic_<split>``,
 the name Detectron2 knows it by; layout in ``crbp_panoptic/data/synthetic.py``). Not
 needed for training: registered datasets are generated on first use. An existing split
 with the same parameters is kept; one with other parameters is an error unless
 ``--overwrite``. For ``--kind cables`` it also prints how much grouping the split asks
-for (``crbp_panoptic.data.longrange.split_statistics``).
+for (``crbp_panoptic.data.longrange.split_statistics``). ``--preview PNG`` draws the first
+images above their panoptic labels.
 """
 
 import argparse
@@ -26,6 +27,7 @@ from crbp_panoptic.data.synthetic import (
     split_paths,
     synthetic_split_dir,
     validate_panoptic_split,
+    write_preview,
 )
 
 
@@ -59,9 +61,22 @@ def parse_args(argv=None):
     p.add_argument(
         "--overwrite", action="store_true", help="delete an existing split directory first"
     )
+    p.add_argument(
+        "--preview",
+        default=None,
+        metavar="PNG",
+        help="also write the first --preview-images images above their panoptic labels here",
+    )
+    p.add_argument(
+        "--preview-images", type=int, default=8, help="images in the preview (default: 8)"
+    )
     args = p.parse_args(argv)
     if len(args.image_size) not in (1, 2):
         p.error(f"--image-size takes 1 or 2 numbers, got {args.image_size}")
+    if args.preview_images < 1:
+        p.error(f"--preview-images {args.preview_images}: need at least 1")
+    if args.preview is not None and not os.path.isdir(os.path.dirname(args.preview) or "."):
+        p.error(f"--preview {args.preview}: its directory does not exist")
     return args
 
 
@@ -90,6 +105,8 @@ def main(argv=None):
     print(f"{'kept' if existed else 'wrote'} {split_dir}: {json.dumps(stats)}")
     if args.kind == "cables":
         print(f"grouping: {json.dumps(split_statistics(split_dir))}")
+    if args.preview is not None:
+        print(f"preview: {write_preview(split_dir, args.preview, args.preview_images)}")
     return 0
 
 

@@ -12,8 +12,8 @@ Importing this module registers, without generating anything:
 * ``synthetic_panoptic_tiny_train``: split "train", 4 images of 64x64, seed 0 (for tests);
 * ``synthetic_panoptic_tiny_val``: split "val", 4 images of 64x64, seed 0 (for tests);
 * ``synthetic_longrange_train``: kind "cables" (long thin crossing cables, see
-  ``longrange.py``), split "train", 96 images of 128x128, seed 0;
-* ``synthetic_longrange_val``: kind "cables", split "val", 32 images of 128x128, seed 0.
+  ``longrange.py``), split "train", 1000 images of 128x128, seed 0;
+* ``synthetic_longrange_val``: kind "cables", split "val", 100 images of 128x128, seed 0.
 
 Each lives in ``<root>/synthetic_panoptic/<name>/`` (layout: ``synthetic.py``), where
 ``root`` is ``$DETECTRON2_DATASETS`` or ``./datasets``, read (and made absolute) when the
@@ -26,11 +26,12 @@ first read of a file path in the metadata (``json_file``, ``panoptic_json``,
 does at construction), or :func:`ensure_generated` writes the split if it is missing.
 Every ``DatasetCatalog.get`` then checks the files (:func:`~.synthetic.validate_panoptic_split`,
 pixel-exact) before Detectron2's loaders read them. A split on disk generated with
-other parameters is an error (delete it to regenerate), never overwritten.
+other parameters is an error (delete it to regenerate), never overwritten; one written
+by an older version of the generator is regenerated.
 
 Training on these datasets needs ``INPUT.MASK_FORMAT: "bitmask"`` (instance masks are
 RLE), ``MODEL.ROI_HEADS.NUM_CLASSES: 3`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES: 4``
-(3 stuff classes + "things"); on the cables datasets ``MODEL.ROI_HEADS.NUM_CLASSES: 2``.
+(3 stuff classes + "things"); on the cables datasets ``MODEL.ROI_HEADS.NUM_CLASSES: 1``.
 """
 
 import logging
@@ -70,10 +71,10 @@ DEFAULT_DATASETS = {
     "synthetic_panoptic_tiny_train": dict(split="train", num_images=4, image_size=(64, 64), seed=0),
     "synthetic_panoptic_tiny_val": dict(split="val", num_images=4, image_size=(64, 64), seed=0),
     "synthetic_longrange_train": dict(
-        split="train", num_images=96, image_size=(128, 128), seed=0, kind="cables"
+        split="train", num_images=1000, image_size=(128, 128), seed=0, kind="cables"
     ),
     "synthetic_longrange_val": dict(
-        split="val", num_images=32, image_size=(128, 128), seed=0, kind="cables"
+        split="val", num_images=100, image_size=(128, 128), seed=0, kind="cables"
     ),
 }
 _SUFFIXES = ("_separated", "_stuffonly")

@@ -2,33 +2,33 @@
 
 The shapes of ``synthetic.py`` are compact: a few 3x3 convolutions see all of an
 object, so a feedforward mask head has nothing left for recurrence to do. Here every
-*thing* is a long, thin, smoothly curved cable (a cubic Bezier curve, 8 to 10 pixels wide
-at 128x128) and the cables of one image cross and touch each other. All cables of an
-image share one colour, so colour never tells two of them apart; a cable on top hides
-the one below, which is then cut into pieces that belong to the same instance. A cable's
-box therefore holds parts of other cables of the same colour (often of the same class),
-and only the continuity of a contour across the box says which pixels are the box's
-instance.
+*thing* is a long, thin cable whose box a detector finds from local cues, but whose
+pixels only the continuity of its contour tells apart from the other cables in the box:
 
-Each cable ends in two dark round plugs (part of the instance), so the corners of a box
-show where a cable starts and ends: a box head can find cables from local cues, while a
-mask head still has to follow the cable from one plug to the other through the crossings.
-Two thing classes differ by a local texture only: ``cable`` (smooth, shaded like a tube)
-and ``rope`` (dark bands across it every few pixels, like a braid). The stuff is the same
-as in ``synthetic.py`` (two or three wavy bands of sky, water and ground, with the same
-category ids), so PQ has things and stuff. Every image has three to six cables, each of
-the image's main class with probability 3/4, so most boxes hold other cables of their
-own class.
+* **Easy to detect.** A cable runs between two round plugs that sit at opposite corners
+  of its box: the curve is monotone in x and in y (a cubic Bezier whose control points
+  lie in the box, in order), so the plugs are the box's extreme points. Plugs lie on the
+  stuff, never on a cable, and are never covered; they are a dark ring around a bright
+  core whose colour the two plugs of a cable share and no other cable of the image has,
+  so the two corners of a box match. Bodies are 5 to 7 px wide and bright against the
+  stuff (sky, water, ground: as in ``synthetic.py``); at 128x128 boxes are 24 to 117 px
+  on a side with aspect ratios 0.4 to 2.5, which the anchors of the synthetic Panoptic
+  FPN configs (16 to 256 px, ratios 0.5, 1, 2) cover.
+* **Grouping decides the masks.** There is one thing class, and all cables of an image
+  have one body colour. Six to nine cables cross each other, so a cable's box holds
+  long pieces of other cables of the same colour; a cable on top cuts the one below
+  into pieces that belong to the same instance. The mask "every pixel of the class in
+  the true box" (:func:`box_class_mask_iou`, no grouping) has a median IoU below 0.5.
 
-Categories: things ``1 cable, 2 rope``; stuff ``92 sky, 95 water, 100 ground``. Segment
-ids, file layout, determinism and atomic writing are those of ``synthetic.py`` (a split
-of ``SplitSpec.kind`` ``"cables"``); :func:`box_sharing` measures how often a box holds
-another instance.
+Categories: thing ``1 cable``; stuff ``92 sky, 95 water, 100 ground``. Segment ids, file
+layout, determinism and atomic writing are those of ``synthetic.py`` (a split of
+``SplitSpec.kind`` ``"cables"``); :func:`split_statistics` measures how much grouping a
+split asks for.
 """
 
 import json
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -54,103 +54,131 @@ __all__ = [
 ]
 
 _STUFF = tuple(c for c in CATEGORIES if not c["isthing"])
-# Sorted by id; things first (the stuff categories are those of synthetic.py).
+# Sorted by id; the thing first (the stuff categories are those of synthetic.py).
 CABLE_CATEGORIES = (
     {"id": 1, "name": "cable", "isthing": 1, "color": [230, 80, 40], "supercategory": "line"},
-    {"id": 2, "name": "rope", "isthing": 1, "color": [60, 60, 220], "supercategory": "line"},
 ) + tuple(dict(c) for c in _STUFF)
-_THINGS = ("cable", "rope")
 _ID = {c["name"]: c["id"] for c in CABLE_CATEGORIES}
 _SEGMENT_ID_DIVISOR = 1000
-_MIN_CABLES, _MAX_CABLES = 3, 6
-_PLUG_RADIUS, _PLUG_SHADE = 1.5, 0.35  # end plugs: radius (x half width), darker colour
-_MAIN_CLASS_PROB = 0.75  # each cable is of the image's main class with this probability
-_MIN_VISIBLE = 0.55  # a cable keeps at least this fraction of its pixels visible
-# One colour per image, drawn from these (RGB); none is a stuff colour.
-_PALETTE = np.array(
+_MIN_CABLES, _MAX_CABLES = 6, 9
+_HALF_WIDTH = (2.5, 3.5)  # body half width at 128x128 (pixels)
+_PLUG_RADIUS, _PLUG_CORE = 4.5, 2.5  # plug disc and its bright core, at 128x128
+_MIN_VISIBLE = 0.5  # a cable keeps at least this fraction of its pixels visible
+# One body colour per image (RGB), far from the stuff colours.
+_BODY_PALETTE = np.array(
+    [(235, 235, 235), (245, 215, 40), (240, 60, 50), (240, 100, 210), (250, 140, 30)],
+    dtype=np.float64,
+)
+# Plug cores, one per cable of an image (more than _MAX_CABLES).
+_PLUG_PALETTE = np.array(
     [
-        (225, 45, 35),
-        (240, 200, 30),
-        (235, 235, 235),
-        (230, 100, 200),
-        (250, 130, 20),
-        (150, 240, 60),
+        (255, 0, 0),
+        (0, 230, 0),
+        (40, 80, 255),
+        (255, 255, 0),
+        (255, 0, 255),
+        (0, 255, 255),
+        (255, 255, 255),
+        (255, 128, 0),
+        (140, 0, 255),
     ],
     dtype=np.float64,
 )
 
 
-def cable_curve(rng: np.random.Generator, h: int, w: int, num_points: int = 400) -> np.ndarray:
-    """A random smooth curve: a cubic Bezier between two far-apart points.
+def cable_curve(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    margin: float = 0.0,
+    num_points: int = 0,
+    ends_ok: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
+    tries: int = 100,
+) -> Optional[np.ndarray]:
+    """A random smooth curve, monotone in x and y, between two far-apart points.
 
-    The end points lie inside the image at a distance of 0.4 to 0.85 of its smaller side;
-    the two control points are pushed sideways by up to 0.7 of that distance, so curves
-    range from nearly straight to C- and S-shaped arcs.
+    The end points are ``margin`` or more inside the image, 0.35 to 0.9 of its smaller
+    side apart, in a direction 20 to 70 degrees from the horizontal (so the box is never
+    a thin strip). The two control points lie in the box of the end points, ordered
+    along x and along y, which makes the cubic Bezier monotone in both: its box is the
+    box of its end points. Curves range from straight to arcs bent along a box edge.
 
     Args:
         rng (np.random.Generator): the image's generator.
         h, w (int): image size.
-        num_points (int): samples along the curve.
+        margin (float): least distance of the end points from the image border.
+        num_points (int): samples along the curve; 0: about one per pixel of length.
+        ends_ok (callable, optional): a further condition on the end points:
+            ``ends_ok(p0, p3)`` takes two (N, 2) float (x, y) arrays of candidate pairs and
+            returns an (N,) bool array.
+        tries (int): end-point pairs drawn before giving up.
 
     Returns:
-        np.ndarray: (num_points, 2) float (x, y) points in pixel units.
+        np.ndarray or None: (num_points, 2) float (x, y) points in pixel units, from one
+        end point to the other; None if no pair of end points of ``tries`` fits.
     """
     side = min(h, w)
-    for _ in range(100):
-        p0 = rng.uniform([0.05 * w, 0.05 * h], [0.95 * w, 0.95 * h])
-        p3 = rng.uniform([0.05 * w, 0.05 * h], [0.95 * w, 0.95 * h])
-        dist = np.linalg.norm(p3 - p0)
-        if 0.4 * side <= dist <= 0.85 * side:
-            break
-    direction = (p3 - p0) / max(dist, 1e-6)
-    normal = np.array([-direction[1], direction[0]])
-    p1 = p0 + (p3 - p0) / 3 + normal * rng.uniform(-0.7, 0.7) * dist
-    p2 = p0 + 2 * (p3 - p0) / 3 + normal * rng.uniform(-0.7, 0.7) * dist
+    lo = np.array([margin, margin])
+    hi = np.array([w - margin, h - margin])
+    # All candidate end-point pairs at once; the first that fits is used.
+    length = rng.uniform(0.35, 0.9, (tries, 1)) * side
+    angle = np.deg2rad(rng.uniform(20.0, 70.0, tries)) + 0.5 * np.pi * rng.integers(4, size=tries)
+    p0s = rng.uniform(lo, hi, (tries, 2))
+    p3s = p0s + length * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    fits = np.all((p3s >= lo) & (p3s <= hi), axis=1)
+    if ends_ok is not None and fits.any():
+        fits[fits] = ends_ok(p0s[fits], p3s[fits])
+    if not fits.any():
+        return None
+    k = int(np.argmax(fits))
+    p0, p3 = p0s[k], p3s[k]
+    # Control points: fractions along x and along y, each pair sorted.
+    fx, fy = np.sort(rng.uniform(0, 1, 2)), np.sort(rng.uniform(0, 1, 2))
+    p1 = p0 + np.array([fx[0], fy[0]]) * (p3 - p0)
+    p2 = p0 + np.array([fx[1], fy[1]]) * (p3 - p0)
+    if num_points <= 0:
+        num_points = int(np.ceil(1.25 * np.abs(p3 - p0).sum())) + 2
     t = np.linspace(0.0, 1.0, num_points)[:, None]
     return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
 
 
-def _distance_to_curve(points: np.ndarray, yy: np.ndarray, xx: np.ndarray, reach: float):
-    """Distance of the pixel centres near a sampled curve to it, and the arc length there.
-
-    Only pixels within ``reach`` of the curve's bounding box are measured; the others get
-    distance ``inf`` (and arc length 0).
+def _distance_to_curve(points: np.ndarray, h: int, w: int, reach: float) -> np.ndarray:
+    """Distance from each pixel centre to the nearest curve sample, up to ``reach``.
 
     Returns:
-        tuple[np.ndarray, np.ndarray]: (H, W) distance and (H, W) arc length (pixels) of
-        the nearest curve sample.
+        np.ndarray: (H, W) float distances; ``inf`` farther than ``reach`` from every sample.
     """
-    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
-    arc = np.concatenate([[0.0], np.cumsum(seg)])
-    x0, y0 = np.floor(points.min(0) - reach).astype(int)
-    x1, y1 = np.ceil(points.max(0) + reach).astype(int)
-    h, w = yy.shape
-    win = (slice(max(y0, 0), min(y1, h)), slice(max(x0, 0), min(x1, w)))
-    pix = np.stack([xx[win].ravel(), yy[win].ravel()], axis=1).astype(np.float32)
-    pts = points.astype(np.float32)
-    best = np.full(pix.shape[0], np.inf, dtype=np.float32)
-    arg = np.zeros(pix.shape[0], dtype=np.int64)
-    for start in range(0, len(pts), 100):  # chunks keep the (P, 100) array small
-        d2 = ((pix[:, None, :] - pts[None, start : start + 100, :]) ** 2).sum(-1)
-        k = d2.argmin(1)
-        v = d2[np.arange(len(k)), k]
-        better = v < best
-        best[better], arg[better] = v[better], k[better] + start
-    dist, along = np.full(yy.shape, np.inf), np.zeros(yy.shape)
-    shape = yy[win].shape
-    dist[win], along[win] = np.sqrt(best).reshape(shape), arc[arg].reshape(shape)
-    return dist, along
+    r = int(np.ceil(reach)) + 1
+    oy, ox = np.mgrid[-r : r + 1, -r : r + 1]
+    base = np.floor(points).astype(np.int64)
+    px = base[:, :1] + ox.ravel()[None, :]
+    py = base[:, 1:] + oy.ravel()[None, :]
+    d = np.hypot(px + 0.5 - points[:, :1], py + 0.5 - points[:, 1:])
+    ok = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (d <= reach)
+    dist = np.full(h * w, np.inf)
+    np.minimum.at(dist, (py * w + px)[ok], d[ok])
+    return dist.reshape(h, w)
 
 
-def _cable_texture(name, rng, colour, dist, along, half_width):
-    """(H, W, 3) float appearance of one cable (valid where ``dist <= half_width``)."""
-    # Tube-like shading: darker towards the edges.
-    shade = 1.0 - 0.35 * np.clip(np.minimum(dist, half_width) / half_width, 0, 1) ** 2
-    if name == "rope":  # dark bands across the rope, like a braid
-        period = rng.uniform(5.0, 7.0)
-        bands = np.where(np.mod(along, period) < 0.45 * period, 0.6, 1.0)
-        shade = shade * bands
-    return colour[None, None, :] * shade[..., None]
+def _any_within(grid: np.ndarray, points: np.ndarray, r: float) -> np.ndarray:
+    """For each (x, y) point, whether ``grid`` is true at a pixel centre within ``r`` of it.
+
+    Args:
+        grid (np.ndarray): (H, W) bool.
+        points (np.ndarray): (N, 2) float (x, y).
+        r (float): radius (pixels).
+
+    Returns:
+        np.ndarray: (N,) bool.
+    """
+    h, w = grid.shape
+    k = int(np.ceil(r)) + 1
+    oy, ox = np.mgrid[-k : k + 1, -k : k + 1]
+    px = np.floor(points[:, :1]).astype(np.int64) + ox.ravel()[None, :]
+    py = np.floor(points[:, 1:]).astype(np.int64) + oy.ravel()[None, :]
+    near = (px + 0.5 - points[:, :1]) ** 2 + (py + 0.5 - points[:, 1:]) ** 2 <= r * r
+    near &= (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    return (grid[np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)] & near).any(axis=1)
 
 
 def render_cables_sample(
@@ -176,56 +204,75 @@ def render_cables_sample(
     panoptic = np.zeros((h, w), dtype=np.int64)
     layout = paint_stuff(rng, yy, xx, image, panoptic)
 
-    colour = _PALETTE[rng.integers(len(_PALETTE))] * rng.uniform(0.9, 1.05, 3)
     scale = min(h, w) / 128.0
-    min_area = max(20.0, 60.0 * scale * scale)
+    body_colour = _BODY_PALETTE[rng.integers(len(_BODY_PALETTE))] * rng.uniform(0.92, 1.04, 3)
+    plug_colours = _PLUG_PALETTE[rng.permutation(len(_PLUG_PALETTE))]
+    plug_r, core_r = _PLUG_RADIUS * scale, _PLUG_CORE * scale
+    min_area = max(12.0, 60.0 * scale * scale)
     target = int(rng.integers(_MIN_CABLES, _MAX_CABLES + 1))
-    main = int(rng.integers(len(_THINGS)))
-    cables = []  # [name, full mask, visible mask]
-    for _attempt in range(40 * target):
+    occupied = np.zeros((h, w), dtype=bool)  # pixels of any cable (body or plug)
+    keep_out = np.zeros((h, w), dtype=bool)  # no centre line here: near a plug
+    cables = []  # [full mask, visible mask]
+    for _attempt in range(30 * target):
         if len(cables) == target:
             break
-        name = _THINGS[main if rng.random() < _MAIN_CLASS_PROB else 1 - main]
-        half_width = rng.uniform(4.0, 5.0) * max(scale, 0.5)
-        curve = cable_curve(rng, h, w)
-        dist, along = _distance_to_curve(curve, yy, xx, half_width + 1)
-        plug_r = _PLUG_RADIUS * half_width
-        plugs = np.zeros((h, w), dtype=bool)
-        for x, y in (curve[0], curve[-1]):
-            plugs |= (xx - x) ** 2 + (yy - y) ** 2 <= plug_r * plug_r
-        mask = (dist <= half_width) | plugs
-        if mask.sum() < 2 * min_area:
+        half_width = rng.uniform(*_HALF_WIDTH) * scale
+        # Plugs lie on the stuff only (checked first: cheap), and no body passes over a plug.
+        curve = cable_curve(
+            rng,
+            h,
+            w,
+            margin=plug_r + 1,
+            ends_ok=lambda p0, p3: (
+                ~(
+                    _any_within(occupied, p0, plug_r + 2 * scale)
+                    | _any_within(occupied, p3, plug_r + 2 * scale)
+                )
+            ),
+            tries=20,
+        )
+        if curve is None:
             continue
-        if any(
-            (vis & ~mask).sum() < max(min_area, _MIN_VISIBLE * full.sum())
-            for _n, full, vis in cables
-        ):
+        ends = (curve[0], curve[-1])
+        on_grid = np.floor(curve).astype(np.int64)
+        if keep_out[on_grid[:, 1], on_grid[:, 0]].any():
+            continue
+        dist = _distance_to_curve(curve, h, w, half_width + 1)
+        body = dist <= half_width
+        d_ends = [np.hypot(xx - x, yy - y) for x, y in ends]
+        plugs = (d_ends[0] <= plug_r) | (d_ends[1] <= plug_r)
+        gap = plug_r + 2 * scale + _HALF_WIDTH[1] * scale
+        near_plugs = (d_ends[0] <= gap) | (d_ends[1] <= gap)
+        full = body | plugs
+        if full.sum() < 2 * min_area:
+            continue
+        if any((vis & ~full).sum() < max(min_area, _MIN_VISIBLE * f.sum()) for f, vis in cables):
             continue
         for c in cables:
-            c[2] &= ~mask
-        texture = _cable_texture(name, rng, colour, dist, along, half_width)
-        texture[plugs] = _PLUG_SHADE * colour
-        image[mask] = texture[mask]
-        cables.append([name, mask, mask.copy()])
+            c[1] &= ~full
+        shade = 1.0 - 0.35 * np.clip(np.minimum(dist, half_width) / half_width, 0, 1) ** 2
+        image[body] = body_colour[None, :] * shade[body][:, None]
+        core = plug_colours[len(cables)]
+        for d in d_ends:
+            image[d <= plug_r] = (25.0, 25.0, 25.0)
+            image[d <= core_r] = core
+        occupied |= full
+        keep_out |= near_plugs
+        cables.append([full, full.copy()])
     if not cables:
         raise RuntimeError(f"could not place a cable in image {index} of size {(h, w)}")
 
     segments = []
     for name in layout:
         seg_id = _ID[name] * _SEGMENT_ID_DIVISOR + 1
-        visible = panoptic == seg_id
-        for _n, _full, vis in cables:
-            visible &= ~vis
-        if visible.any():
+        if ((panoptic == seg_id) & ~occupied).any():
             segments.append((seg_id, _ID[name]))
-    per_cat: Dict[int, int] = {}
-    for name, _full, vis in cables:
-        cid = _ID[name]
-        per_cat[cid] = per_cat.get(cid, 0) + 1
-        seg_id = cid * _SEGMENT_ID_DIVISOR + per_cat[cid]
+    cid = _ID["cable"]
+    for k, (_full, vis) in enumerate(cables):
+        seg_id = cid * _SEGMENT_ID_DIVISOR + k + 1
         panoptic[vis] = seg_id
         segments.append((seg_id, cid))
-    segments_info = [_segment_record(sid, cid, panoptic == sid) for sid, cid in segments]
+    segments_info = [_segment_record(sid, c, panoptic == sid) for sid, c in segments]
 
     image += rng.normal(0, 6, image.shape)  # sensor noise
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)

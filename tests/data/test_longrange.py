@@ -1,4 +1,5 @@
-"""The long-range (cables) synthetic data: format, determinism, crossing instances, names."""
+"""The long-range (cables) synthetic data: format, determinism, detection cues, and how
+much grouping its masks need."""
 
 import json
 import os
@@ -6,7 +7,14 @@ import os
 import numpy as np
 import pytest
 
-from crbp_panoptic.data.longrange import CABLE_CATEGORIES, box_sharing, render_cables_sample
+from crbp_panoptic.data import synthetic
+from crbp_panoptic.data.longrange import (
+    CABLE_CATEGORIES,
+    box_class_mask_iou,
+    box_sharing,
+    render_cables_sample,
+    split_statistics,
+)
 from crbp_panoptic.data.synthetic import (
     SplitSpec,
     ensure_split,
@@ -19,6 +27,7 @@ from crbp_panoptic.data.synthetic import (
 SIZE = (96, 112)  # H != W catches transposed masks
 NUM_IMAGES = 6
 THING_IDS = {c["id"] for c in CABLE_CATEGORIES if c["isthing"]}
+STUFF_IDS = {c["id"] for c in CABLE_CATEGORIES if not c["isthing"]}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +43,10 @@ def _validate(d, **kw):
     )
 
 
+def _things(sample):
+    return [s for s in sample.segments_info if s["category_id"] in THING_IDS]
+
+
 def test_cables_render_is_deterministic():
     a, b = render_cables_sample(2, "train", SIZE, 7), render_cables_sample(2, "train", SIZE, 7)
     np.testing.assert_array_equal(a.image, b.image)
@@ -47,18 +60,24 @@ def test_cables_render_is_deterministic():
         assert not np.array_equal(a.image, other.image)
 
 
-def test_cables_split_passes_the_format_checks_pixel_for_pixel(split_dir):
+def test_cables_split_passes_the_format_checks_with_things_and_stuff(split_dir):
     stats = _validate(split_dir, check_pixels=True)
     assert stats["images"] == NUM_IMAGES
     assert stats["images_without_things"] == 0
-    assert stats["thing_segments"] >= 3 * NUM_IMAGES and stats["stuff_segments"] >= NUM_IMAGES
+    assert stats["thing_segments"] >= 5 * NUM_IMAGES and stats["stuff_segments"] >= NUM_IMAGES
     p = split_paths(split_dir)
     with open(p.panoptic_json) as f:
         pan = json.load(f)
     assert pan["categories"] == [dict(c) for c in CABLE_CATEGORIES]
-    assert [c["name"] for c in pan["categories"] if c["isthing"]] == ["cable", "rope"]
+    assert [c["name"] for c in pan["categories"] if c["isthing"]] == ["cable"]
+    assert [c["name"] for c in pan["categories"] if not c["isthing"]] == ["sky", "water", "ground"]
+    for ann in pan["annotations"]:  # every image has both kinds of segment
+        cats = {s["category_id"] for s in ann["segments_info"]}
+        assert cats & THING_IDS and cats & STUFF_IDS, ann["file_name"]
     with open(p.marker) as f:
-        assert json.load(f)["kind"] == "cables"
+        marker = json.load(f)
+    assert marker["kind"] == "cables"
+    assert marker["kind_version"] == SplitSpec(kind="cables").to_json()["kind_version"]
 
 
 def test_same_parameters_give_identical_files(split_dir, tmp_path):
@@ -75,16 +94,85 @@ def test_same_parameters_give_identical_files(split_dir, tmp_path):
                 assert f1.read() == f2.read(), sub
 
 
-def test_instance_boxes_hold_other_instances_of_the_same_class():
-    """The point of the data: a box alone does not say which pixels are its instance."""
-    n = same = other = 0
+def test_grouping_free_masks_match_at_most_half_of_a_cable(tmp_path):
+    """The point of the data: "every pixel of the class in the true box" is no mask.
+
+    Without grouping, a mask head that knows the true box and the class of every pixel
+    gets a median IoU of at most 0.5, so only following the contour finds the instance.
+    """
+    d = generate_split(str(tmp_path / "val"), "val", 24, (128, 128), 0, kind="cables")
+    stats = split_statistics(d)
+    assert stats["things"] >= 24 * 5
+    assert stats["box_class_iou_median"] <= 0.5, stats
+    assert stats["box_class_iou_above_half"] < 0.5, stats
+    assert stats["box_holds_same_class"] >= 0.9, stats
+    assert stats["fragmented"] >= 0.3, stats  # crossings cut cables into pieces
+
+
+def test_box_class_mask_iou_is_one_for_a_cable_alone_in_its_box():
+    """The floor's definition: it only drops where another instance of the class enters."""
+    s = render_cables_sample(0, "val", (128, 128), 0)
+    things = _things(s)
+    ious = box_class_mask_iou(s.panoptic, s.segments_info)
+    assert len(ious) == len(things)
+    keep = things[0]
+    pan = np.where(np.isin(s.panoptic, [t["id"] for t in things[1:]]), 0, s.panoptic)
+    assert box_class_mask_iou(pan, [keep]) == [1.0]
+    assert min(ious) < 1.0
+
+
+def test_plugs_mark_opposite_corners_of_every_box_and_are_never_covered():
+    """Detection cue: a cable's two plugs are the extreme points of its box, fully visible,
+    with a core colour that the two plugs of the cable share and no other cable has."""
+    r = 2  # pixels around a plug centre that must be the cable's own (plug radius 4.5)
+    for i in range(6):
+        s = render_cables_sample(i, "train", (128, 128), 0)
+        cores = []
+        for seg in _things(s):
+            x, y, bw, bh = seg["bbox"]
+            assert min(bw, bh) >= 12 and max(bw, bh) >= 40, seg  # long, never a thin strip
+            own = s.panoptic == seg["id"]
+            inset = 4  # plug centre: about the plug radius inside the box corner
+            xs, ys = (x + inset, x + bw - 1 - inset), (y + inset, y + bh - 1 - inset)
+            diagonals = [((xs[0], ys[0]), (xs[1], ys[1])), ((xs[1], ys[0]), (xs[0], ys[1]))]
+            found = [
+                d
+                for d in diagonals
+                if all(own[cy - r : cy + r + 1, cx - r : cx + r + 1].all() for cx, cy in d)
+            ]
+            assert len(found) == 1, (i, seg)
+            core = [
+                s.image[cy - 1 : cy + 2, cx - 1 : cx + 2].reshape(-1, 3).mean(0)
+                for cx, cy in found[0]
+            ]
+            assert np.abs(core[0] - core[1]).max() < 40, (i, seg, core)
+            cores.append(core[0])
+        for a in range(len(cores)):
+            for b in range(a + 1, len(cores)):
+                assert np.abs(cores[a] - cores[b]).max() > 60, (i, a, b)
+
+
+def test_one_body_colour_per_image_far_from_the_stuff():
+    """All cables of an image look alike (only the contour tells them apart), and they
+    stand out from the stuff."""
+    for i in range(6):
+        s = render_cables_sample(i, "val", (128, 128), 0)
+        things = _things(s)
+        medians = np.array([np.median(s.image[s.panoptic == t["id"]], axis=0) for t in things])
+        assert np.abs(medians - medians.mean(0)).max() < 30, (i, medians)
+        stuff = np.isin(s.panoptic, [t["id"] for t in s.segments_info if t not in things])
+        stuff_mean = s.image[stuff].mean(0)
+        assert np.abs(medians.mean(0) - stuff_mean).max() > 60, (i, stuff_mean)
+
+
+def test_instance_boxes_hold_other_instances():
+    n = same = 0
     for i in range(12):
         s = render_cables_sample(i, "train", (128, 128), 0)
         counts = box_sharing(s.panoptic, s.segments_info)
-        n, same, other = n + counts[0], same + counts[1], other + counts[2]
-    assert n >= 36
-    assert same / n >= 0.6, (same, n)
-    assert other / n >= 0.9, (other, n)
+        n, same = n + counts[0], same + counts[1]
+    assert n >= 12 * 6
+    assert same / n >= 0.9, (same, n)
 
 
 def test_cables_are_thin_long_and_cut_by_crossings():
@@ -93,20 +181,67 @@ def test_cables_are_thin_long_and_cut_by_crossings():
     fill, split = [], 0
     for i in range(8):
         s = render_cables_sample(i, "val", (128, 128), 0)
-        for seg in s.segments_info:
-            if seg["category_id"] not in THING_IDS:
-                continue
+        for seg in _things(s):
             _, _, bw, bh = seg["bbox"]
-            assert max(bw, bh) >= 30, seg  # long: spans a quarter of the image or more
             fill.append(seg["area"] / (bw * bh))
             split += ndimage.label(s.panoptic == seg["id"])[1] > 1
     # Thin curves fill a small part of their boxes (a compact shape fills 50-80%).
     assert np.median(fill) < 0.3, np.median(fill)
-    assert split >= 5  # cables on top cut others into pieces of one instance
+    assert split >= 10  # cables on top cut others into pieces of one instance
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 80), (64, 64), (256, 256)])
+def test_cables_render_at_other_sizes(size):
+    s = render_cables_sample(0, "val", size, 0)
+    assert s.image.shape == (*size, 3) and s.panoptic.shape == size
+    assert len(_things(s)) >= 1
+
+
+def _read(path, mode="r"):
+    with open(path, mode) as f:
+        return json.load(f) if mode == "r" else f.read()
+
+
+def _write_json(obj, path):
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def test_an_older_cables_split_is_regenerated_on_first_use(tmp_path):
+    """A split written by an earlier version of the generator is a stale cache: the
+    request regenerates it, also where the sizes changed with the version (as those of
+    ``synthetic_longrange_*`` did). A newer version or another kind stays an error."""
+    d = str(tmp_path / "s")
+    ensure_split(d, "val", 2, (48, 48), 0, kind="cables")
+    p = split_paths(d)
+    fresh_json = _read(p.panoptic_json, "rb")
+    marker = _read(p.marker)
+    for old in (
+        dict(marker, kind_version=marker["kind_version"] - 1),
+        dict(marker, kind_version=marker["kind_version"] - 1, num_images=5),
+    ):
+        _write_json(old, p.marker)
+        with open(p.panoptic_json, "w") as f:
+            f.write("written by the old generator")
+        assert ensure_split(d, "val", 2, (48, 48), 0, kind="cables") == d
+        assert _read(p.marker) == marker
+        assert _read(p.panoptic_json, "rb") == fresh_json
+        assert _validate(d, check_pixels=True)["images"] == 2
+        assert os.listdir(tmp_path) == ["s"]  # no temporary directory left behind
+
+    for kept in (
+        dict(marker, kind_version=marker["kind_version"] + 1),  # newer: refuse, keep
+        {k: v for k, v in marker.items() if k not in ("kind", "kind_version")},  # shapes
+    ):
+        _write_json(kept, p.marker)
+        with pytest.raises(ValueError, match="other parameters"):
+            ensure_split(d, "val", 2, (48, 48), 0, kind="cables")
+        assert _read(p.marker) == kept
 
 
 def test_shapes_marker_is_unchanged_and_kinds_do_not_mix(tmp_path):
     assert "kind" not in SplitSpec().to_json()  # splits written before kinds still match
+    assert SplitSpec().to_json()["generator_version"] == synthetic.GENERATOR_VERSION
     assert SplitSpec(kind="cables").to_json()["kind"] == "cables"
     d = str(tmp_path / "s")
     ensure_split(d, "val", 1, (48, 48), 0, kind="cables")
@@ -132,9 +267,11 @@ def test_longrange_datasets_are_registered_with_their_own_classes(tmp_path):
             assert name in DatasetCatalog.list()
             meta = MetadataCatalog.get(name).as_dict()
             assert meta["evaluator_type"] == kind
-            assert meta["thing_classes"] == ["cable", "rope"]
+            assert meta["thing_classes"] == ["cable"]
             assert meta["stuff_classes"] == ["things", "sky", "water", "ground"]
         assert DEFAULT_DATASETS[f"synthetic_longrange_{split}"]["kind"] == "cables"
+    assert DEFAULT_DATASETS["synthetic_longrange_train"]["num_images"] >= 400
+    assert DEFAULT_DATASETS["synthetic_longrange_val"]["num_images"] >= 64
     name = f"synthetic_longrange_test_{tmp_path.name}"
     register_synthetic_panoptic(
         name,
@@ -148,7 +285,45 @@ def test_longrange_datasets_are_registered_with_their_own_classes(tmp_path):
     try:
         dicts = DatasetCatalog.get(name + "_separated")  # generates and checks
         assert len(dicts) == 2
-        assert {a["category_id"] for d in dicts for a in d["annotations"]} <= {0, 1}
-        assert all(len(d["annotations"]) >= 3 for d in dicts)
+        assert {a["category_id"] for d in dicts for a in d["annotations"]} == {0}
+        assert all(len(d["annotations"]) >= 5 for d in dicts)
     finally:
         unregister_synthetic_panoptic(name)
+
+
+def _tool():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "make_synthetic_dataset.py")
+    spec = importlib.util.spec_from_file_location("make_synthetic_dataset", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tool_prints_the_grouping_statistics_and_draws_a_preview(tmp_path, capsys):
+    from PIL import Image
+
+    tool = _tool()
+    png = str(tmp_path / "preview.png")
+    args = ["--root", str(tmp_path), "--kind", "cables", "--name", "lr", "--split", "val"]
+    args += ["--num-images", "3", "--image-size", "64", "--preview", png]
+    assert tool.main(args) == 0
+    out = capsys.readouterr().out
+    grouping = json.loads(out.split("grouping: ")[1].splitlines()[0])
+    d = os.path.join(str(tmp_path), "synthetic_panoptic", "lr")
+    assert grouping == split_statistics(d)
+    assert 0 < grouping["box_class_iou_median"] < 1 and grouping["box_holds_same_class"] > 0
+    with Image.open(png) as im:
+        grid = np.asarray(im.convert("RGB"))
+    assert grid.shape == (2 * 64 + 2, 3 * (64 + 2), 3)  # three images above their labels
+    with Image.open(os.path.join(d, "images", "val_000002.jpg")) as im:
+        np.testing.assert_array_equal(grid[:64, 132:196], np.asarray(im))
+    labels = grid[64:128, 132:196]
+    pan = np.asarray(Image.open(os.path.join(d, "panoptic", "val_000002.png")))
+    ids = synthetic.rgb2id(pan)
+    for sid in np.unique(ids):  # one colour per segment
+        assert len(np.unique(labels[ids == sid], axis=0)) == 1
+    with pytest.raises(SystemExit):
+        tool.main(args[:-2] + ["--preview", str(tmp_path / "missing" / "p.png")])
+    assert "its directory does not exist" in capsys.readouterr().err
