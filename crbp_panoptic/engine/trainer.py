@@ -163,9 +163,12 @@ def _other_checkpoints(output_dir: str, exclude: str) -> List[str]:
 def _unreadable_checkpoint_error(output_dir: str, path: str, reason: str) -> CheckpointReadError:
     others = _other_checkpoints(output_dir, path)
     pointer = os.path.join(output_dir, "last_checkpoint")
-    lines = [
-        f"--resume: cannot read the last checkpoint {path} (named by {pointer}): {reason}.",
-    ]
+    if os.path.isdir(path):
+        lines = [f"--resume: {pointer} is empty; it names no checkpoint."]
+    else:
+        lines = [
+            f"--resume: cannot read the last checkpoint {path} (named by {pointer}): {reason}."
+        ]
     if others:
         lines += [
             f"Other checkpoints in {output_dir} (not checked): {', '.join(others)}.",
@@ -184,8 +187,10 @@ def _unreadable_checkpoint_error(output_dir: str, path: str, reason: str) -> Che
 
 def _read_error(path: str) -> Optional[str]:
     """Why ``path`` is not a readable checkpoint, or None if torch reads it."""
+    if os.path.isdir(path):  # last_checkpoint names no file
+        return "last_checkpoint is empty"
     if not os.path.isfile(path):
-        return "no such file" if not os.path.exists(path) else "not a file"
+        return "no such file"
     try:
         torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # whatever torch or pickle raise on a damaged file

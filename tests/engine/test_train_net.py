@@ -18,8 +18,9 @@ from detectron2.engine import default_argument_parser
 
 from crbp_panoptic.data import register_synthetic_panoptic
 from crbp_panoptic.engine import Trainer, launch, setup, train_or_evaluate
+from crbp_panoptic.engine.trainer import CheckpointReadError
 
-from tests.tiny import REPO, register_tiny_datasets, tiny_train_opts
+from tests.tiny import REPO, load_tool, register_tiny_datasets, tiny_train_opts
 
 CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_quick.yaml"
 
@@ -222,11 +223,50 @@ def test_resume_after_sigkill_ends_with_the_same_weights(datasets, tmp_path):
     _assert_same_checkpoint(tmp_path / "full" / "model_final.pth", killed / "model_final.pth")
 
 
+def test_resume_from_a_truncated_checkpoint_names_it_and_the_earlier_ones(datasets, tmp_path):
+    opts = ("SOLVER.MAX_ITER", 2, "SOLVER.CHECKPOINT_PERIOD", 1, "DATASETS.TEST", "()")
+    _train(tmp_path, *opts)
+    final = tmp_path / "model_final.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])  # killed while copying
+
+    with pytest.raises(CheckpointReadError) as info:
+        _train(tmp_path, *opts, resume=True)
+    message = str(info.value)
+    assert f"cannot read the last checkpoint {final}" in message
+    assert str(tmp_path / "last_checkpoint") in message
+    assert "model_0000001.pth, model_0000000.pth" in message  # newest first
+    assert "MODEL.WEIGHTS" in message and "--resume" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no torch traceback
+    with pytest.raises(
+        SystemExit, match=r"^train_net.py: --resume: cannot read the last checkpoint"
+    ):
+        load_tool("train_net").main(_args(tmp_path, *opts, extra=["--resume"]))
+
+    # The advice works: name an earlier checkpoint, and the run resumes from it.
+    (tmp_path / "last_checkpoint").write_text("model_0000000.pth")
+    _train(tmp_path, *opts, resume=True)
+    assert "Starting training from iteration 1" in (tmp_path / "log.txt").read_text()
+    torch.load(final, weights_only=False)  # rewritten whole
+
+
+def test_resume_with_an_empty_last_checkpoint_says_so(datasets, tmp_path):
+    opts = ("SOLVER.MAX_ITER", 1, "SOLVER.CHECKPOINT_PERIOD", 1, "DATASETS.TEST", "()")
+    _train(tmp_path, *opts)
+    (tmp_path / "last_checkpoint").write_text("")
+    with pytest.raises(
+        CheckpointReadError,
+        match=r"(?s)last_checkpoint is empty; it names no checkpoint.*"
+        r"model_final.pth, model_0000000.pth",
+    ):
+        _train(tmp_path, *opts, resume=True)
+
+
 def _ddp_main(args, out_dir, datasets_root):
     _register(datasets_root)  # a spawned process starts with Detectron2's builtin catalog only
     cfg = setup(args)
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_load(resume=args.resume)
     trainer.train()
     from detectron2.utils import comm
 
@@ -239,15 +279,33 @@ def _ddp_main(args, out_dir, datasets_root):
     torch.save(result, Path(out_dir) / f"rank{comm.get_rank()}.pt")
 
 
-def test_two_cpu_processes_keep_parameters_identical(datasets, tmp_path):
-    args = _args(
-        tmp_path, "SOLVER.IMS_PER_BATCH", 4, "MODEL.CRBP.GRAD", "crbp", "DATASETS.TEST", "()"
+def test_two_cpu_processes_keep_parameters_identical_and_resume_exactly(datasets, tmp_path):
+    # Each process has its own share of the data and its own random numbers (ROI sampling):
+    # a resume restores both in every process.
+    opts = _RESUME_OPTS[:4] + (
+        "SOLVER.IMS_PER_BATCH",
+        4,
+        "SOLVER.CHECKPOINT_PERIOD",
+        1,
+        "MODEL.CRBP.GRAD",
+        "crbp",
+        "DATASETS.TEST",
+        "()",
     )
-    launch(_ddp_main, 2, dist_url="auto", args=(args, str(tmp_path), datasets))
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    launch(_ddp_main, 2, dist_url="auto", args=(_args(full, *opts), str(full), datasets))
+    r0, r1 = (torch.load(full / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["params"], r1["params"])
     assert len(r0["losses"]) == 3 and all(math.isfinite(v) for v in r0["losses"].values())
     assert len(r0["lcp"]) == 3  # the penalty's double backward ran under DDP
+
+    _interrupted_copy(full, 0, resumed)
+    args = _args(resumed, *opts, extra=["--resume"])
+    launch(_ddp_main, 2, dist_url="auto", args=(args, str(resumed), datasets))
+    assert sorted(torch.load(resumed / "rank0.pt")["losses"]) == [1, 2]
+    checkpoint = torch.load(resumed / "model_final.pth", weights_only=False)
+    assert len(checkpoint["trainer"]["hooks"]["RNGStateHook"]["ranks"]) == 2
+    _assert_same_checkpoint(full / "model_final.pth", resumed / "model_final.pth")
 
 
 def test_unknown_dataset_lists_registered_names(datasets, tmp_path):
