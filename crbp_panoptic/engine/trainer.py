@@ -185,17 +185,17 @@ def _unreadable_checkpoint_error(output_dir: str, path: str, reason: str) -> Che
     return CheckpointReadError("\n".join(lines))
 
 
-def _read_error(path: str) -> Optional[str]:
-    """Why ``path`` is not a readable checkpoint, or None if torch reads it."""
+def _read_error(checkpointer, path: str) -> Optional[str]:
+    """Why ``checkpointer`` cannot read ``path`` as it does when loading, or None if it can."""
     if os.path.isdir(path):  # last_checkpoint names no file
         return "last_checkpoint is empty"
     if not os.path.isfile(path):
         return "no such file"
     try:
-        torch.load(path, map_location="cpu", weights_only=False)
+        checkpointer._load_file(path)
     except Exception as e:  # whatever torch or pickle raise on a damaged file
         first = (str(e).strip().splitlines() or [""])[0]
-        return f"{type(e).__name__}{': ' + first if first else ''} (truncated or corrupt?)"
+        return f"{type(e).__name__}{': ' + first.rstrip('.') if first else ''}"
     return None
 
 
@@ -252,7 +252,7 @@ class Trainer(DefaultTrainer):
         try:
             super().resume_or_load(resume=resume)
         except Exception:
-            reason = _read_error(checkpoint) if checkpoint is not None else None
+            reason = _read_error(self.checkpointer, checkpoint) if checkpoint is not None else None
             if reason is None:
                 raise
             raise _unreadable_checkpoint_error(self.cfg.OUTPUT_DIR, checkpoint, reason) from None

@@ -303,9 +303,9 @@ def test_two_cpu_processes_keep_parameters_identical_and_resume_exactly(datasets
     args = _args(resumed, *opts, extra=["--resume"])
     launch(_ddp_main, 2, dist_url="auto", args=(args, str(resumed), datasets))
     assert sorted(torch.load(resumed / "rank0.pt")["losses"]) == [1, 2]
+    _assert_same_checkpoint(full / "model_final.pth", resumed / "model_final.pth")
     checkpoint = torch.load(resumed / "model_final.pth", weights_only=False)
     assert len(checkpoint["trainer"]["hooks"]["RNGStateHook"]["ranks"]) == 2
-    _assert_same_checkpoint(full / "model_final.pth", resumed / "model_final.pth")
 
 
 def test_unknown_dataset_lists_registered_names(datasets, tmp_path):
