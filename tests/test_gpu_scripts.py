@@ -98,7 +98,7 @@ def test_gpu_pathfinder_smoke_reports_a_failed_length_and_runs_the_next(not_inst
     )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "failed lengths: 0 (exit status 1)" in done.stderr
-    assert "path_length=0; must be >= 1" in (out / "L0.log").read_text()
+    assert "--path-length=0; expected an integer >= 1" in (out / "L0.log").read_text()
     metrics = json.loads((out / "L4" / "metrics.json").read_text())
     assert set(metrics["arms"]) == {"crbp:3", "bptt:2"}
     assert metrics["settings"]["path_length"] == 4 and metrics["settings"]["data_workers"] == 2
