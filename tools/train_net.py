@@ -11,10 +11,13 @@ trained weights (MODEL.WEIGHTS, or the last checkpoint with --resume) that fit t
 --eval-only --random-weights evaluates an untrained model instead.
 """
 
+import sys
+
 from detectron2.engine import default_argument_parser
 
 import crbp_panoptic  # noqa: F401  (registers the C-RBP backbone, mask head and datasets)
 from crbp_panoptic.engine import launch, setup, train_or_evaluate
+from crbp_panoptic.engine.trainer import CheckpointReadError
 
 __all__ = ["argument_parser", "main", "setup"]
 
@@ -32,7 +35,10 @@ def argument_parser():
 
 def main(args):
     """Detectron2's ``main(args)``: see :func:`crbp_panoptic.engine.train_or_evaluate`."""
-    return train_or_evaluate(args)
+    try:
+        return train_or_evaluate(args)
+    except CheckpointReadError as e:  # --resume with a damaged last checkpoint
+        sys.exit(f"train_net.py: {e}")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,14 @@ def table(summary: dict) -> str:
         "IoU over test steps 1..3T, picked with the test labels (not a fair score; it shows "
         "what the dynamics pass through)."
     )
+    cut = [
+        f"{a['label']} {a['iters_run']}"
+        for a in summary["arms"].values()
+        if a.get("iters_run", s["iters"]) < s["iters"]
+    ]
+    if cut:
+        note += " Stopped early (time limit or a non-finite loss), iterations done: "
+        note += ", ".join(cut) + "."
     peaks = [
         f"{a['label']} {a['cuda_peak_bytes'] / 2**20:.0f} MiB"
         for a in summary["arms"].values()
@@ -341,6 +349,7 @@ def collect(out: str, s=None) -> dict:
             "best_iou": max(tr["iou"]),
             "best_step": 1 + tr["iou"].index(max(tr["iou"])),
             "train_time_s": r["train_time_s"],
+            "iters_run": iters,
             "saved_tensor_bytes": r["saved_tensor_bytes"],
             "peak_rss_mb": r["peak_rss_mb"],
             "cuda_peak_bytes": r.get("cuda_peak_bytes"),

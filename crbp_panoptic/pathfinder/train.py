@@ -112,6 +112,9 @@ class Settings:
     telemetry_from_iter: int = 300
     data_root: str = "datasets/pathfinder"
     data_workers: int = 0
+    #: Seconds of training per arm after which it stops early (0: no limit); an arm cut
+    #: short keeps its learning-rate schedule's position and is evaluated as it stands.
+    time_limit: float = 0.0
 
     def generator_config(self) -> PathfinderConfig:
         """The generator's parameters: the fields both share, and a margin that fits the dot."""
@@ -211,6 +214,8 @@ def check_settings(s: Settings, labels: Optional[Mapping[str, str]] = None) -> N
         fail("loss", s.loss, f"choose from {sorted(LOSSES)}")
     if not (isinstance(s.lcp_weight, (int, float)) and s.lcp_weight >= 0):
         fail("lcp_weight", s.lcp_weight, "expected a finite number >= 0")
+    if not (isinstance(s.time_limit, (int, float)) and 0 <= s.time_limit < math.inf):
+        fail("time_limit", s.time_limit, "expected seconds >= 0 (0: no limit)")
     if isinstance(s.path_length, bool) or not isinstance(s.path_length, int) or s.path_length < 1:
         fail("path_length", s.path_length, "expected an integer >= 1 (dashes)")
     try:
@@ -438,7 +443,8 @@ def _train(model, s: Settings, arm: Arm, data: CachedPathfinder, device, log) ->
             torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
         opt.step()
         sched.step()
-        if it % s.log_every == 0 or it == s.iters:
+        out_of_time = 0 < s.time_limit <= time.time() - t0 and it < s.iters
+        if it % s.log_every == 0 or it == s.iters or out_of_time:
             r = model.refiner.last_result
             with torch.no_grad():
                 train_iou = float(iou_f1(model.read(r.state), mask)[0].mean())
@@ -471,6 +477,9 @@ def _train(model, s: Settings, arm: Arm, data: CachedPathfinder, device, log) ->
             if not math.isfinite(rec["loss"]):
                 log(f"[{arm.name}] loss is not finite; stopping")
                 break
+        if out_of_time:
+            log(f"[{arm.name}] time limit of {s.time_limit:g} s: stopping after {it} of {s.iters}")
+            break
     return history
 
 

@@ -192,6 +192,24 @@ def test_library_checks_name_the_field_and_the_range(tmp_path):
     check_settings(SCALES["smoke"])
 
 
+def test_time_limit_stops_training_and_the_table_says_so(tmp_path):
+    out = tmp_path / "run"
+    s = _tiny(tmp_path, iters=50, log_every=100, time_limit=1e-6)  # spent after one iteration
+    logs = []
+    summary = run_experiment(s, ["bptt:2"], str(out), log=logs.append)
+    metrics = json.loads((out / "bptt_2" / "metrics.json").read_text())
+    assert metrics["iters_run"] == 1 and [h["iter"] for h in metrics["history"]] == [1]
+    assert summary["arms"]["bptt:2"]["iters_run"] == 1
+    assert any("time limit of 1e-06 s: stopping after 1 of 50" in m for m in logs)
+    assert (
+        "Stopped early (time limit or a non-finite loss), iterations done: BPTT-2 1."
+        in (out / "table.md").read_text()
+    )
+    full = run_experiment(_tiny(tmp_path, iters=3), ["bptt:2"], str(tmp_path / "full"), log=print)
+    assert full["arms"]["bptt:2"]["iters_run"] == 3
+    assert "Stopped early" not in (tmp_path / "full" / "table.md").read_text()
+
+
 def test_bad_arm_is_named(tmp_path):
     with pytest.raises(ValueError, match="arm"):
         run_experiment(_tiny(tmp_path), ["ff"], str(tmp_path / "x"), log=lambda m: None)
