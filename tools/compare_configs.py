@@ -27,8 +27,8 @@ docs/results/longrange.md). About 15 s per child process for start-up and evalua
 (22 children: warm-up, 12 runs, 9 evaluations at 3T), 330 s in all:
 
 * quick, warm-up 300 then 400 per arm: 2 + 3 x 400 x 1.74 s + 5.5 min = about 42 minutes;
-* longrange, warm-up 600 then 300 per arm: 4 + 3 x 300 x 2.57 s + 5.5 min = about 48
-  minutes;
+* longrange, warm-up 1000 then 300 per arm: 7 + 3 x 300 x 2.57 s + 5.5 min = about 51
+  minutes (its 100 val images make each evaluation longer than on the quick data);
 
 within 75 minutes with room for a busy machine (a rerun with the warm-up cached saves its
 minutes). Run with ``OMP_NUM_THREADS=2``; ``--iterations`` and ``--warmup-iterations``
