@@ -479,3 +479,15 @@ def test_empty_batch(mode, problem):
     (res.state.sum() + res.lcp).backward()
     for name, t in p.items():
         assert t.grad is None or torch.isfinite(t.grad).all(), name
+
+
+def test_less_softplus_update_gate_gets_no_task_gradient_at_the_fixed_point():
+    """In the authors' COCO cell h' = h + g2 (h~ - h): at an exact fixed point h~ = h, so
+    the exact (implicit-function) gradient of a loss on h* is zero for U2 and b2. Our
+    kappa/omega cell has an outer softplus, h* != h~, and its gate does get a gradient."""
+    cot = torch.randn(1, 8, 5, 5, dtype=f64, generator=torch.Generator().manual_seed(1))
+    ref = ift_reference(*hgru_coco_problem(), cot)
+    assert ref["gate.weight"].abs().max() < 1e-12 and ref["gate.bias"].abs().max() < 1e-12
+    assert ref["w_exc.weight"].abs().max() > 1e-3
+    ref = ift_reference(*hgru_problem(), cot)
+    assert ref["gate.weight"].abs().max() > 1e-4
