@@ -18,24 +18,12 @@ from crbp_panoptic.pathfinder.train import (
     run_length_sweep,
 )
 
-TINY = dict(
-    size=32,
-    path_length=4,
-    distractors=1,
-    channels=5,
-    kernel_size=3,
-    gabor_size=5,
-    iters=2,
-    batch=2,
-    n_train=4,
-    n_test=4,
-    log_every=1,
-    telemetry_from_iter=1,
-)
+# The smoke preset, with one iteration fewer and telemetry from the first iteration.
+TINY = dict(iters=2, telemetry_from_iter=1)
 
 
 def _tiny(tmp_path, **kw):
-    return dataclasses.replace(SCALES["cpu"], data_root=str(tmp_path / "data"), **{**TINY, **kw})
+    return dataclasses.replace(SCALES["smoke"], data_root=str(tmp_path / "data"), **{**TINY, **kw})
 
 
 def test_floors_every_path_falls_with_distractors_and_the_oracle_is_exact(tmp_path):
