@@ -50,7 +50,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from crbp_panoptic.crbp.arms import FEEDFORWARD, Arm, parse_arm
 
 from .report import markdown_table, write_atomic
-from .seeds import REPO, _results, machine_info
+from .seeds import REPO, _recorded_seconds, _results, machine_info
 
 __all__ = [
     "PLACEMENTS",
@@ -667,14 +667,6 @@ def _run_child(cmd: List[str], out_dir: str) -> Tuple[Optional[str], float, str]
     if _results(out_dir) is None:
         return f"{out_dir}/log.txt holds no panoptic evaluation", seconds, log_path
     return None, seconds, log_path
-
-
-def _recorded_seconds(out_dir: str) -> Optional[float]:
-    try:
-        with open(os.path.join(out_dir, "wall_seconds.txt")) as f:
-            return float(f.read())
-    except (OSError, ValueError):
-        return None
 
 
 def _finished(out_dir: str, spec: dict, weights: Optional[str]) -> bool:
