@@ -7,7 +7,7 @@
 
 from .backbone import CRBPFPN, RecurrentLateral, build_resnet_crbp_fpn_backbone
 from .mask_head import CRBPMaskHead
-from .meta_arch import CRBPPanopticFPN, recurrent_modules
+from .meta_arch import CRBPPanopticFPN, placement, recurrent_modules
 
 __all__ = [
     "CRBPFPN",
@@ -15,5 +15,6 @@ __all__ = [
     "CRBPPanopticFPN",
     "RecurrentLateral",
     "build_resnet_crbp_fpn_backbone",
+    "placement",
     "recurrent_modules",
 ]

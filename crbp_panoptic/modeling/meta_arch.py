@@ -8,12 +8,21 @@ from crbp_panoptic.crbp import NEUMANN_STOPS, PENALISED_MODES, RecurrentRefiner
 
 from .config_args import diagnostics_period, lcp_weight
 
-__all__ = ["CRBPPanopticFPN", "recurrent_modules"]
+__all__ = ["CRBPPanopticFPN", "placement", "recurrent_modules"]
 
 
 def recurrent_modules(model):
     """list[(str, RecurrentRefiner)]: every recurrent module inside ``model``, by name."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentRefiner)]
+
+
+def placement(cfg) -> str:
+    """str: where a config puts its recurrence, read from the registered names it builds:
+    ``"fpn"`` (the recurrent FPN backbone), ``"mask_head"`` (:class:`CRBPMaskHead`),
+    ``"fpn+mask_head"`` or ``"feedforward"``."""
+    fpn = cfg.MODEL.BACKBONE.NAME == "build_resnet_crbp_fpn_backbone"
+    mask = cfg.MODEL.ROI_MASK_HEAD.NAME == "CRBPMaskHead"
+    return "+".join(p for p, on in (("fpn", fpn), ("mask_head", mask)) if on) or "feedforward"
 
 
 @META_ARCH_REGISTRY.register()

@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 import crbp_panoptic  # noqa: F401  (registers)
 from crbp_panoptic.crbp import NEUMANN_STOPS
-from crbp_panoptic.modeling import CRBPFPN, CRBPMaskHead, recurrent_modules
+from crbp_panoptic.modeling import CRBPFPN, CRBPMaskHead, placement, recurrent_modules
 
 from tests.tiny import CONFIGS, tiny_batch, tiny_cfg
 
@@ -51,6 +51,18 @@ def test_every_yaml_builds_and_runs_inference(config_file):
     seg, segments = out["panoptic_seg"]
     assert seg.shape == (64, 80)
     assert isinstance(segments, list)
+
+
+@pytest.mark.parametrize(
+    "config_file, expected",
+    [(STOCK_YAML, "feedforward"), (FPN_YAML, "fpn"), (MASK_YAML, "mask_head")],
+)
+def test_placement_names_where_the_recurrence_sits(config_file, expected):
+    cfg = tiny_cfg(config_file)
+    assert placement(cfg) == expected
+    assert bool(recurrent_modules(build_model(cfg))) == (expected != "feedforward")
+    both = tiny_cfg(FPN_YAML, "MODEL.ROI_MASK_HEAD.NAME", "CRBPMaskHead")
+    assert placement(both) == "fpn+mask_head"
 
 
 def test_config_paths_named_by_the_contract_exist():
