@@ -1,10 +1,6 @@
 """crbp_panoptic: contractor recurrent back-propagation (C-RBP) for Detectron2.
 
-Floors, arrows only downward:
-
-* ``crbp_panoptic.crbp`` -- the algorithm (equilibrium solve, RBP, LCP, hGRU); torch only.
-* ``crbp_panoptic.pathfinder`` -- the contour-tracing task; torch only.
-* ``crbp_panoptic.modeling`` / ``crbp_panoptic.data`` -- Detectron2 wiring.
+The package layout is described in the README ("Layout").
 """
 
 import importlib.util

@@ -29,7 +29,7 @@ if [ ! -x "$PY" ]; then
   step "create virtual environment $VENV" python3 -m venv "$VENV"
 fi
 if ! importable torch || ! importable torchvision; then
-  # Pinned: these wheels are on this machine's disk; an unpinned torch is a GB download.
+  # Pinned: the versions the tests run on; an unpinned torch is a multi-GB CUDA download.
   step "install torch==2.14.1 torchvision==0.29.1" pip_install wheel torch==2.14.1 torchvision==0.29.1
 fi
 DEPS=(numpy Pillow matplotlib pycocotools opencv-python-headless termcolor yacs tabulate
