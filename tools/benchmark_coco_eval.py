@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 
-from crbp_panoptic.data.synthetic import ensure_split, split_paths
+from crbp_panoptic.data import ensure_split, split_paths
 from crbp_panoptic.evaluation import BACKENDS, has_detectron2_cocoeval, has_faster_coco_eval
 from crbp_panoptic.evaluation.benchmark import (
     benchmark_backends,

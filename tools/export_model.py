@@ -35,7 +35,7 @@ def sample_image(cfg, path=None):
     if path:
         image = read_rgb(path, (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))[0]
     else:
-        from crbp_panoptic.data.synthetic import render_sample
+        from crbp_panoptic.data import render_sample
 
         size = cfg.INPUT.MIN_SIZE_TEST
         image = np.asarray(render_sample(0, "val", (size, size), seed=0).image)

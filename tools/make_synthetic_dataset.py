@@ -4,14 +4,16 @@
     python tools/make_synthetic_dataset.py --split val --num-images 12 --image-size 128 128
     python tools/make_synthetic_dataset.py --kind cables --name synthetic_longrange_val \
         --split val --num-images 100
+    python tools/make_synthetic_dataset.py --split val --num-images 4 --output /tmp/val4
 
-writes ``<root>/synthetic_panoptic/<name>/`` (default name ``synthetic_panoptic_<split>``,
-the name Detectron2 knows it by; layout in ``crbp_panoptic/data/synthetic.py``). Not
-needed for training: registered datasets are generated on first use. An existing split
-with the same parameters is kept; one with other parameters is an error unless
-``--overwrite``. For ``--kind cables`` it also prints how much grouping the split asks
-for (``crbp_panoptic.data.longrange.split_statistics``). ``--preview PNG`` draws the first
-images above their panoptic labels.
+writes the split into the folder ``--output``, by default
+``<root>/synthetic_panoptic/<name>/`` (default name ``synthetic_panoptic_<split>``, the name
+Detectron2 knows it by; layout in ``crbp_panoptic/data/splits.py``). Not needed for
+training: registered datasets are generated on first use. An existing split with the same
+parameters is kept; one with other parameters is an error unless ``--overwrite``. For
+``--kind cables`` it also prints how much grouping the split asks for
+(``crbp_panoptic.data.split_statistics``). ``--preview PNG`` draws the first images above
+their panoptic labels.
 """
 
 import argparse
@@ -20,11 +22,11 @@ import os
 import shutil
 import sys
 
-from crbp_panoptic.data.longrange import split_statistics
-from crbp_panoptic.data.synthetic import (
+from crbp_panoptic.data import (
     KINDS,
     ensure_split,
     split_paths,
+    split_statistics,
     synthetic_split_dir,
     validate_panoptic_split,
     write_preview,
@@ -32,7 +34,18 @@ from crbp_panoptic.data.synthetic import (
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="DIR",
+        help="the split's folder (default: <root>/synthetic_panoptic/<name>, where the "
+        "registered dataset <name> is read from)",
+    )
     p.add_argument(
         "--root", default=None, help="datasets root (default: $DETECTRON2_DATASETS or ./datasets)"
     )
@@ -40,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--name",
         default=None,
-        help="dataset name = directory name (default: synthetic_panoptic_<split>)",
+        help="dataset name = folder name under the root (default: synthetic_panoptic_<split>)",
     )
     p.add_argument("--num-images", type=int, default=48, help="number of images (default: 48)")
     p.add_argument(
@@ -54,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     p.add_argument(
         "--kind",
-        choices=KINDS,
+        choices=list(KINDS),
         default="shapes",
         help="shapes (compact objects) or cables (long crossing curves)",
     )
@@ -84,7 +97,7 @@ def main(argv=None):
     args = parse_args(argv)
     size = tuple(args.image_size) * (2 if len(args.image_size) == 1 else 1)
     name = args.name or f"synthetic_panoptic_{args.split}"
-    split_dir = synthetic_split_dir(name, args.root)
+    split_dir = os.path.abspath(args.output or synthetic_split_dir(name, args.root))
     if args.overwrite and os.path.lexists(split_dir):
         shutil.rmtree(split_dir)
     existed = os.path.isdir(split_dir)

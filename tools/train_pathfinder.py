@@ -5,16 +5,16 @@ Trains each arm (``MODE:STEPS[:OPTION...]``, the shared arm grammar: ``crbp:20:s
 is C-RBP with the spectral penalty, ``crbp:20:k0`` its one-step-gradient control),
 evaluates per-image IoU and pooled F1 on held-out images at every test-time step from 1 to
 3x the training steps, scores the floors ("every path" and the connectivity oracle) on
-the same images, and writes into ``--out``:
+the same images, and writes into the folder ``--output`` (old spelling ``--out``):
 
 * ``<mode>_<steps>[_<option>...]/model.pt`` and ``metrics.json`` per arm,
 * ``metrics.json`` (floors, ``penalty_arm``, and every arm at T / 2T / 3T with its
   forward residual, adjoint growth and guard-cut share), ``table.md`` (also printed) and
   ``accuracy_vs_steps.png`` (if matplotlib is installed).
 
-With ``--lengths L1 L2 ...`` it does that at every path length, into ``--out/L<length>/``,
-and writes ``--out/metrics.json`` (``{"lengths": {"<length>": <that contract>, ...}}``),
-``--out/table.md`` and ``--out/length_curve.png`` (pooled F1 at T against path length, the
+With ``--lengths L1 L2 ...`` it does that at every path length, into ``OUTPUT/L<length>/``,
+and writes ``OUTPUT/metrics.json`` (``{"lengths": {"<length>": <that contract>, ...}}``),
+``OUTPUT/table.md`` and ``OUTPUT/length_curve.png`` (pooled F1 at T against path length, the
 floor, and the paper's curve for reference). Every length must fit the image size: a
 length it cannot hold fails before anything runs, naming the range it holds.
 
@@ -23,11 +23,12 @@ in a folder named by the hash of the generator's parameters.
 
 Examples::
 
-    python tools/train_pathfinder.py --scale cpu --out output/pathfinder
-    python tools/train_pathfinder.py --scale cpu --size 72 --lengths 5 9 14 --out out/lengths
-    python tools/train_pathfinder.py --scale smoke --lengths 3 4 5 --out /tmp/pf_smoke
-    python tools/train_pathfinder.py --scale gpu --path-length 25 --device cuda --out out/L25
-    python tools/train_pathfinder.py --out output/pathfinder --report-only
+    python tools/train_pathfinder.py --scale cpu --output output/pathfinder
+    python tools/train_pathfinder.py --scale cpu --size 72 --lengths 5 9 14 --output out/lengths
+    python tools/train_pathfinder.py --scale smoke --lengths 3 4 5 --arms bptt:2 crbp:3 \
+        --output /tmp/pf_smoke
+    python tools/train_pathfinder.py --scale gpu --path-length 25 --device cuda --output out/L25
+    python tools/train_pathfinder.py --output output/pathfinder --report-only
 """
 
 from __future__ import annotations
@@ -62,14 +63,18 @@ FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(Set
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="settings preset")
     p.add_argument(
         "--arms",
+        nargs="+",
         default=None,
-        help=f"comma-separated arms (default: {','.join(DEFAULT_ARMS)}; "
-        f"with --lengths: {','.join(LENGTH_ARMS)})",
+        metavar="ARM",
+        help=f"arms, space-separated (commas also separate) (default: {' '.join(DEFAULT_ARMS)}; "
+        f"with --lengths: {' '.join(LENGTH_ARMS)})",
     )
     p.add_argument(
         "--lengths",
@@ -79,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="L",
         help="path lengths (dashes) of a length sweep, each into OUT/L<length>/",
     )
-    p.add_argument("--out", default="output/pathfinder", help="output folder")
+    p.add_argument(
+        "--output", "--out", default="output/pathfinder", help="output folder (a directory)"
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--report-only", action="store_true", help="only rebuild metrics.json/table")
     p.add_argument("--examples", default=None, help="also render generator examples to this PNG")
@@ -112,12 +119,12 @@ def main(argv=None):
     if a.report_only:
         if a.lengths is not None:
             for n in a.lengths:
-                write_report(length_dir(a.out, n), None)
-            print(length_table(write_length_report(a.out, a.lengths)))
+                write_report(length_dir(a.output, n), None)
+            print(length_table(write_length_report(a.output, a.lengths)))
         else:
-            print(table(write_report(a.out, settings if overrides else None)))
+            print(table(write_report(a.output, settings if overrides else None)))
         return
-    arms = [x.strip() for x in (a.arms or "").split(",") if x.strip()]
+    arms = [x.strip() for item in a.arms or () for x in item.split(",") if x.strip()]
     if a.arms is None:
         arms = list(LENGTH_ARMS if a.lengths is not None else DEFAULT_ARMS)
     # Bad arms, settings and lengths fail here, before any data is generated.
@@ -138,18 +145,18 @@ def main(argv=None):
 
         if not torch.cuda.is_available():
             raise SystemExit(f"--device={a.device!r} but torch sees no CUDA device")
-    os.makedirs(a.out, exist_ok=True)
+    os.makedirs(a.output, exist_ok=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if a.lengths is None:
         if a.examples:
             _examples(settings, a.examples)
-        print(table(run_experiment(settings, arms, a.out, device=a.device, log=log)))
+        print(table(run_experiment(settings, arms, a.output, device=a.device, log=log)))
         return
     if a.examples:
         root, ext = os.path.splitext(a.examples)
         for n in a.lengths:
             _examples(dataclasses.replace(settings, path_length=n), f"{root}_L{n}{ext or '.png'}")
-    report = run_length_sweep(settings, arms, a.lengths, a.out, a.device, log, labels)
+    report = run_length_sweep(settings, arms, a.lengths, a.output, a.device, log, labels)
     print(length_table(report))
 
 

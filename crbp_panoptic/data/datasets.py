@@ -12,10 +12,10 @@ Importing this module registers, without generating anything:
 * ``synthetic_panoptic_tiny_train``: split "train", 4 images of 64x64, seed 0 (for tests);
 * ``synthetic_panoptic_tiny_val``: split "val", 4 images of 64x64, seed 0 (for tests);
 * ``synthetic_longrange_train``: kind "cables" (long thin crossing cables, see
-  ``longrange.py``), split "train", 1000 images of 128x128, seed 0;
+  :mod:`.longrange`), split "train", 1000 images of 128x128, seed 0;
 * ``synthetic_longrange_val``: kind "cables", split "val", 100 images of 128x128, seed 0.
 
-Each lives in ``<root>/synthetic_panoptic/<name>/`` (layout: ``synthetic.py``), where
+Each lives in ``<root>/synthetic_panoptic/<name>/`` (layout: :mod:`.splits`), where
 ``root`` is ``$DETECTRON2_DATASETS`` or ``./datasets``, read (and made absolute) when the
 dataset is *registered*: for the defaults, at import. Tests that need another root
 register their own dataset with an explicit ``root``.
@@ -24,7 +24,7 @@ Generation is lazy and atomic: the first ``DatasetCatalog.get`` of either name, 
 first read of a file path in the metadata (``json_file``, ``panoptic_json``,
 ``panoptic_root``, ``sem_seg_root``, ``image_root`` -- which is what ``COCOEvaluator``
 does at construction), or :func:`ensure_generated` writes the split if it is missing.
-Every ``DatasetCatalog.get`` then checks the files (:func:`~.synthetic.validate_panoptic_split`,
+Every ``DatasetCatalog.get`` then checks the files (:func:`~.validate.validate_panoptic_split`,
 pixel-exact) before Detectron2's loaders read them. A split on disk generated with
 other parameters is an error (delete it to regenerate), never overwritten; one written
 by an older version of the generator is regenerated.
@@ -32,6 +32,10 @@ by an older version of the generator is regenerated.
 Training on these datasets needs ``INPUT.MASK_FORMAT: "bitmask"`` (instance masks are
 RLE), ``MODEL.ROI_HEADS.NUM_CLASSES: 3`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES: 4``
 (3 stuff classes + "things"); on the cables datasets ``MODEL.ROI_HEADS.NUM_CLASSES: 1``.
+
+:func:`check_datasets` is what a trainer runs before it starts: every dataset of a config
+registered, synthetic ones generated, the files of all of them present -- so a missing
+dataset fails in seconds, not hours.
 """
 
 import logging
@@ -41,21 +45,24 @@ from typing import Dict, Optional, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import register_coco_panoptic_separated
+from detectron2.utils import comm
 
-from .synthetic import (
+from .splits import (
     SplitSpec,
     datasets_root,
     ensure_split,
     kind_generator,
     split_paths,
     synthetic_split_dir,
-    validate_panoptic_split,
 )
+from .validate import validate_panoptic_split
 
 __all__ = [
     "DEFAULT_DATASETS",
+    "check_datasets",
     "datasets_root",
     "ensure_generated",
+    "prepare_dataset",
     "register_synthetic_panoptic",
     "synthetic_panoptic_metadata",
     "synthetic_split_dir",
@@ -118,9 +125,8 @@ def _base_name(dataset_name: str) -> str:
     return dataset_name
 
 
-_PATH_KEYS = frozenset(
-    ["image_root", "panoptic_root", "panoptic_json", "sem_seg_root", "json_file"]
-)
+# Metadata keys under which Detectron2's COCO registrations record their files.
+_PATH_KEYS = ("image_root", "json_file", "panoptic_root", "panoptic_json", "sem_seg_root")
 
 
 class _GeneratingMetadata(Metadata):
@@ -233,7 +239,7 @@ def ensure_generated(dataset_name: str, validate: bool = True) -> Optional[str]:
 
     Args:
         dataset_name (str): e.g. ``"synthetic_panoptic_val_separated"``.
-        validate (bool): run :func:`~.synthetic.validate_panoptic_split` with pixel
+        validate (bool): run :func:`~.validate.validate_panoptic_split` with pixel
             checks (cheap for these small splits).
 
     Returns:
@@ -274,7 +280,7 @@ def validate_dataset(dataset_name: str, check_pixels: bool = False) -> Optional[
     Without ``check_pixels`` the checks are cheap enough for full COCO.
 
     Returns:
-        dict or None: the counts from :func:`~.synthetic.validate_panoptic_split`.
+        dict or None: the counts from :func:`~.validate.validate_panoptic_split`.
     """
     ensure_generated(dataset_name, validate=False)
     meta = MetadataCatalog.get(dataset_name)
@@ -288,6 +294,46 @@ def validate_dataset(dataset_name: str, check_pixels: bool = False) -> Optional[
         instances_json=meta.get("json_file"),
         check_pixels=check_pixels,
     )
+
+
+def prepare_dataset(dataset_name):
+    """Generate a synthetic dataset if it is missing (no-op for other datasets)."""
+    ensure_generated(dataset_name, validate=False)
+
+
+def check_datasets(dataset_names):
+    """Check that every dataset is registered and its files exist; generate synthetic ones.
+
+    Args:
+        dataset_names (Iterable[str]): e.g. ``cfg.DATASETS.TRAIN + cfg.DATASETS.TEST``.
+
+    Raises:
+        KeyError: a name is not registered (the message lists the registered names).
+        FileNotFoundError: files recorded in a dataset's metadata are missing (the message
+            names them and ``$DETECTRON2_DATASETS``).
+    """
+    registered = set(DatasetCatalog.list())
+    for name in dataset_names:
+        if name not in registered:
+            raise KeyError(
+                f"dataset {name!r} (DATASETS.TRAIN / DATASETS.TEST) is not registered; "
+                f"registered: {sorted(registered)}"
+            )
+        if comm.is_main_process():  # one writer; the other processes wait below
+            prepare_dataset(name)
+    comm.synchronize()
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        missing = [
+            f"{k}: {meta.get(k)}"
+            for k in _PATH_KEYS
+            if meta.get(k) is not None and not os.path.exists(meta.get(k))
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"dataset {name!r}: missing {'; '.join(missing)}. Detectron2 reads datasets from "
+                f"$DETECTRON2_DATASETS (now {datasets_root()!r}); see INSTALL.md, 'Datasets'."
+            )
 
 
 def _register_defaults():

@@ -1,6 +1,6 @@
 """Long-range synthetic panoptic data: thin curved cables that cross one another.
 
-The shapes of ``synthetic.py`` are compact: a few 3x3 convolutions see all of an
+The shapes of :mod:`.shapes` are compact: a few 3x3 convolutions see all of an
 object, so a feedforward mask head has nothing left for recurrence to do. Here every
 *thing* is a long, thin cable whose box a detector finds from local cues, but whose
 pixels only the continuity of its contour tells apart from the other cables in the box:
@@ -11,7 +11,7 @@ pixels only the continuity of its contour tells apart from the other cables in t
   stuff, never on a cable, and are never covered; they are a dark ring around a bright
   core whose colour the two plugs of a cable share and no other cable of the image has,
   so the two corners of a box match. Bodies are 5 to 7 px wide and bright against the
-  stuff (sky, water, ground: as in ``synthetic.py``); at 128x128 boxes are 24 to 117 px
+  stuff (sky, water, ground: :func:`~.scene.paint_stuff`); at 128x128 boxes are 24 to 117 px
   on a side with aspect ratios 0.4 to 2.5, which the anchors of the synthetic Panoptic
   FPN configs (16 to 256 px, ratios 0.5, 1, 2) cover.
 * **Grouping decides the masks.** There is one thing class, and all cables of an image
@@ -20,10 +20,10 @@ pixels only the continuity of its contour tells apart from the other cables in t
   into pieces that belong to the same instance. The mask "every pixel of the class in
   the true box" (:func:`box_class_mask_iou`, no grouping) has a median IoU below 0.5.
 
-Categories: thing ``1 cable``; stuff ``92 sky, 95 water, 100 ground``. Segment ids, file
-layout, determinism and atomic writing are those of ``synthetic.py`` (a split of
-``SplitSpec.kind`` ``"cables"``); :func:`split_statistics` measures how much grouping a
-split asks for.
+Categories: thing ``1 cable``; stuff ``92 sky, 95 water, 100 ground``. Segment ids are
+those of :mod:`.shapes`; file layout, determinism and atomic writing are the split
+writer's (:mod:`.splits`; importing this module registers the kind ``"cables"``).
+:func:`split_statistics` measures how much grouping a split asks for.
 """
 
 import json
@@ -33,16 +33,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .synthetic import (
-    CATEGORIES,
-    Sample,
-    SplitSpec,
-    _rng,
-    _segment_record,
-    paint_stuff,
-    rgb2id,
-    split_paths,
-)
+from .coco_format import rgb2id, segment_record
+from .scene import SEGMENT_ID_DIVISOR, STUFF_CATEGORIES, Sample, paint_stuff, sample_rng
+from .splits import SplitSpec, register_kind, split_paths
 
 __all__ = [
     "CABLE_CATEGORIES",
@@ -53,13 +46,13 @@ __all__ = [
     "split_statistics",
 ]
 
-_STUFF = tuple(c for c in CATEGORIES if not c["isthing"])
-# Sorted by id; the thing first (the stuff categories are those of synthetic.py).
+# Sorted by id; the thing first.
 CABLE_CATEGORIES = (
     {"id": 1, "name": "cable", "isthing": 1, "color": [230, 80, 40], "supercategory": "line"},
-) + tuple(dict(c) for c in _STUFF)
+) + tuple(dict(c) for c in STUFF_CATEGORIES)
 _ID = {c["name"]: c["id"] for c in CABLE_CATEGORIES}
-_SEGMENT_ID_DIVISOR = 1000
+# Version of the rendering: bump it when the images change (older splits are regenerated).
+_KIND_VERSION = 4
 _MIN_CABLES, _MAX_CABLES = 6, 9
 _HALF_WIDTH = (2.5, 3.5)  # body half width at 128x128 (pixels)
 _PLUG_RADIUS, _PLUG_CORE = 4.5, 2.5  # plug disc and its bright core, at 128x128
@@ -198,7 +191,7 @@ def render_cables_sample(
     """
     spec = SplitSpec(split, 1, image_size, seed, "cables")  # validates the arguments
     h, w = spec.image_size
-    rng = _rng(spec.seed, "cables-" + split, index)
+    rng = sample_rng(spec.seed, "cables-" + split, index)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
     image = np.zeros((h, w, 3))
     panoptic = np.zeros((h, w), dtype=np.int64)
@@ -264,15 +257,15 @@ def render_cables_sample(
 
     segments = []
     for name in layout:
-        seg_id = _ID[name] * _SEGMENT_ID_DIVISOR + 1
+        seg_id = _ID[name] * SEGMENT_ID_DIVISOR + 1
         if ((panoptic == seg_id) & ~occupied).any():
             segments.append((seg_id, _ID[name]))
     cid = _ID["cable"]
     for k, (_full, vis) in enumerate(cables):
-        seg_id = cid * _SEGMENT_ID_DIVISOR + k + 1
+        seg_id = cid * SEGMENT_ID_DIVISOR + k + 1
         panoptic[vis] = seg_id
         segments.append((seg_id, cid))
-    segments_info = [_segment_record(sid, c, panoptic == sid) for sid, c in segments]
+    segments_info = [segment_record(sid, c, panoptic == sid) for sid, c in segments]
 
     image += rng.normal(0, 6, image.shape)  # sensor noise
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
@@ -371,3 +364,6 @@ def split_statistics(split_dir: str) -> Dict[str, float]:
         "box_class_iou_median": float(np.median(ious)) if ious else float("nan"),
         "box_class_iou_above_half": float(np.mean(np.array(ious) > 0.5)) if ious else 0.0,
     }
+
+
+register_kind("cables", CABLE_CATEGORIES, render_cables_sample, _KIND_VERSION)

@@ -15,7 +15,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
 
 from ..config import add_crbp_config
-from ..data.checks import check_datasets
+from ..data import check_datasets
 from .checkpoint import check_weights_given, load_trained_weights
 from .trainer import Trainer
 

@@ -17,7 +17,7 @@ from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 
-from crbp_panoptic.data.checks import prepare_dataset
+from crbp_panoptic.data import prepare_dataset
 from crbp_panoptic.evaluation import CRBPCOCOEvaluator
 
 from .train_loader import ResumableTrainLoader, build_resumable_train_loader

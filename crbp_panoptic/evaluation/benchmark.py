@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import pycocotools.mask as mask_util
 
-from crbp_panoptic.data.synthetic import rle_to_mask
+from crbp_panoptic.data import rle_to_mask
 
 from .coco_eval import evaluate_coco, load_ground_truth
 

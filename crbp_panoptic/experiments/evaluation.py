@@ -8,7 +8,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.modeling import build_model
 
-from ..data.checks import prepare_dataset
+from ..data import prepare_dataset
 from ..engine import Trainer, setup_cfg
 
 __all__ = [

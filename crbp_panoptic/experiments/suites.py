@@ -108,8 +108,7 @@ GROUPING_FREE = (
 
 
 def _grouping_free_mask_iou(dataset_name: str) -> dict:
-    from crbp_panoptic.data import ensure_generated
-    from crbp_panoptic.data.longrange import split_statistics
+    from crbp_panoptic.data import ensure_generated, split_statistics
 
     split_dir = ensure_generated(dataset_name, validate=False)
     if split_dir is None:

@@ -1,8 +1,10 @@
 """The Pathfinder report: one ``metrics.json`` and a markdown table from finished arms.
 
-:func:`collect` reads ``out/<arm>/metrics.json`` (written by
-:func:`~crbp_panoptic.pathfinder.train.run_arm`), scores the two floors on the same
-held-out set, and writes ``out/metrics.json``::
+:func:`collect` gathers ``out/<arm>/metrics.json`` (written by
+:func:`~crbp_panoptic.pathfinder.train.run_arm`, read by :func:`load_arms`) and the two
+floors scored on the same held-out set (by
+:func:`~crbp_panoptic.pathfinder.train.write_report`, which calls it), and writes
+``out/metrics.json``::
 
     {"floor": {"all_paths": IoU, "connectivity_oracle": IoU},
      "floor_f1": {...},
@@ -36,12 +38,15 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from ..crbp import NEUMANN_STOPS, parse_arm
+from ..experiments.report import write_atomic
 
 __all__ = [
     "PAPER_LENGTH_CURVE",
+    "at_multiples",
     "collect",
     "length_report",
     "length_table",
+    "load_arms",
     "neumann_summary",
     "penalty_arm",
     "table",
@@ -63,7 +68,12 @@ ONE_STEP_MATCH = 0.02
 _ORDER = {"bptt": 0, "cbptt": 1, "rbp": 2, "crbp": 3}
 
 
-def _load_arms(out: str) -> List[dict]:
+def load_arms(out: str) -> List[dict]:
+    """Every ``out/<arm>/metrics.json``, BPTT arms first, by steps within a mode.
+
+    Raises:
+        FileNotFoundError: there is none.
+    """
     runs = []
     for path in sorted(glob.glob(os.path.join(out, "*", "metrics.json"))):
         with open(path) as fh:
@@ -315,24 +325,31 @@ def _recall_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def collect(out: str, s=None) -> dict:
-    """Write ``out/metrics.json``, ``out/table.md`` (and a plot); return the summary dict."""
-    from .train import Settings, at_multiples, floors, held_out_data
+def at_multiples(traj: dict, steps: int, key: str) -> Dict[str, float]:
+    """``traj[key]`` at T, 2T, 3T test steps (clamped to the trajectory's length)."""
+    n = len(traj[key])
+    return {f"{m}T" if m > 1 else "T": traj[key][min(m * steps, n) - 1] for m in (1, 2, 3)}
 
-    runs = _load_arms(out)
-    if s is None:
-        known = {f.name for f in dataclasses.fields(Settings)}
-        s = Settings(**{k: v for k, v in runs[0]["settings"].items() if k in known})
-    fl = floors(held_out_data(s))
+
+def collect(out: str, runs: List[dict], settings: dict, fl: Dict[str, Dict[str, float]]) -> dict:
+    """Write ``out/metrics.json``, ``out/table.md`` (and a plot); return the summary dict.
+
+    Args:
+        out: the run's folder.
+        runs: the arms' ``metrics.json`` (:func:`load_arms`).
+        settings: the run's settings as a flat dict (a ``metrics.json``'s ``settings``).
+        fl: the floors' scores on the held-out images: ``{"all_paths": {"iou", "f1"},
+            "connectivity_oracle": {...}}``.
+    """
     summary = {
         "floor": {k: v["iou"] for k, v in fl.items()},
         "floor_f1": {k: v["f1"] for k, v in fl.items()},
         "penalty_arm": penalty_arm([r["arm"] for r in runs]),
         "arms": {},
-        "settings": dataclasses.asdict(s),
+        "settings": dict(settings),
         "device": runs[0]["device"],
     }
-    from_iter = getattr(s, "telemetry_from_iter", NEUMANN_FROM_ITER)
+    from_iter = settings.get("telemetry_from_iter", NEUMANN_FROM_ITER)
     for r in runs:
         tr = r["trajectory"]
         residual = at_multiples(tr, r["steps"], "residual")
@@ -358,10 +375,8 @@ def collect(out: str, s=None) -> dict:
             "neumann": neumann,
         }
     summary["one_step"] = one_step_comparisons(summary)
-    _write_json(os.path.join(out, "metrics.json"), summary)
-    text = table(summary)
-    with open(os.path.join(out, "table.md"), "w") as fh:
-        fh.write(text + "\n")
+    write_atomic(os.path.join(out, "metrics.json"), json.dumps(summary, indent=1))
+    write_atomic(os.path.join(out, "table.md"), table(summary) + "\n")
     _plot(out, runs, summary)
     return summary
 
@@ -391,14 +406,6 @@ def _plot(out: str, runs: List[dict], summary: dict, fname: str = "accuracy_vs_s
     fig.tight_layout()
     fig.savefig(os.path.join(out, fname), dpi=90)
     plt.close(fig)
-
-
-def _write_json(path: str, data: dict) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so no half-written file is left."""
-    tmp = path + ".partial"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def _length_dirs(out: str) -> Dict[int, str]:
@@ -456,9 +463,8 @@ def length_report(
         "wall_time_s": wall_time_s,
         "paper": PAPER_LENGTH_CURVE,
     }
-    _write_json(top, report)
-    with open(os.path.join(out, "table.md"), "w") as fh:
-        fh.write(length_table(report) + "\n")
+    write_atomic(top, json.dumps(report, indent=1))
+    write_atomic(os.path.join(out, "table.md"), length_table(report) + "\n")
     _plot_lengths(out, report)
     return report
 

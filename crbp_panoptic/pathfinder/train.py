@@ -41,6 +41,7 @@ from ..crbp.memory import SavedTensorBytes
 from ..crbp.options import check_refiner_args
 from .generator import INK, CachedPathfinder, PathfinderConfig, cached_arrays, connected_to_dot
 from .model import LOSSES, PathfinderNet, confusion, iou_f1, segmentation_loss
+from .report import NEUMANN_FROM_ITER, at_multiples, collect, length_report, load_arms
 
 __all__ = [
     "DEFAULT_ARMS",
@@ -67,21 +68,41 @@ DEFAULT_ARMS = ("crbp:20", "bptt:6", "crbp:20:spectral", "crbp:20:k0")
 LENGTH_ARMS = ("bptt:6", "crbp:20", "crbp:20:spectral")
 
 
-@dataclasses.dataclass
-class Settings:
-    """Everything an arm needs besides its mode and steps (one preset per scale)."""
+#: The generator's parameters that :class:`Settings` holds, with their defaults there; the
+#: generator's ``margin`` follows the dot (:meth:`Settings.generator_config`) and
+#: ``max_tries`` keeps its default.
+GENERATOR_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(PathfinderConfig)
+    if f.name not in ("margin", "max_tries")
+}
+GENERATOR_DEFAULTS.update(size=48, path_length=7, dot_radius=2.5)
 
-    # generator
-    size: int = 48
-    path_length: int = 7
-    dash_length: float = 4.0
-    gap: float = 1.0
-    curvature: float = math.pi / 7
-    distractors: int = 2
-    thickness: float = 2.0
-    dot_radius: float = 2.5
-    min_separation: float = 4.0
-    dot_clearance: float = 6.0
+# The generator part of Settings, built from PathfinderConfig's own fields (same names,
+# types and order), so that each generator parameter is declared once, in the generator.
+_GeneratorSettings = dataclasses.make_dataclass(
+    "_GeneratorSettings",
+    [
+        (f.name, f.type, dataclasses.field(default=GENERATOR_DEFAULTS[f.name]))
+        for f in dataclasses.fields(PathfinderConfig)
+        if f.name in GENERATOR_DEFAULTS
+    ],
+    namespace={"__module__": __name__},
+)
+
+
+@dataclasses.dataclass
+class Settings(_GeneratorSettings):
+    """Everything an arm needs besides its mode and steps (one preset per scale).
+
+    The first fields are the generator's (:data:`GENERATOR_DEFAULTS`: ``size``,
+    ``path_length``, ``dash_length``, ``gap``, ``curvature``, ``distractors``,
+    ``thickness``, ``dot_radius``, ``min_separation``, ``dot_clearance``; see
+    :class:`~crbp_panoptic.pathfinder.generator.PathfinderConfig`), checked by
+    :func:`check_settings` rather than on construction; the rest are the model's, the
+    engine's and the training's.
+    """
+
     # model
     channels: int = 10
     kernel_size: int = 5
@@ -109,17 +130,22 @@ class Settings:
     seed: int = 0
     log_every: int = 25
     # the Neumann statistics (guard_cut_share) count logged iterations from this one on
-    telemetry_from_iter: int = 300
+    telemetry_from_iter: int = NEUMANN_FROM_ITER
     data_root: str = "datasets/pathfinder"
     data_workers: int = 0
     #: Seconds of training per arm after which it stops early (0: no limit); an arm cut
     #: short keeps its learning-rate schedule's position and is evaluated as it stands.
     time_limit: float = 0.0
 
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "Settings":
+        """Settings from a ``metrics.json``'s ``settings`` (keys it does not know are left out)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
     def generator_config(self) -> PathfinderConfig:
         """The generator's parameters: the fields both share, and a margin that fits the dot."""
-        names = [f.name for f in dataclasses.fields(PathfinderConfig)]
-        shared = {n: getattr(self, n) for n in names if hasattr(self, n)}
+        shared = {n: getattr(self, n) for n in GENERATOR_DEFAULTS}
         return PathfinderConfig(**shared, margin=max(3.0, self.dot_radius + 1))
 
     def cell_kwargs(self) -> dict:
@@ -569,12 +595,6 @@ def run_arm(
     return metrics
 
 
-def at_multiples(traj: dict, steps: int, key: str) -> Dict[str, float]:
-    """``traj[key]`` at T, 2T, 3T test steps (clamped to the trajectory's length)."""
-    n = len(traj[key])
-    return {f"{m}T" if m > 1 else "T": traj[key][min(m * steps, n) - 1] for m in (1, 2, 3)}
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -604,10 +624,16 @@ def run_experiment(
 
 
 def write_report(out: str, s: Optional[Settings] = None) -> dict:
-    """Collect ``out/*/metrics.json`` with the floors into ``out/metrics.json`` and ``table.md``."""
-    from .report import collect
+    """Collect ``out/*/metrics.json`` with the floors into ``out/metrics.json`` and ``table.md``
+    (:func:`~crbp_panoptic.pathfinder.report.collect`).
 
-    return collect(out, s)
+    Args:
+        out: the run's folder.
+        s: the settings whose held-out images score the floors (default: the first arm's).
+    """
+    runs = load_arms(out)
+    s = Settings.from_dict(runs[0]["settings"]) if s is None else s
+    return collect(out, runs, dataclasses.asdict(s), floors(held_out_data(s)))
 
 
 def length_dir(out: str, length: int) -> str:
@@ -657,6 +683,4 @@ def write_length_report(
 ) -> dict:
     """Gather ``out/L<length>/metrics.json`` into ``out/metrics.json``, ``out/table.md`` and
     ``out/length_curve.png`` (see :func:`~crbp_panoptic.pathfinder.report.length_report`)."""
-    from .report import length_report
-
     return length_report(out, lengths, wall_time_s)

@@ -21,10 +21,11 @@ from crbp_panoptic.data import (  # noqa: E402
     PanopticFormatError,
     ensure_generated,
     register_synthetic_panoptic,
+    rgb2id,
+    split_paths,
     synthetic_panoptic_metadata,
     unregister_synthetic_panoptic,
 )
-from crbp_panoptic.data.synthetic import rgb2id, split_paths  # noqa: E402
 
 SIZE = (64, 80)
 NUM_IMAGES = 4  # image 3 has no things
@@ -263,3 +264,23 @@ def test_mismatched_split_on_disk_is_an_error(dataset):
     with pytest.raises(ValueError, match="num_images") as info:
         DatasetCatalog.get(name + "_separated")
     assert split_dir in str(info.value)
+
+
+def test_check_datasets_names_an_unregistered_or_incomplete_dataset(dataset, tmp_path):
+    from crbp_panoptic.data import check_datasets
+
+    with pytest.raises(KeyError, match="'no_such_data' .* is not registered; registered: "):
+        check_datasets(["no_such_data"])
+    name, split_dir = dataset
+    assert not os.path.exists(split_dir)
+    check_datasets([name + "_separated", name + "_stuffonly"])  # generates the split
+    assert os.path.isfile(os.path.join(split_dir, "generation.json"))
+    name = f"files_elsewhere_{tmp_path.name}"
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(panoptic_json=str(tmp_path / "missing.json"))
+    try:
+        with pytest.raises(FileNotFoundError, match=r"missing panoptic_json: .*missing\.json"):
+            check_datasets([name])
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -7,20 +7,17 @@ import os
 import numpy as np
 import pytest
 
-from crbp_panoptic.data import synthetic
-from crbp_panoptic.data.longrange import (
+from crbp_panoptic.data import (
     CABLE_CATEGORIES,
+    SplitSpec,
     box_class_mask_iou,
     box_sharing,
-    render_cables_sample,
-    split_statistics,
-)
-from crbp_panoptic.data.synthetic import (
-    SplitSpec,
-    ensure_split,
     generate_split,
+    render_cables_sample,
     render_sample,
+    rgb2id,
     split_paths,
+    split_statistics,
     validate_panoptic_split,
 )
 
@@ -197,60 +194,6 @@ def test_cables_render_at_other_sizes(size):
     assert len(_things(s)) >= 1
 
 
-def _read(path, mode="r"):
-    with open(path, mode) as f:
-        return json.load(f) if mode == "r" else f.read()
-
-
-def _write_json(obj, path):
-    with open(path, "w") as f:
-        json.dump(obj, f)
-
-
-def test_an_older_cables_split_is_regenerated_on_first_use(tmp_path):
-    """A split written by an earlier version of the generator is a stale cache: the
-    request regenerates it, also where the sizes changed with the version (as those of
-    ``synthetic_longrange_*`` did). A newer version or another kind stays an error."""
-    d = str(tmp_path / "s")
-    ensure_split(d, "val", 2, (48, 48), 0, kind="cables")
-    p = split_paths(d)
-    fresh_json = _read(p.panoptic_json, "rb")
-    marker = _read(p.marker)
-    for old in (
-        dict(marker, kind_version=marker["kind_version"] - 1),
-        dict(marker, kind_version=marker["kind_version"] - 1, num_images=5),
-    ):
-        _write_json(old, p.marker)
-        with open(p.panoptic_json, "w") as f:
-            f.write("written by the old generator")
-        assert ensure_split(d, "val", 2, (48, 48), 0, kind="cables") == d
-        assert _read(p.marker) == marker
-        assert _read(p.panoptic_json, "rb") == fresh_json
-        assert _validate(d, check_pixels=True)["images"] == 2
-        assert os.listdir(tmp_path) == ["s"]  # no temporary directory left behind
-
-    for kept in (
-        dict(marker, kind_version=marker["kind_version"] + 1),  # newer: refuse, keep
-        {k: v for k, v in marker.items() if k not in ("kind", "kind_version")},  # shapes
-    ):
-        _write_json(kept, p.marker)
-        with pytest.raises(ValueError, match="other parameters"):
-            ensure_split(d, "val", 2, (48, 48), 0, kind="cables")
-        assert _read(p.marker) == kept
-
-
-def test_shapes_marker_is_unchanged_and_kinds_do_not_mix(tmp_path):
-    assert "kind" not in SplitSpec().to_json()  # splits written before kinds still match
-    assert SplitSpec().to_json()["generator_version"] == synthetic.GENERATOR_VERSION
-    assert SplitSpec(kind="cables").to_json()["kind"] == "cables"
-    d = str(tmp_path / "s")
-    ensure_split(d, "val", 1, (48, 48), 0, kind="cables")
-    with pytest.raises(ValueError, match="kind"):
-        ensure_split(d, "val", 1, (48, 48), 0)
-    with pytest.raises(ValueError, match="kind='wires'"):
-        SplitSpec(kind="wires")
-
-
 def test_longrange_datasets_are_registered_with_their_own_classes(tmp_path):
     pytest.importorskip("detectron2")
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -321,9 +264,29 @@ def test_tool_prints_the_grouping_statistics_and_draws_a_preview(tmp_path, capsy
         np.testing.assert_array_equal(grid[:64, 132:196], np.asarray(im))
     labels = grid[64:128, 132:196]
     pan = np.asarray(Image.open(os.path.join(d, "panoptic", "val_000002.png")))
-    ids = synthetic.rgb2id(pan)
+    ids = rgb2id(pan)
     for sid in np.unique(ids):  # one colour per segment
         assert len(np.unique(labels[ids == sid], axis=0)) == 1
     with pytest.raises(SystemExit):
         tool.main(args[:-2] + ["--preview", str(tmp_path / "missing" / "p.png")])
     assert "its directory does not exist" in capsys.readouterr().err
+
+
+def test_tool_writes_into_output_and_keeps_a_matching_split(tmp_path, capsys):
+    tool = _tool()
+    out = tmp_path / "my_split"
+    args = ["--output", str(out), "--split", "val", "--num-images", "2", "--image-size", "48"]
+    assert tool.main(args) == 0
+    assert f"wrote {out}: " in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == [
+        "generation.json",
+        "images",
+        "instances.json",
+        "panoptic",
+        "panoptic.json",
+        "panoptic_stuff",
+    ]
+    assert tool.main(args) == 0
+    assert f"kept {out}: " in capsys.readouterr().out
+    assert tool.main(args[:-3] + ["3", "--image-size", "48"]) == 1
+    assert "other parameters" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from crbp_panoptic.data.synthetic import generate_split
+from crbp_panoptic.data import generate_split
 from crbp_panoptic.engine.dynamics import record_dynamics
 from crbp_panoptic.modeling import recurrent_modules
 

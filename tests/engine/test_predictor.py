@@ -13,8 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from crbp_panoptic.data import CATEGORIES, synthetic_panoptic_metadata
-from crbp_panoptic.data.synthetic import generate_split, rgb2id
+from crbp_panoptic.data import CATEGORIES, generate_split, rgb2id, synthetic_panoptic_metadata
 from crbp_panoptic.engine.inputs import (
     InputError,
     collect_images,

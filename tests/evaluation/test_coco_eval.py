@@ -11,8 +11,12 @@ pytest.importorskip("detectron2")
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 
-from crbp_panoptic.data import register_synthetic_panoptic, unregister_synthetic_panoptic  # noqa: E402
-from crbp_panoptic.data.synthetic import generate_split, split_paths  # noqa: E402
+from crbp_panoptic.data import (  # noqa: E402
+    generate_split,
+    register_synthetic_panoptic,
+    split_paths,
+    unregister_synthetic_panoptic,
+)
 from crbp_panoptic.evaluation import (  # noqa: E402
     CRBPCOCOEvaluator,
     default_backend,

@@ -134,11 +134,11 @@ def test_mask_probe_scores_every_thing_and_its_box_baseline(tmp_path):
     from detectron2.modeling import build_model
 
     from crbp_panoptic.data import (
+        box_class_mask_iou,
         register_synthetic_panoptic,
         render_cables_sample,
         unregister_synthetic_panoptic,
     )
-    from crbp_panoptic.data.longrange import box_class_mask_iou
     from crbp_panoptic.experiments.seeds import mask_probe
 
     from tests.tiny import tiny_cfg

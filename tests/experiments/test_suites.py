@@ -420,8 +420,7 @@ def test_suite_trains_every_arm_from_one_warm_up_and_reuses_finished_runs(fake, 
     assert any(logged in m for m in messages)
 
     # Floors: the grouping-free mask on the tiny val split, from its generator.
-    from crbp_panoptic.data import CATEGORIES, render_sample
-    from crbp_panoptic.data.longrange import box_class_mask_iou
+    from crbp_panoptic.data import CATEGORIES, box_class_mask_iou, render_sample
 
     samples = [render_sample(i, "val", (64, 64), 0) for i in range(4)]
     ious = [v for s in samples for v in box_class_mask_iou(s.panoptic, s.segments_info, CATEGORIES)]

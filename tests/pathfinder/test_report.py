@@ -117,3 +117,12 @@ def test_the_report_says_whether_the_one_step_control_matches_c_rbp():
     text = table(untrained)
     assert "says nothing about what makes it trace" in text and "not what makes" not in text
     assert one_step_comparisons({"arms": {"crbp:20:k0": same["arms"]["crbp:20:k0"]}}) == []
+
+
+def test_at_multiples_clamps_to_the_trajectory_and_load_arms_names_an_empty_folder(tmp_path):
+    from crbp_panoptic.pathfinder.report import at_multiples, load_arms
+
+    traj = {"iou": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    assert at_multiples(traj, 2, "iou") == {"T": 0.2, "2T": 0.4, "3T": 0.5}
+    with pytest.raises(FileNotFoundError, match="no \\*/metrics.json under"):
+        load_arms(str(tmp_path))

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from crbp_panoptic.pathfinder.generator import PathfinderConfig
 from crbp_panoptic.pathfinder.model import confusion
 from crbp_panoptic.pathfinder.train import (
+    GENERATOR_DEFAULTS,
     SCALES,
+    Settings,
     check_settings,
     floors,
     geodesic_distance,
@@ -113,8 +116,8 @@ def test_length_sweep_cli_writes_the_contract_and_the_curve(tmp_path, capsys):
 
     tool = load_tool("train_pathfinder")
     out, arms = tmp_path / "lengths", ["bptt:2", "crbp:3", "crbp:3:spectral"]
-    flags = ["--scale", "smoke", "--data-root", str(tmp_path / "data"), "--out", str(out)]
-    tool.main([*flags, "--lengths", "3", "5", "--arms", ",".join(arms)])
+    flags = ["--scale", "smoke", "--data-root", str(tmp_path / "data"), "--output", str(out)]
+    tool.main([*flags, "--lengths", "3", "5", "--arms", *arms])
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["lengths"]) == {"3", "5"}
     assert m["arms"] == arms and m["penalty_arm"] == "crbp:3:spectral"
@@ -130,7 +133,7 @@ def test_length_sweep_cli_writes_the_contract_and_the_curve(tmp_path, capsys):
     assert "3 dashes" in capsys.readouterr().out
     # the report alone, from what the sweep left
     (out / "metrics.json").unlink()
-    tool.main(["--out", str(out), "--lengths", "3", "5", "--report-only"])
+    tool.main(["--out", str(out), "--lengths", "3", "5", "--report-only"])  # the old spelling
     again = json.loads((out / "metrics.json").read_text())
     assert set(again["lengths"]) == {"3", "5"} and again["arms"] == arms
 
@@ -238,3 +241,21 @@ def test_cli_writes_the_contract_and_names_bad_input(tmp_path, capsys):
     assert "every path" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="arm"):
         tool.main(["--arms", "crbp", "--out", str(tmp_path / "x"), *flags])
+
+
+def test_settings_take_the_generator_fields_from_the_generator_and_keep_its_cache_keys():
+    generator = {f.name: f.type for f in dataclasses.fields(PathfinderConfig)}
+    fields = dataclasses.fields(Settings)
+    held = [f.name for f in fields[: len(GENERATOR_DEFAULTS)]]
+    assert held == [n for n in generator if n not in ("margin", "max_tries")]
+    assert all(f.type == generator[f.name] for f in fields[: len(held)])
+    assert not set(generator) & {f.name for f in fields[len(held) :]}
+    # the folders of cached images (named by the generator's digest), as before
+    digests = {k: s.generator_config().digest() for k, s in SCALES.items()}
+    assert digests == {"cpu": "3fc75b9ab7f9", "gpu": "9082f4c711b6", "smoke": "76222da1ae92"}
+    wider = dataclasses.replace(SCALES["cpu"], dot_radius=4.0).generator_config()
+    assert wider.margin == 5.0 and wider.digest() == "aeb52389027e"
+    # metrics.json's settings: the same flat keys, read back to the same settings
+    flat = dataclasses.asdict(SCALES["gpu"])
+    assert list(flat)[:3] == ["size", "path_length", "dash_length"] and len(flat) == 37
+    assert Settings.from_dict({**flat, "unknown": 1}) == SCALES["gpu"]

@@ -1,22 +1,31 @@
-"""The synthetic COCO-panoptic generator: determinism, exact format, checks, atomicity."""
+"""The split writer: exact COCO panoptic format, byte-identical determinism, atomic writes,
+the on-disk cache (kept, regenerated when stale, refused when it differs) and the registry
+of data kinds."""
 
+import dataclasses
 import filecmp
+import hashlib
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from crbp_panoptic.data import synthetic
-from crbp_panoptic.data.synthetic import (
+from crbp_panoptic.data import (
+    CABLE_CATEGORIES,
     CATEGORIES,
-    PanopticFormatError,
+    GENERATOR_VERSION,
+    KINDS,
+    SplitSpec,
     ensure_split,
     generate_split,
+    kind_generator,
     panoptic_to_semantic,
+    register_kind,
+    render_cables_sample,
     render_sample,
+    rle_to_mask,
     split_paths,
     validate_panoptic_split,
 )
@@ -47,15 +56,6 @@ def _validate(d, **kw):
     return validate_panoptic_split(
         p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir, p.instances_json, **kw
     )
-
-
-def test_render_is_deterministic():
-    a, b = render_sample(5, "train", SIZE, 7), render_sample(5, "train", SIZE, 7)
-    np.testing.assert_array_equal(a.image, b.image)
-    np.testing.assert_array_equal(a.panoptic, b.panoptic)
-    assert a.segments_info == b.segments_info
-    for other in (render_sample(5, "train", SIZE, 8), render_sample(5, "val", SIZE, 7)):
-        assert not np.array_equal(a.image, other.image)
 
 
 def test_same_parameters_give_identical_files(split_dir, tmp_path):
@@ -89,22 +89,12 @@ def test_layout_and_coco_fields(split_dir):
         for seg in ann["segments_info"]:
             assert set(seg) == {"id", "category_id", "iscrowd", "bbox", "area"}
     assert _load(p.marker) == {
-        "generator_version": synthetic.GENERATOR_VERSION,
+        "generator_version": GENERATOR_VERSION,
         "split": "train",
         "num_images": NUM_IMAGES,
         "image_size": list(SIZE),
         "seed": 0,
     }
-
-
-def test_id_encoding_matches_panopticapi():
-    from panopticapi.utils import id2rgb, rgb2id
-
-    ids = np.random.default_rng(0).integers(0, 256**3, (7, 5))
-    rgb = synthetic.id2rgb(ids)
-    np.testing.assert_array_equal(rgb, id2rgb(ids))
-    np.testing.assert_array_equal(synthetic.rgb2id(rgb), ids)
-    np.testing.assert_array_equal(rgb2id(rgb), ids)
 
 
 def test_pngs_agree_with_json(split_dir):
@@ -128,7 +118,9 @@ def test_pngs_agree_with_json(split_dir):
             cid = seg["category_id"]
             expected_sem[mask] = 0 if cid in THING_IDS else stuff_label[cid]
         np.testing.assert_array_equal(sem, expected_sem)
-        np.testing.assert_array_equal(sem, panoptic_to_semantic(ids, ann["segments_info"]))
+        np.testing.assert_array_equal(
+            sem, panoptic_to_semantic(ids, ann["segments_info"], CATEGORIES)
+        )
         void += (ids == 0).sum()
         total += ids.size
     assert void / total < 0.02
@@ -159,30 +151,9 @@ def test_instances_agree_with_panoptic_segments(split_dir):
             assert inst["category_id"] == seg["category_id"] and inst["iscrowd"] == 0
             assert inst["area"] == seg["area"] == mask_util.area(rle)
             assert inst["bbox"] == seg["bbox"] == mask_util.toBbox(rle).tolist()
-            np.testing.assert_array_equal(synthetic.rle_to_mask(inst["segmentation"]), mask)
+            np.testing.assert_array_equal(rle_to_mask(inst["segmentation"]), mask)
             matched.add(seg_id)
         assert matched == set(things)
-
-
-def test_content_things_stuff_empty_images_and_occlusion(split_dir):
-    stats = _validate(split_dir)
-    assert stats["thing_segments"] > 0 and stats["stuff_segments"] > 0
-    assert stats["images_without_things"] == 1  # image 3
-    pan = _load(split_paths(split_dir).panoptic_json)
-    cats = {s["category_id"] for a in pan["annotations"] for s in a["segments_info"]}
-    assert THING_IDS <= cats and len(cats & set(STUFF_IDS)) >= 2
-    # Occlusion: somewhere two things touch (4-neighbours with different thing ids).
-    touching = False
-    for i in range(NUM_IMAGES):
-        s = render_sample(i, "train", SIZE, 0)
-        is_thing = np.isin(s.panoptic // 1000, list(THING_IDS))
-        pan = s.panoptic
-        for a, b, ta, tb in (
-            (pan[1:], pan[:-1], is_thing[1:], is_thing[:-1]),
-            (pan[:, 1:], pan[:, :-1], is_thing[:, 1:], is_thing[:, :-1]),
-        ):
-            touching |= bool((ta & tb & (a != b)).any())
-    assert touching
 
 
 def test_every_nonempty_small_split_has_things_and_stuff(tmp_path):
@@ -192,60 +163,9 @@ def test_every_nonempty_small_split_has_things_and_stuff(tmp_path):
         assert stats["thing_segments"] and stats["stuff_segments"]
 
 
-@pytest.mark.parametrize(
-    "corruption",
-    [
-        "invalid_json",
-        "segment_absent_from_png",
-        "wrong_area",
-        "missing_png",
-        "wrong_semantic",
-        "instances_area",
-    ],
-)
-def test_corrupt_file_is_named(split_dir, tmp_path, corruption):
-    d = str(tmp_path / "copy")
-    shutil.copytree(split_dir, d)
-    p = split_paths(d)
-    pan = _load(p.panoptic_json)
-    ann = pan["annotations"][1]
-    png = os.path.join(p.panoptic_dir, ann["file_name"])
-    if corruption == "invalid_json":
-        with open(p.panoptic_json, "a") as f:
-            f.write("}")
-        culprit, error = p.panoptic_json, PanopticFormatError
-    elif corruption in ("segment_absent_from_png", "wrong_area"):
-        seg = ann["segments_info"][0]
-        if corruption == "wrong_area":
-            seg["area"] += 1
-        else:
-            seg["id"] += 7
-        with open(p.panoptic_json, "w") as f:
-            json.dump(pan, f)
-        culprit, error = png, PanopticFormatError
-    elif corruption == "missing_png":
-        os.remove(png)
-        culprit, error = png, FileNotFoundError
-    elif corruption == "wrong_semantic":
-        culprit = os.path.join(p.sem_seg_dir, ann["file_name"])
-        sem = np.asarray(Image.open(culprit)).copy()
-        sem[0, 0] = 7
-        Image.fromarray(sem).save(culprit)
-        error = PanopticFormatError
-    else:
-        inst = _load(p.instances_json)
-        inst["annotations"][0]["area"] += 3
-        with open(p.instances_json, "w") as f:
-            json.dump(inst, f)
-        culprit, error = p.instances_json, PanopticFormatError
-    with pytest.raises(error) as info:
-        _validate(d)
-    assert culprit in str(info.value)
-
-
 def test_failure_mid_generation_leaves_nothing(tmp_path, monkeypatch):
     calls = []
-    real = synthetic.render_sample
+    real = render_sample
 
     def failing(index, *args, **kwargs):
         calls.append(index)
@@ -253,7 +173,7 @@ def test_failure_mid_generation_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(index, *args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_sample", failing)
+    monkeypatch.setitem(KINDS, "shapes", dataclasses.replace(KINDS["shapes"], render=failing))
     target = tmp_path / "datasets" / "split"
     with pytest.raises(RuntimeError, match="simulated crash"):
         generate_split(str(target), "train", 4, (32, 32), 0)
@@ -279,8 +199,136 @@ def test_ensure_split_keeps_matching_and_rejects_mismatched(tmp_path):
         generate_split(d, "val", 2, (32, 32), 0)
 
 
-def test_bad_parameters_are_named():
-    with pytest.raises(ValueError, match="image_size"):
-        render_sample(0, "train", (16, 64))
-    with pytest.raises(ValueError, match="split"):
-        render_sample(0, "train/val")
+def _read(path, mode="r"):
+    with open(path, mode) as f:
+        return json.load(f) if mode == "r" else f.read()
+
+
+def _write_json(obj, path):
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def test_an_older_cables_split_is_regenerated_on_first_use(tmp_path):
+    """A split written by an earlier version of the generator is a stale cache: the
+    request regenerates it, also where the sizes changed with the version (as those of
+    ``synthetic_longrange_*`` did). A newer version or another kind stays an error."""
+    d = str(tmp_path / "s")
+    ensure_split(d, "val", 2, (48, 48), 0, kind="cables")
+    p = split_paths(d)
+    fresh_json = _read(p.panoptic_json, "rb")
+    marker = _read(p.marker)
+    for old in (
+        dict(marker, kind_version=marker["kind_version"] - 1),
+        dict(marker, kind_version=marker["kind_version"] - 1, num_images=5),
+    ):
+        _write_json(old, p.marker)
+        with open(p.panoptic_json, "w") as f:
+            f.write("written by the old generator")
+        assert ensure_split(d, "val", 2, (48, 48), 0, kind="cables") == d
+        assert _read(p.marker) == marker
+        assert _read(p.panoptic_json, "rb") == fresh_json
+        assert _validate(d, check_pixels=True)["images"] == 2
+        assert os.listdir(tmp_path) == ["s"]  # no temporary directory left behind
+
+    for kept in (
+        dict(marker, kind_version=marker["kind_version"] + 1),  # newer: refuse, keep
+        {k: v for k, v in marker.items() if k not in ("kind", "kind_version")},  # shapes
+    ):
+        _write_json(kept, p.marker)
+        with pytest.raises(ValueError, match="other parameters"):
+            ensure_split(d, "val", 2, (48, 48), 0, kind="cables")
+        assert _read(p.marker) == kept
+
+
+def test_shapes_marker_is_unchanged_and_kinds_do_not_mix(tmp_path):
+    assert "kind" not in SplitSpec().to_json()  # splits written before kinds still match
+    assert SplitSpec().to_json()["generator_version"] == GENERATOR_VERSION
+    assert SplitSpec(kind="cables").to_json()["kind"] == "cables"
+    d = str(tmp_path / "s")
+    ensure_split(d, "val", 1, (48, 48), 0, kind="cables")
+    with pytest.raises(ValueError, match="kind"):
+        ensure_split(d, "val", 1, (48, 48), 0)
+    with pytest.raises(ValueError, match="kind='wires'"):
+        SplitSpec(kind="wires")
+
+
+def _digests(d):
+    """sha256 of a split's files: of their bytes, and of their content (JSON bytes, decoded
+    pixels of the images), which does not depend on the JPEG and PNG encoders' versions."""
+    raw, content = hashlib.sha256(), hashlib.sha256()
+    for rel in _files(d):
+        with open(os.path.join(d, rel), "rb") as f:
+            data = f.read()
+        raw.update(rel.encode() + b"\0" + data)
+        if rel.endswith(".json"):
+            content.update(rel.encode() + b"\0" + data)
+        else:
+            with Image.open(os.path.join(d, rel)) as im:
+                a = np.asarray(im)
+                mode = im.mode
+            content.update(rel.encode() + b"\0" + f"{mode}{a.shape}{a.dtype}".encode())
+            content.update(a.tobytes())
+    return raw.hexdigest(), content.hexdigest()
+
+
+# Tiny splits of each kind, and the digests of what version 1 of the writer (shapes) and
+# version 4 of the cables wrote for them, with Pillow 13.0.0 and numpy 2.4.6: any change of
+# a generated file changes them (and must come with a version bump, so caches regenerate).
+_REFERENCE = {
+    "shapes": (
+        ("val", 3, (48, 40), 1),
+        "4cf6e6c93bfcdfd71c1b9d66d726d74e95cc879d1dac50abec257fcbada6c04b",
+        "66da120ae68c0e0367b0471bf8ad7e6544484ae8c42ecf8795228a246f93b1e9",
+    ),
+    "cables": (
+        ("train", 2, (64, 64), 0),
+        "f84bb27aa7ab94d110c0137652cecea65995402e3d1394f5b792d57c03fa8c72",
+        "e514a76c56d7b160d683c7fa3186327c29da541e7da0c09f16a3fd3c6d8a355f",
+    ),
+}
+_REFERENCE_VERSIONS = ("13.0.0", "2.4.6")
+
+
+@pytest.mark.parametrize("kind", sorted(_REFERENCE))
+def test_generated_files_are_those_of_the_reference(tmp_path, kind):
+    import PIL
+
+    args, raw, content = _REFERENCE[kind]
+    d = ensure_split(str(tmp_path / kind), *args, kind=kind)
+    got_raw, got_content = _digests(d)
+    assert got_content == content
+    if (PIL.__version__, np.__version__) == _REFERENCE_VERSIONS:
+        assert got_raw == raw  # byte for byte, with the encoders of the reference
+    assert (GENERATOR_VERSION, SplitSpec(kind=kind).to_json().get("kind_version")) == (
+        1,
+        {"shapes": None, "cables": 4}[kind],
+    )
+
+
+def test_kinds_register_themselves_and_are_checked():
+    assert list(KINDS) == ["shapes", "cables"]
+    assert kind_generator("shapes") == (CATEGORIES, render_sample)
+    assert kind_generator("cables") == (CABLE_CATEGORIES, render_cables_sample)
+    with pytest.raises(ValueError, match=r"kind='wires': use one of \['shapes', 'cables'\]"):
+        kind_generator("wires")
+    with pytest.raises(ValueError, match="'cables' is registered already"):
+        register_kind("cables", CABLE_CATEGORIES, render_cables_sample, 5)
+    with pytest.raises(ValueError, match="'wires': version=None"):
+        register_kind("wires", CABLE_CATEGORIES, render_cables_sample)
+    assert "wires" not in KINDS
+
+
+def test_a_registered_kind_is_written_with_its_version(tmp_path, monkeypatch):
+    def render(index, split, image_size, seed):
+        return render_cables_sample(index, split, image_size, seed)
+
+    monkeypatch.delitem(KINDS, "wires", raising=False)
+    try:
+        register_kind("wires", CABLE_CATEGORIES, render, version=2)
+        d = generate_split(str(tmp_path / "w"), "val", 1, (48, 48), 0, kind="wires")
+        marker = _load(split_paths(d).marker)
+        assert (marker["kind"], marker["kind_version"]) == ("wires", 2)
+        assert _validate(d)["images"] == 1
+    finally:
+        KINDS.pop("wires", None)
