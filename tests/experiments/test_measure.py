@@ -59,9 +59,8 @@ def test_parameter_counts_split_the_model():
 
     from crbp_panoptic.modeling import recurrent_modules
 
-    model = build_model(
-        tiny_cfg("Synthetic-PanopticSegmentation/panoptic_crbp_mask_R_18_quick.yaml")
-    )
+    mask = "Synthetic-PanopticSegmentation/panoptic_crbp_mask_R_18_quick.yaml"
+    model = build_model(tiny_cfg(mask, "MODEL.BACKBONE.FREEZE_AT", "2"))
     c = parameter_counts(model)
     everything = sum(p.numel() for p in model.parameters())
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
