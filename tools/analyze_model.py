@@ -56,7 +56,7 @@ def parse_variant(text: str):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config-file", nargs="+", default=DEFAULT, metavar="PATH[::KEY=VALUE]")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=["parameter"])

@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 
 from crbp_panoptic.crbp import parse_arm
+from crbp_panoptic.experiments import benchmark as bench
+from crbp_panoptic.experiments import engine_benchmark as eb
 from crbp_panoptic.experiments.machine import describe, machine_info
 from crbp_panoptic.experiments.report import publish, write_atomic
 
@@ -49,10 +51,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "COCO-PanopticSeg
 TASKS = ("train", "engine", "compile", "torchdeq", "trained", "coco_eval")
 #: Each task's defaults for the options several tasks share (None in the parser).
 DEFAULTS = {
-    "train": dict(size=[800, 1216], iters=5, arms="benchmark"),
-    "engine": dict(images=2, repeats=1, arms="engine", neumann_steps=15),
+    "train": dict(size=[800, 1216], iters=5, arms=bench.DEFAULT_ARMS),
+    "engine": dict(images=2, repeats=1, arms=eb.DEFAULT_ARMS, neumann_steps=15),
     "compile": dict(images=2),
-    "torchdeq": dict(repeats=3, neumann_steps=15, threads=1),
+    "torchdeq": dict(repeats=3, neumann_steps=15, threads=1, arms=eb.TORCHDEQ_ARMS),
     "trained": dict(images=12, iters=6),
     "coco_eval": dict(images=300, size=[256], repeats=3),
 }
@@ -73,7 +75,7 @@ def _shape(text):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = p.add_argument
     add("--task", required=True, choices=TASKS)
@@ -147,12 +149,7 @@ def parse_args(argv=None):
     if args.task == "torchdeq" and args.steps < 2:
         p.error(f"--steps={args.steps}; torchdeq needs >= 2")
     try:
-        from crbp_panoptic.experiments import benchmark as bench
-        from crbp_panoptic.experiments import engine_benchmark as eb
-
-        named = {"benchmark": bench.DEFAULT_ARMS, "engine": eb.DEFAULT_ARMS}
-        arms = named.get(args.arms, args.arms)
-        args.arm_list = [parse_arm(a.format(steps=args.steps)) for a in arms or ()]
+        args.arm_list = [parse_arm(a.format(steps=args.steps)) for a in args.arms or ()]
         args.cheap = bench.parse_cheap_arms(args.cheap_arms) if args.task == "train" else {}
     except ValueError as e:
         p.error(str(e))
@@ -177,8 +174,6 @@ def _command(argv):
 
 
 def train(args, argv, out):
-    from crbp_panoptic.experiments import benchmark as bench
-
     runs = bench.plan(args.placements, args.arm_list, args.cheap)
     if args.list:
         for placement, arm in runs:
@@ -216,7 +211,6 @@ def train(args, argv, out):
 
 def engine(args, argv, out):
     from crbp_panoptic.crbp import HGRUCell
-    from crbp_panoptic.experiments import engine_benchmark as eb
 
     device = torch.device(args.device)
     if device.type == "cuda" and args.memory_fraction is not None:
@@ -247,8 +241,6 @@ def engine(args, argv, out):
 
 
 def torchdeq(args, argv, out):
-    from crbp_panoptic.experiments import engine_benchmark as eb
-
     parts = [
         "# This engine vs torchdeq's IFT: one training step of the hGRU",
         "",
@@ -258,7 +250,7 @@ def torchdeq(args, argv, out):
     for shape in args.shapes:
         result = eb.compare(
             shape, steps=args.steps, neumann_steps=args.neumann_steps, repeats=args.repeats,
-            arms=[a.name for a in args.arm_list] or None, log=lambda m: print(m, flush=True),
+            arms=[a.name for a in args.arm_list], log=lambda m: print(m, flush=True),
         )  # fmt: skip
         parts += ["", eb.torchdeq_table(result)]
     return publish("\n".join(parts), out / "torchdeq.md")
