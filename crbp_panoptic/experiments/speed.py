@@ -161,7 +161,7 @@ def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, flo
 def flops_per_image(model, inputs: List[dict]) -> Dict[str, float]:
     """Mean multiply-adds per image of ``model`` (eval mode) over ``inputs``.
 
-    Counted by :func:`~.macs.count_macs` (convolutions, linear layers and matrix products,
+    Counted by :func:`~.measure.count_macs` (convolutions, linear layers and matrix products,
     one per multiply-add; normalisations by fvcore's estimate); other elementwise
     operations are not counted, so on a CPU they are part of what a time ratio adds to
     this floor.
