@@ -8,7 +8,7 @@
 #
 # Needs torch with CUDA and Detectron2 (INSTALL.md); this project may be pip-installed or
 # just checked out (the script puts the repository first on PYTHONPATH):
-#     bash tools/gpu_benchmark.sh [more tools/benchmark.py options]
+#     bash tools/gpu_benchmark.sh [more tools/benchmark.py --task train options]
 # Environment:
 #   OUT      output folder
 #   PYTHON   interpreter (default python3)
@@ -20,7 +20,7 @@
 #            channels, 64x96 images, batch 1, 4 instances, 5 detections, 1 timed training
 #            iteration and image per variant (no warm-up), arms bptt:1 and crbp:2 on both
 #            placements plus each placement's cheap penalty (crbp:2:sub0.5, crbp:2:crop16);
-#            it ends the command line with --opts (so give no --opts of your own)
+#            it ends the command line with its KEY VALUE config options (give none of yours)
 #
 # Memory (CUDA): torch.cuda.max_memory_allocated under a 24 GiB cap (whatever the card), so
 # that cuDNN cannot inflate the figure with workspace it does not need; a † in the table
@@ -47,7 +47,7 @@ case "$DEVICE" in
 assert torch.cuda.is_available(), "no CUDA device (DEVICE=cpu runs on the CPU)"' \
       || { echo "needs a CUDA device, torch with CUDA and Detectron2 (INSTALL.md)" >&2; exit 1; }
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    placement=(--mem-cap-gib 24) ;;
+    placement=(--memory-cap-gib 24) ;;
   cpu)
     "$PY" -c "$check" || { echo "needs torch and Detectron2 (INSTALL.md)" >&2; exit 1; }
     placement=(--in-process) ;;
@@ -58,8 +58,8 @@ if [ "$SMOKE" = 1 ]; then
   sizes=(--depth 18 --size 64 96 --batch 1 --instances 4 --detections 5
          --warmup 0 --iters 1 --mem-iters 1 --infer-warmup 0 --infer-iters 1
          --arms bptt:1 crbp:2 --cheap-arms mask=crbp:2:sub0.5 fpn=crbp:2:crop16)
-  # --opts takes the rest of the line, so it comes after the caller's options.
-  smoke_opts=(--opts MODEL.FPN.OUT_CHANNELS 32 MODEL.ROI_MASK_HEAD.CONV_DIM 32
+  # KEY VALUE options take the rest of the line, so they come after the caller's options.
+  smoke_opts=(MODEL.FPN.OUT_CHANNELS 32 MODEL.ROI_MASK_HEAD.CONV_DIM 32
               MODEL.SEM_SEG_HEAD.CONVS_DIM 32 MODEL.CRBP.NUM_GROUPS 8
               MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 32 MODEL.RPN.POST_NMS_TOPK_TRAIN 100
               MODEL.RPN.PRE_NMS_TOPK_TEST 100 MODEL.RPN.POST_NMS_TOPK_TEST 20)
@@ -71,9 +71,9 @@ fi
 
 export PYTHONUNBUFFERED=1
 timeout --signal=TERM --kill-after=10 "$TIMEOUT" \
-  "$PY" tools/benchmark.py --device "$DEVICE" "${sizes[@]}" "${placement[@]}" \
+  "$PY" tools/benchmark.py --task train --device "$DEVICE" "${sizes[@]}" "${placement[@]}" \
     --time-budget $((TIMEOUT > 120 ? TIMEOUT - 60 : TIMEOUT / 2)) \
-    --out "$OUT" "$@" "${smoke_opts[@]}" 2>&1 | tee "$OUT/benchmark.log"
+    --output "$OUT" "$@" "${smoke_opts[@]}" 2>&1 | tee "$OUT/benchmark.log"
 status=${PIPESTATUS[0]}
 [ "$status" -eq 124 ] && echo "stopped by the ${TIMEOUT} s timeout: $OUT/benchmark.md holds the configurations measured by then" >&2
 exit "$status"

@@ -63,7 +63,7 @@ penalty:
 Both variants cost one extra step evaluation on the sample; the double-backward
 memory then scales with the sample's size instead of the whole state's. With
 the hGRU, the exact penalty roughly doubles the bytes RBP saves for backward
-(x2.06 in ``tools/benchmark_engine.py``) and a sample of a fraction ``a`` of the
+(x2.06 in ``tools/benchmark.py --task engine``) and a sample of a fraction ``a`` of the
 state costs about ``1 + 2.1 a`` times RBP's saved bytes: a crop stays within
 1.15x of RBP for ``a <= 7%`` of the positions (measured, FPN scale, 2 images: 16x16 on
 48x64 gave 1.16x, 12x12 1.09x; 16, 32, 64 on 200x304 gave 1.01x, 1.03x,

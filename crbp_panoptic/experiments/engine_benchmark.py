@@ -1,37 +1,44 @@
-"""Memory and time of one training step of the hGRU refiner alone, per training arm.
+"""One training step of the hGRU refiner alone: per training arm, eager against
+``torch.compile``, and against torchdeq's implicit differentiation. Torch only.
 
-Torch only (no Detectron2). For an arm (:func:`~crbp_panoptic.crbp.parse_arm`: ``bptt:1``,
-``crbp:20``, ``crbp:20:sub0.25``, ``crbp:20:crop16``), :func:`time_step` runs forward +
-backward of a :class:`~crbp_panoptic.crbp.RecurrentRefiner` on a random drive and reports:
+* :func:`benchmark`: for each arm (:func:`~crbp_panoptic.crbp.parse_arm`) and drive shape
+  (:func:`shapes`: mask head ROIs x C x 14 x 14, an FPN level images x C x H x W), the bytes
+  autograd saves (:class:`~crbp_panoptic.crbp.memory.SavedTensorBytes`, forward and
+  penalty), the CUDA peak above the start, the fastest wall and CPU seconds per step,
+  the final residual, the Neumann terms used and the penalty.
+* :func:`compiled_step`: one inference step eager and through ``torch.compile``.
+* :func:`compare`: torchdeq (not a dependency: ``pip install torchdeq==0.1.0 --no-deps``)
+  runs the same algorithm as the ``rbp`` mode, but linearises the adjoint at ``h_T`` where
+  this engine uses ``h_{T-1}``. It first checks in float64 at the fixed point that both
+  give the same parameter gradients, then measures the peak allocated bytes and time of
+  a step of torchdeq's IFT (default and ``hook_ift``) and of this engine's arms.
 
-* bytes autograd saves for backward (:class:`~crbp_panoptic.crbp.memory.SavedTensorBytes`,
-  over the forward and the penalty);
-* on CUDA, the peak of ``torch.cuda.max_memory_allocated`` over forward and backward,
-  above what was allocated before the step;
-* wall seconds and process CPU seconds (all threads) per step, the fastest of ``repeats``;
-* the final forward residual, the Neumann terms used and the penalty value.
-
-Two scales (:func:`shapes`): the mask head (ROIs x C x 14 x 14) and an FPN level
-(images x C x H x W).
+Steps are timed by :func:`~crbp_panoptic.experiments.measure.measure_step`.
 """
 
+import contextlib
+import copy
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..crbp import Arm, HGRUCell, RecurrentRefiner
-from .measure import Clock, SavedTensorBytes
+from ..crbp import Arm, HGRUCell, RecurrentRefiner, parse_arm
+from .measure import Clock, SavedTensorBytes, measure_step
 
 __all__ = [
     "DEFAULT_ARMS",
-    "REFERENCE_ARM",
+    "TORCHDEQ_ARMS",
     "benchmark",
+    "compare",
     "compile_table",
     "compiled_step",
+    "gradient_gap",
     "shapes",
     "table",
     "time_step",
+    "torchdeq_step",
+    "torchdeq_table",
 ]
 
 DEFAULT_ARMS = (
@@ -49,68 +56,63 @@ DEFAULT_ARMS = (
 )
 #: The saved-bytes ratio column divides by this arm's figure (when it ran).
 REFERENCE_ARM = "rbp:20"
+#: This engine's arms against torchdeq (``{steps}`` filled in).
+TORCHDEQ_ARMS = ("rbp:{steps}", "crbp:{steps}", "crbp:{steps}:sub0.25")
 
 
-def _one_step(refiner, x, record: bool):
-    """Forward (saved tensors counted when ``record``) + penalty + backward."""
-    hooks = SavedTensorBytes()
-    if record:
-        with hooks:
+def _loss(state: torch.Tensor) -> torch.Tensor:
+    return state.float().square().mean()
+
+
+def _engine_step(refiner: RecurrentRefiner, x: torch.Tensor, saved: Optional[list] = None):
+    """A training step of ``refiner`` on ``x``; with ``saved``, appends the bytes saved."""
+
+    def step():
+        with SavedTensorBytes() if saved is not None else contextlib.nullcontext() as hooks:
             out = refiner(x)
             lcp = refiner.last_result.lcp
-    else:
-        out = refiner(x)
-        lcp = refiner.last_result.lcp
-    loss = out.float().square().mean() + lcp
-    loss.backward()
-    return hooks.bytes
+        if saved is not None:
+            saved.append(hooks.bytes)
+        loss = _loss(out) + lcp
+        loss.backward()
+        return loss.detach()
+
+    return step
 
 
-def time_step(
-    cell: HGRUCell, x: torch.Tensor, arm: Arm, neumann_steps: int, repeats: int = 1
-) -> Dict:
-    """One training step of ``cell`` under ``arm``, ``repeats`` times; figures of the first
-    (memory) and the fastest (time).
+def _refiner(cell, arm: Arm, neumann_steps: int) -> RecurrentRefiner:
+    return RecurrentRefiner(cell=cell, **arm.refiner_kwargs(neumann_steps=neumann_steps)).train()
 
-    Args:
-        cell: the hGRU cell (its gradients are reset before each step).
-        x (Tensor): the drive, (B, C, H, W), ``requires_grad``.
-        arm: a recurrent arm.
-        neumann_steps: K, the RBP backward's Neumann terms.
-        repeats: timed steps.
+
+def time_step(cell: HGRUCell, x: torch.Tensor, arm: Arm, neumann_steps: int, repeats=1) -> Dict:
+    """One training step of ``cell`` under ``arm``: its saved bytes, then ``repeats`` timed.
 
     Returns:
-        dict: ``saved`` (bytes), ``peak`` (CUDA bytes or None), ``time``, ``cpu`` (seconds),
-        ``residual``, ``neumann`` (terms used or "-"), ``cut`` (bool), ``lcp`` (float).
+        dict: ``saved`` (bytes), ``peak`` (CUDA bytes or None), ``time``, ``cpu`` (the
+        fastest seconds), ``residual``, ``neumann`` (terms used or "-"), ``cut``, ``lcp``.
     """
-    device = x.device
-    cuda = device.type == "cuda"
-    refiner = RecurrentRefiner(cell=cell, **arm.refiner_kwargs(neumann_steps=neumann_steps))
-    refiner.train()
-    times: List[float] = []
-    cpu_times: List[float] = []
-    saved, peak, base = 0, None, 0
-    for rep in range(repeats):
+    cuda = x.device.type == "cuda"
+    refiner, saved = _refiner(cell, arm, neumann_steps), []
+
+    def zero():
         cell.zero_grad(set_to_none=True)
         x.grad = None
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-        with Clock(cuda) as clock:
-            nbytes = _one_step(refiner, x, record=rep == 0)
-        times.append(clock.seconds)
-        cpu_times.append(clock.cpu_seconds)
-        if rep == 0:
-            saved = nbytes
-            if cuda:
-                peak = torch.cuda.max_memory_allocated(device) - base
+
+    zero()
+    _engine_step(refiner, x, saved)()
+    m = measure_step(
+        _engine_step(refiner, x),
+        iters=repeats,
+        cuda=cuda,
+        memory="allocated" if cuda else None,
+        before_each=zero,
+    )
     res = refiner.last_result
     return {
-        "saved": saved,
-        "peak": peak,
-        "time": min(times),
-        "cpu": min(cpu_times),
+        "saved": saved[0],
+        "peak": m.get("peak_bytes"),
+        "time": m["fastest"],
+        "cpu": m["fastest_cpu"],
         "residual": res.residual,
         "neumann": res.backward_info.get("neumann_terms", "-"),
         "cut": res.backward_info.get("neumann_cut", False),
@@ -118,11 +120,14 @@ def time_step(
     }
 
 
-def shapes(
-    channels: int, rois: int, roi_size: int, images: int, fpn_hw: Tuple[int, int]
-) -> Dict[str, Tuple[int, ...]]:
+def shapes(channels: int, rois: int, roi_size: int, images: int, fpn_hw) -> Dict[str, Tuple]:
     """The drive shape of each scale: ``mask`` (rois, C, s, s) and ``fpn`` (images, C, H, W)."""
     return {"mask": (rois, channels, roi_size, roi_size), "fpn": (images, channels, *fpn_hw)}
+
+
+def _cell(channels: int, num_groups: int, gala: bool = False, seed: int = 0) -> HGRUCell:
+    torch.manual_seed(seed)
+    return HGRUCell(channels, num_groups=math.gcd(num_groups, channels), gala=gala)
 
 
 def benchmark(
@@ -137,25 +142,19 @@ def benchmark(
     seed: int = 0,
     log=None,
 ) -> List[Tuple[str, Tuple[int, ...], Arm, Dict]]:
-    """:func:`time_step` for every scale and arm, one seeded cell and drive per scale.
-
-    A small warm-up step first, so that the first arm does not pay one-time costs.
-    ``num_groups`` is reduced to divide the channel count.
+    """:func:`time_step` for every scale and arm, one seeded cell and drive per scale, after
+    a small warm-up step (one-time costs). ``num_groups`` is reduced to divide C.
 
     Returns:
         list of ``(scale, shape, arm, figures)``.
     """
     device = torch.device(device)
     channels = next(iter(scale_shapes.values()))[1]
-    groups = math.gcd(num_groups, channels)
-    torch.manual_seed(seed)
-    warm = HGRUCell(channels, num_groups=groups, gala=gala).to(device)
-    warm_x = torch.randn(2, channels, 8, 8, device=device, requires_grad=True)
-    time_step(warm, warm_x, Arm("crbp", 2), 2)
+    warm = _cell(channels, num_groups, gala, seed).to(device)
+    time_step(warm, torch.randn(2, channels, 8, 8, device=device), Arm("crbp", 2), 2)
     rows = []
     for scale, shape in scale_shapes.items():
-        torch.manual_seed(seed)
-        cell = HGRUCell(channels, num_groups=groups, gala=gala).to(device)
+        cell = _cell(channels, num_groups, gala, seed).to(device)
         x = torch.randn(shape, device=device, requires_grad=True)
         for arm in arms:
             r = time_step(cell, x, arm, neumann_steps, repeats)
@@ -167,6 +166,10 @@ def benchmark(
 
 def _mib(n: Optional[int]) -> str:
     return "-" if n is None else f"{n / 2**20:,.1f}"
+
+
+def _size(shape) -> str:
+    return "x".join(map(str, shape))
 
 
 def table(rows, header: str) -> str:
@@ -184,7 +187,7 @@ def table(rows, header: str) -> str:
         ratio = f"{r['saved'] / ref:.2f}" if ref else "-"
         neumann = f"{r['neumann']}" + (" (cut)" if r["cut"] else "")
         lines.append(
-            f"| {scale} | {'x'.join(map(str, shape))} | {arm.name} | {_mib(r['saved'])} | {ratio} "
+            f"| {scale} | {_size(shape)} | {arm.name} | {_mib(r['saved'])} | {ratio} "
             f"| {_mib(r['peak'])} | {r['time']:.2f} | {r['cpu']:.2f} | {r['residual']:.1e} "
             f"| {neumann} | {r['lcp']:.2e} |"
         )
@@ -193,14 +196,9 @@ def table(rows, header: str) -> str:
 
 def _time_calls(fn, x, h, repeats: int) -> float:
     """Fastest CPU seconds of ``repeats`` batches of 10 calls, per call."""
-    best = math.inf
     with torch.no_grad():
-        for _ in range(repeats):
-            with Clock() as clock:
-                for _ in range(10):
-                    fn(x, h)
-            best = min(best, clock.cpu_seconds / 10)
-    return best
+        m = measure_step(lambda: [fn(x, h) for _ in range(10)], iters=repeats)
+    return m["fastest_cpu"] / 10
 
 
 def compiled_step(cell: HGRUCell, shape: Tuple[int, ...], repeats: int = 5) -> Dict:
@@ -236,12 +234,155 @@ def compile_table(rows, header: str) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for scale, shape, r in rows:
-        size = "x".join(map(str, shape))
         if r["compiled"] is None:
-            lines.append(f"| {scale} | {size} | {r['eager'] * 1e3:.2f} | {r['error']} | - | - |")
+            lines.append(
+                f"| {scale} | {_size(shape)} | {r['eager'] * 1e3:.2f} | {r['error']} | - | - |"
+            )
             continue
         lines.append(
-            f"| {scale} | {size} | {r['eager'] * 1e3:.2f} | {r['compiled'] * 1e3:.2f} | "
+            f"| {scale} | {_size(shape)} | {r['eager'] * 1e3:.2f} | {r['compiled'] * 1e3:.2f} | "
             f"{r['compiled'] / r['eager']:.2f} | {r['compile_seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def torchdeq_step(
+    cell: HGRUCell, x: torch.Tensor, steps: int, neumann_steps: int, hook_ift: bool = False
+) -> Callable[[], torch.Tensor]:
+    """A training step of ``cell`` through torchdeq's IFT, as a callable returning the loss.
+
+    ``steps - 1`` solver iterations without autograd plus the tracked step, and
+    ``neumann_steps + 1`` adjoint iterations from zero, which sum the same ``K + 1`` terms
+    as the engine's Neumann series; tolerances 0, so both run every step.
+    """
+    try:
+        from torchdeq import get_deq
+    except ImportError as e:
+        raise ImportError(
+            "torchdeq is not installed; it is needed for this comparison only: "
+            "pip install torchdeq==0.1.0 --no-deps"
+        ) from e
+    deq = get_deq(
+        ift=True,
+        hook_ift=hook_ift,
+        f_solver="fixed_point_iter",
+        b_solver="fixed_point_iter",
+        f_max_iter=steps - 1,
+        b_max_iter=neumann_steps + 1,
+        f_tol=0.0,
+        b_tol=0.0,
+    )
+    deq.train()
+
+    def step() -> torch.Tensor:
+        z_out, _ = deq(lambda z: cell(x, z), torch.zeros_like(x))
+        loss = _loss(z_out[-1])
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+def _grads(cell: HGRUCell, step: Callable[[], torch.Tensor]) -> List[torch.Tensor]:
+    cell.zero_grad(set_to_none=True)
+    step()
+    return [p.grad.clone() for p in cell.parameters()]
+
+
+def gradient_gap(cell: HGRUCell, x: torch.Tensor, steps: int, neumann_steps: int) -> float:
+    """Largest relative difference ``||g_torchdeq - g_rbp|| / ||g_rbp||`` over the cell's
+    parameters, between torchdeq's IFT and this engine's ``rbp`` mode."""
+    rbp = _engine_step(_refiner(cell, Arm("rbp", steps), neumann_steps), x)
+    ours = _grads(cell, rbp)
+    theirs = _grads(cell, torchdeq_step(cell, x, steps, neumann_steps))
+    return max(float((t - o).norm() / o.norm().clamp_min(1e-30)) for o, t in zip(ours, theirs))
+
+
+def compare(
+    shape: Sequence[int],
+    *,
+    steps: int = 20,
+    neumann_steps: int = 15,
+    arms: Optional[Sequence[str]] = None,
+    num_groups: int = 8,
+    repeats: int = 3,
+    check_steps: int = 150,
+    seed: int = 0,
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict:
+    """Check gradients, then measure torchdeq's IFT and this engine's arms on one drive.
+
+    Args:
+        shape: the drive's shape (B, C, H, W).
+        steps, neumann_steps: forward evaluations T and adjoint terms K of every arm.
+        arms: this engine's arms, each with ``steps`` steps (default :data:`TORCHDEQ_ARMS`).
+        num_groups: the cell's GroupNorm groups (reduced to divide C).
+        repeats: timed steps per arm (the fastest is kept).
+        check_steps: forward steps of the float64 gradient check (enough to converge).
+
+    Returns:
+        dict: ``shape``, ``steps``, ``neumann_steps``, ``check_steps``, ``gradient_gap``
+        (float64, at ``check_steps``), ``gradient_gap_at_T`` (float32, at ``steps``) and
+        ``rows`` (``(name, {"peak", "time", "cpu"})``, torchdeq's first).
+    """
+    parsed = [parse_arm(a.format(steps=steps)) for a in arms or TORCHDEQ_ARMS]
+    wrong = [a.name for a in parsed if not a.recurrent or a.steps != steps]
+    if wrong:
+        raise ValueError(f"arms {wrong}: every arm must be recurrent with {steps} steps")
+    cell = _cell(shape[1], num_groups, seed=seed).train()
+    x = torch.randn(*shape)
+    exact = gradient_gap(copy.deepcopy(cell).double(), x.double(), check_steps, neumann_steps)
+    at_t = gradient_gap(cell, x, steps, neumann_steps)
+    candidates = [
+        ("torchdeq IFT", torchdeq_step(cell, x, steps, neumann_steps)),
+        ("torchdeq IFT (hook_ift)", torchdeq_step(cell, x, steps, neumann_steps, True)),
+    ]
+    candidates += [(a.label, _engine_step(_refiner(cell, a, neumann_steps), x)) for a in parsed]
+    rows = []
+    for name, step in candidates:
+        step()  # warm-up
+        m = measure_step(
+            step,
+            iters=repeats,
+            memory="allocated",
+            before_each=lambda: cell.zero_grad(set_to_none=True),
+        )
+        rows.append(
+            (name, {"peak": m["peak_bytes"], "time": m["fastest"], "cpu": m["fastest_cpu"]})
+        )
+        if log is not None:
+            log(f"[{_size(shape)}] {name}: {rows[-1][1]}")
+    return {
+        "shape": list(shape),
+        "steps": steps,
+        "neumann_steps": neumann_steps,
+        "check_steps": check_steps,
+        "gradient_gap": exact,
+        "gradient_gap_at_T": at_t,
+        "rows": rows,
+    }
+
+
+def torchdeq_table(result: Dict) -> str:
+    """One markdown table of :func:`compare`'s result, ratios to torchdeq's default IFT."""
+    rows = result["rows"]
+    ref = rows[0][1]
+    lines = [
+        f"Drive {_size(result['shape'])}, {result['steps']} forward steps, "
+        f"{result['neumann_steps']} adjoint terms. Largest relative difference of the "
+        f"parameter gradients, torchdeq IFT vs this engine's RBP: "
+        f"{result['gradient_gap']:.1e} at the fixed point (float64, "
+        f"{result['check_steps']} forward steps), {result['gradient_gap_at_T']:.1e} after "
+        f"{result['steps']} steps (the two linearise the step at consecutive iterates).",
+        "",
+        "| arm | peak MiB | x torchdeq IFT | wall s / step | x torchdeq IFT | CPU s / step "
+        "| x torchdeq IFT |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r['peak'] / 2**20:.1f} | {r['peak'] / ref['peak']:.2f} | "
+            f"{r['time']:.3f} | {r['time'] / ref['time']:.2f} | {r['cpu']:.3f} | "
+            f"{r['cpu'] / ref['cpu']:.2f} |"
         )
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ from typing import Dict, Optional
 
 import torch
 
-__all__ = ["machine_info"]
+__all__ = ["describe", "machine_info"]
 
 
 def _cpu_name() -> str:
@@ -26,8 +26,9 @@ def machine_info(device: Optional[str] = None) -> Dict:
 
     Returns:
         dict: ``host``, ``platform``, ``python``, ``cpu`` (model name), ``cpu_count``,
-        ``torch``, ``torch_threads``, ``detectron2`` (version, None if not importable) and
-        ``gpu`` (None on a CPU device); on CUDA also ``gpu_mib``, ``cuda``, ``cudnn``,
+        ``torch``, ``torch_threads``, ``omp_num_threads`` (the variable, or "unset"),
+        ``detectron2`` (version, None if not importable) and ``gpu`` (None on a CPU
+        device); on CUDA also ``gpu_mib``, ``cuda``, ``cudnn``,
         ``cudnn_tf32``, ``cudnn_benchmark``.
     """
     if device is None:
@@ -46,6 +47,7 @@ def machine_info(device: Optional[str] = None) -> Dict:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "detectron2": d2_version,
         "gpu": None,
     }
@@ -60,3 +62,9 @@ def machine_info(device: Optional[str] = None) -> Dict:
             cudnn_benchmark=torch.backends.cudnn.benchmark,
         )
     return info
+
+
+def describe(info: Dict) -> str:
+    """One line for a report's header: the GPU, or the CPU with its cores and threads."""
+    where = info["gpu"] or f"{info['cpu']} ({info['cpu_count']} cores)"
+    return f"{where}, torch {info['torch']}, {info['torch_threads']} torch thread(s)"

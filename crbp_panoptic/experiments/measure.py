@@ -1,31 +1,36 @@
-"""Measuring a training step: process memory, wall and CPU time, saved-tensor bytes.
+"""Measuring a model: one training step's time and memory, parameters, multiply-adds.
 
-Torch only (no Detectron2). Resident-set figures read Linux ``/proc``; elsewhere they
-fall back to what ``resource`` reports.
+:func:`measure_step` is the one step measurement every benchmark uses; the process-memory
+helpers behind it read Linux ``/proc`` (elsewhere they fall back to ``resource``).
+Detectron2 is imported only by the functions that need it.
 """
 
 import ctypes
+import gc
 import os
 import resource
 import statistics
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 
+from ..crbp import RecurrentRefiner
 from ..crbp.memory import SavedTensorBytes
 
 __all__ = [
     "MIB",
     "Clock",
     "SavedTensorBytes",
+    "config_macs",
+    "count_macs",
+    "measure_step",
     "median",
+    "parameter_counts",
     "peak_allocated_bytes",
-    "peak_rss_mib",
-    "reset_peak_rss",
-    "rss_mib",
-    "trim_allocator",
+    "refiner_macs",
 ]
 
 MIB = 2.0**20
@@ -68,12 +73,10 @@ def reset_peak_rss() -> bool:
 def trim_allocator(threshold: int = 128 * 1024) -> bool:
     """Make the resident set follow the live tensors (glibc only; False elsewhere).
 
-    glibc serves allocations below a moving threshold (up to 32 MiB) from its heap and
-    keeps freed chunks there, so a peak resident set also counts whatever earlier work
-    left behind. Fixing the threshold at ``threshold`` bytes serves every tensor larger
-    than that from its own mapping, returned to the OS when freed; ``malloc_trim(0)``
-    then releases the heap's free pages. The setting lasts for the whole process and
-    slows allocation: use it in a process of its own, for a memory pass only.
+    glibc keeps freed chunks below a moving threshold (up to 32 MiB) in its heap, so a peak
+    resident set also counts what earlier work left. Fixing the threshold serves every
+    larger tensor from its own mapping, returned when freed; ``malloc_trim(0)`` releases
+    the heap's free pages. It lasts for the whole process: use it in a process of its own.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -85,16 +88,9 @@ def trim_allocator(threshold: int = 128 * 1024) -> bool:
 
 
 class Clock:
-    """Context manager: wall-clock and process CPU seconds of a block.
-
-    With ``cuda`` it synchronises the device before and after, so queued kernels count.
-    On a CPU shared with other work the process CPU time (all threads) is the less
-    disturbed of the two: waiting for a core does not count.
-
-    Attributes (after the block):
-        seconds (float): wall-clock seconds.
-        cpu_seconds (float): process CPU seconds.
-    """
+    """Context manager: wall-clock (``seconds``) and process CPU seconds (``cpu_seconds``,
+    all threads: the less disturbed figure on shared cores) of a block; with ``cuda`` the
+    device is synchronised before and after."""
 
     def __init__(self, cuda: bool = False):
         self.cuda = cuda
@@ -121,10 +117,9 @@ def median(values: Sequence[float]) -> Optional[float]:
 def peak_allocated_bytes(fn: Callable[[], object]) -> int:
     """Peak of the bytes torch allocated on the CPU while ``fn()`` ran, above the start.
 
-    Read from the profiler's memory events (``profile_memory=True``): every allocation
-    and release in time order, summed; tensors alive before the call count as zero and
-    what ``fn`` returns counts until the call ends. Unlike the resident set, this is
-    exact and does not depend on the allocator returning memory to the system.
+    Summed from the profiler's memory events in time order: tensors alive before the call
+    count as zero, what ``fn`` returns counts until the call ends. Exact, and independent
+    of the allocator returning memory to the system.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -140,3 +135,169 @@ def peak_allocated_bytes(fn: Callable[[], object]) -> int:
         current += change
         peak = max(peak, current)
     return peak
+
+
+def _rss_growth(step, before_each, iters: int, isolated: bool) -> Dict:
+    growth, exact, reset = [], False, False
+    for _ in range(iters):
+        before_each()
+        gc.collect()
+        exact = isolated and trim_allocator()
+        before = rss_mib()
+        reset = reset_peak_rss()
+        step()
+        growth.append(peak_rss_mib() - before)
+    return {"rss_mib_all": growth, "rss_exact": exact, "peak_reset": reset}
+
+
+def measure_step(
+    step: Callable[[], object],
+    *,
+    iters: int = 1,
+    warmup: int = 0,
+    cuda: bool = False,
+    memory: Optional[str] = None,
+    mem_iters: int = 1,
+    isolated: bool = False,
+    before_each: Callable[[], object] = lambda: None,
+) -> Dict:
+    """Time ``warmup + iters`` calls of a training step, then measure its memory.
+
+    Args:
+        step: one training step (forward, loss, backward, ...).
+        iters, warmup: timed calls, after untimed ones.
+        cuda: synchronise the device around each call (:class:`Clock`).
+        memory: after the timed calls, one more measured call: ``"allocated"`` = the peak
+            of the bytes torch allocated during it (CUDA: ``max_memory_allocated``; CPU:
+            :func:`peak_allocated_bytes`), above what was allocated before;
+            ``"rss"`` (CPU) = ``mem_iters`` calls, each the growth of the peak resident
+            set above the resident set before it (:func:`trim_allocator` when
+            ``isolated``: a process of its own); None = time only.
+        before_each: called before every call (e.g. to free the previous gradients).
+
+    Returns:
+        dict: ``times`` / ``cpu_times`` (seconds of the timed calls), ``seconds`` /
+        ``cpu_seconds`` (medians), ``fastest`` / ``fastest_cpu`` (minima); with memory
+        ``"allocated"``: ``peak_bytes`` and ``base_bytes`` (CUDA: allocated before);
+        with ``"rss"``: ``rss_mib_all``, ``rss_mib`` (the least: allocator and library
+        caches only add), ``rss_exact`` and ``peak_reset``.
+    """
+    times, cpu_times = [], []
+    for i in range(warmup + iters):
+        before_each()
+        with Clock(cuda) as clock:
+            step()
+        if i >= warmup:
+            times.append(clock.seconds)
+            cpu_times.append(clock.cpu_seconds)
+    out = {"times": times, "cpu_times": cpu_times, "seconds": median(times)}
+    out.update(cpu_seconds=median(cpu_times), fastest=min(times), fastest_cpu=min(cpu_times))
+    if memory == "allocated":
+        before_each()
+        if cuda:
+            gc.collect()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            out["base_bytes"] = torch.cuda.memory_allocated()
+            step()
+            out["peak_bytes"] = torch.cuda.max_memory_allocated() - out["base_bytes"]
+        else:
+            out["peak_bytes"] = peak_allocated_bytes(step)
+    elif memory == "rss":
+        out.update(_rss_growth(step, before_each, mem_iters, isolated))
+        out["rss_mib"] = min(out["rss_mib_all"])
+    elif memory is not None:
+        raise ValueError(f"memory={memory!r}; choose from 'allocated', 'rss' or None")
+    return out
+
+
+def parameter_counts(model: nn.Module) -> Dict[str, int]:
+    """Parameters of a Detectron2 model (every tool that reports parameters uses this).
+
+    Returns:
+        dict: ``total`` (all parameters), ``trainable`` (``requires_grad``: what the paper
+        counts; ``MODEL.BACKBONE.FREEZE_AT`` freezes the stem and res2), ``backbone``
+        (backbone + FPN, all), ``mask_head`` (all) and ``recurrent`` (inside
+        :class:`~crbp_panoptic.crbp.RecurrentRefiner` modules; 0 for a feedforward model).
+    """
+
+    def count(module, trainable=False):
+        return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+    heads = getattr(model, "roi_heads", None)
+    refiners = [m for m in model.modules() if isinstance(m, RecurrentRefiner)]
+    return {
+        "total": count(model),
+        "trainable": count(model, trainable=True),
+        "backbone": count(model.backbone) if hasattr(model, "backbone") else 0,
+        "mask_head": count(heads.mask_head) if hasattr(heads, "mask_head") else 0,
+        "recurrent": sum(count(m) for m in refiners),
+    }
+
+
+class _MaskLayers(nn.Module):
+    """The mask head's ``layers`` alone, on (R, C, S, S) ROI features."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x):
+        return self.head.layers(x)
+
+
+def count_macs(module, inputs) -> Tuple[float, Dict[str, float]]:
+    """Multiply-adds of ``module(*inputs)`` (no autograd), total and per submodule, by
+    Detectron2's ``FlopCountAnalysis`` (one per multiply-add of convolutions, linear layers
+    and matrix products); a Detectron2 model's submodule names start with ``model.``."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    with torch.no_grad():
+        count = FlopCountAnalysis(module, inputs)
+        count.unsupported_ops_warnings(False)
+        count.uncalled_modules_warnings(False)
+        return float(count.total()), count.by_module()
+
+
+def refiner_macs(model, by_module: Dict[str, float], prefix: str = "") -> float:
+    """The part of :func:`count_macs`'s ``by_module`` inside ``model``'s refiners (those
+    whose name starts with ``prefix``)."""
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, RecurrentRefiner) and n.startswith(prefix)
+    ]
+    return sum(by_module.get(f"model.{n}", 0) for n in names)
+
+
+def config_macs(model, cfg, size=(800, 1216), rois: Sequence[int] = (10, 100)) -> Dict:
+    """Multiply-adds per image of ``model`` (built from ``cfg``, eval mode, early stopping
+    off) on one ``size`` (H, W) input.
+
+    Returns:
+        dict: ``backbone`` (backbone + FPN without its refiners), ``recurrent`` (the
+        backbone's refiners), ``heads`` (the rest but the mask head, at no detections),
+        ``steps`` (recurrent test steps; 0 if none) and ``mask`` ({R: the mask head's
+        multiply-adds on R detections}: on random weights the detections mean nothing).
+    """
+    height, width = size
+    image = torch.zeros(3, height, width)
+    total, by_module = count_macs(model, ([{"image": image, "height": height, "width": width}],))
+    recurrent = refiner_macs(model, by_module, prefix="backbone.")
+    has_refiner = any(isinstance(m, RecurrentRefiner) for m in model.modules())
+    side = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
+    layers = _MaskLayers(model.roi_heads.mask_head)
+    mask = {
+        r: count_macs(layers, (torch.zeros(r, cfg.MODEL.FPN.OUT_CHANNELS, side, side),))[0]
+        for r in rois
+    }
+    c = cfg.MODEL.CRBP
+    return {
+        "backbone": by_module.get("model.backbone", 0) - recurrent,
+        "recurrent": recurrent,
+        "heads": total
+        - by_module.get("model.backbone", 0)
+        - by_module.get("model.roi_heads.mask_head", 0),
+        "steps": (c.TEST_STEPS or c.STEPS) if has_refiner else 0,
+        "mask": mask,
+    }

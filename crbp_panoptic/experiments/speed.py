@@ -28,9 +28,9 @@ import torch
 
 from ..crbp import RecurrentRefiner
 from ..engine import Trainer, setup_cfg
+from ..modeling import placement
 from .evaluation import evaluate_pq, first_test_inputs, load_model
-from .macs import count_macs, refiner_macs
-from .measure import Clock, median, peak_allocated_bytes
+from .measure import count_macs, measure_step, median, refiner_macs
 
 __all__ = [
     "Setting",
@@ -41,7 +41,6 @@ __all__ = [
     "measure_runs",
     "flops_per_image",
     "measure_training",
-    "placement",
     "run_cfg",
     "step_macs",
     "training_batches",
@@ -92,7 +91,7 @@ def inference_settings(steps: int, tols: Sequence[float] = (1e-2, 3e-3, 1e-3)) -
     return exact + early + [anderson]
 
 
-def training_settings(placement: str) -> List[Setting]:
+def training_settings(where: str) -> List[Setting]:
     """Training levers: the run's own settings, then forward / Neumann tolerances and, for
     the mask head, the penalty on a quarter of the ROIs (the FPN's cheap penalty is a crop,
     set by its config)."""
@@ -101,7 +100,7 @@ def training_settings(placement: str) -> List[Setting]:
         Setting("FORWARD_TOL 1e-3", ("MODEL.CRBP.FORWARD_TOL", 1e-3)),
         Setting("NEUMANN_TOL 1e-2", ("MODEL.CRBP.NEUMANN_TOL", 1e-2)),
     ]
-    if placement == "mask":
+    if "mask_head" in where:
         settings.append(Setting("LCP_SUBSAMPLE 0.25", ("MODEL.CRBP.LCP_SUBSAMPLE", 0.25)))
     return settings
 
@@ -153,20 +152,16 @@ def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, flo
     with torch.no_grad():
         model([inputs[0]])  # warm-up
         for item in inputs:
-            clocks = []
-            for _ in range(repeats):
-                with Clock() as clock:
-                    model([item])
-                clocks.append(clock)
-            wall.append(min(c.seconds for c in clocks))
-            cpu.append(min(c.cpu_seconds for c in clocks))
+            m = measure_step(lambda: model([item]), iters=repeats)
+            wall.append(m["fastest"])
+            cpu.append(m["fastest_cpu"])
     return {"seconds": median(wall), "cpu_seconds": median(cpu)}
 
 
 def flops_per_image(model, inputs: List[dict]) -> Dict[str, float]:
     """Mean multiply-adds per image of ``model`` (eval mode) over ``inputs``.
 
-    Counted by :func:`~.macs.count_macs` (convolutions, linear layers and matrix products,
+    Counted by :func:`~.measure.count_macs` (convolutions, linear layers and matrix products,
     one per multiply-add; normalisations by fvcore's estimate); other elementwise
     operations are not counted, so on a CPU they are part of what a time ratio adds to
     this floor.
@@ -261,38 +256,32 @@ def measure_training(
         cfg = run_cfg(run_dir, setting.opts)
         model = load_model(cfg, weights)
         model.train()
-        wall, cpu, fg = [], [], []
+        fg = []
+        # the timed batches in order, then batches[warmup] again for the memory
+        queue = iter(list(batches) + [batches[warmup]])
         with EventStorage() as storage:
-            for i, batch in enumerate(batches):
-                model.zero_grad(set_to_none=True)
-                with Clock() as clock:
-                    sum(model(batch).values()).backward()
-                if i >= warmup:
-                    wall.append(clock.seconds)
-                    cpu.append(clock.cpu_seconds)
-                    fg.append(storage.history(_FG_ROIS).latest())
-            model.zero_grad(set_to_none=True)
-            peak = peak_allocated_bytes(lambda: sum(model(batches[warmup]).values()).backward())
+
+            def step():
+                sum(model(next(queue)).values()).backward()
+                fg.append(storage.history(_FG_ROIS).latest())
+
+            m = measure_step(
+                step,
+                iters=iters,
+                warmup=warmup,
+                memory="allocated",
+                before_each=lambda: model.zero_grad(set_to_none=True),
+            )
         rows.append(
             {
                 "setting": setting.name,
-                "seconds": median(wall),
-                "cpu_seconds": median(cpu),
-                "fg_rois": sum(fg) / len(fg),
-                "peak_bytes": peak,
+                "seconds": m["seconds"],
+                "cpu_seconds": m["cpu_seconds"],
+                "fg_rois": sum(fg[warmup:-1]) / iters,
+                "peak_bytes": m["peak_bytes"],
             }
         )
     return rows
-
-
-def placement(cfg) -> str:
-    """``"fpn"``, ``"mask"``, ``"fpn+mask"`` or ``"ff"``: where a config's recurrence sits."""
-    parts = []
-    if cfg.MODEL.BACKBONE.NAME == "build_resnet_crbp_fpn_backbone":
-        parts.append("fpn")
-    if cfg.MODEL.ROI_MASK_HEAD.NAME == "CRBPMaskHead":
-        parts.append("mask")
-    return "+".join(parts) or "ff"
 
 
 def measure_runs(
@@ -327,7 +316,7 @@ def measure_runs(
     for name, run_dir in runs.items():
         cfg = run_cfg(run_dir)
         where, steps = placement(cfg), cfg.MODEL.CRBP.STEPS
-        if where == "ff":
+        if where == "feedforward":
             raise ValueError(f"{run_dir}: the run {name!r} has no recurrent module")
         report["runs"][name] = {
             "dir": run_dir,

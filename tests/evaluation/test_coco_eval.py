@@ -23,8 +23,8 @@ from crbp_panoptic.evaluation import (  # noqa: E402
     evaluate_coco,
     has_detectron2_cocoeval,
 )
-from crbp_panoptic.evaluation.benchmark import benchmark_backends, perturbed_detections  # noqa: E402
 from crbp_panoptic.evaluation.coco_eval import load_ground_truth  # noqa: E402
+from crbp_panoptic.experiments.coco_eval_benchmark import perturbed_detections  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +50,6 @@ def test_faster_coco_eval_gives_pycocotools_stats(val_json, iou_type, seed):
     assert len(stats["pycocotools"]) == len(stats["faster_coco_eval"]) == 12
     np.testing.assert_allclose(stats["faster_coco_eval"], stats["pycocotools"], rtol=0, atol=1e-12)
     assert 0.1 < stats["pycocotools"][0] < 0.95  # the perturbations make AP neither 0 nor 1
-
-
-def test_benchmark_reports_time_and_identical_stats(val_json):
-    pytest.importorskip("faster_coco_eval")
-    report = benchmark_backends(
-        val_json, perturbed_detections(val_json), ["pycocotools", "faster_coco_eval"], repeats=1
-    )
-    for iou_type in ("bbox", "segm"):
-        np.testing.assert_allclose(
-            report["faster_coco_eval"]["stats"][iou_type],
-            report["pycocotools"]["stats"][iou_type],
-            rtol=0,
-            atol=1e-12,
-        )
-        assert all(r["seconds"][iou_type] > 0 for r in report.values())
 
 
 def _to_contiguous(results, metadata):

@@ -42,26 +42,30 @@ def test_default_plan_runs_feedforward_first_then_by_priority():
     ]
 
 
+def _opts(arm):
+    return [str(v) for v in parse_arm(arm).config_opts()]
+
+
 def test_arm_options_select_exact_or_cheap_penalty():
     head = ["MODEL.CRBP.GRAD", "crbp", "MODEL.CRBP.STEPS", "20"]
     kind = ["MODEL.CRBP.LCP_KIND", "colsum"]
     exact = ["MODEL.CRBP.LCP_SUBSAMPLE", "0.0", "MODEL.CRBP.LCP_CROP", "0", *kind]
-    assert bench.arm_opts(parse_arm("crbp:20")) == head + exact  # the FPN YAML's crop switched off
-    assert bench.arm_opts(parse_arm("crbp:20:sub0.25")) == head + [
+    assert _opts("crbp:20") == head + exact  # the FPN YAML's crop switched off
+    assert _opts("crbp:20:sub0.25") == head + [
         "MODEL.CRBP.LCP_SUBSAMPLE",
         "0.25",
         "MODEL.CRBP.LCP_CROP",
         "0",
         *kind,
     ]
-    assert bench.arm_opts(parse_arm("crbp:20:crop16")) == head + [
+    assert _opts("crbp:20:crop16") == head + [
         "MODEL.CRBP.LCP_SUBSAMPLE",
         "0.0",
         "MODEL.CRBP.LCP_CROP",
         "16",
         *kind,
     ]
-    assert bench.arm_opts(bench.FEEDFORWARD) == []
+    assert bench.FEEDFORWARD.config_opts() == []
     assert bench.series(parse_arm("crbp:20:crop16")) == "C-RBP (cheap LCP)"
     assert (
         bench.series(parse_arm("cbptt:3")) == "C-BPTT" and bench.series(bench.FEEDFORWARD) == "FF"
@@ -218,6 +222,8 @@ def test_one_tiny_configuration_measures_training_and_inference():
     # resident-set growth of a tiny model is near zero; pages the kernel reclaims between
     # the two readings can make it a fraction of a MiB negative
     assert r["train_mib"] > -1.0 and r["train_s"] > 0 and not r["nonfinite_loss"]
+    assert len(r["train_times"]) == 1 and len(r["train_mib_all"]) == 2
+    assert r["params"] > 0
     assert "loss_lcp" in r["loss_last"]
     assert r["mask_rois_train"] >= 3  # the ground-truth boxes are appended to the proposals
     assert set(r["infer"]) == {"T", "2T", "ES"}

@@ -1,6 +1,12 @@
-"""crbp_panoptic.experiments.engine_benchmark: one refiner step per arm, and its table."""
+"""crbp_panoptic.experiments.engine_benchmark: one refiner step per arm, eager against
+torch.compile, and against torchdeq (optional)."""
 
-from crbp_panoptic.crbp import parse_arm
+import sys
+
+import pytest
+import torch
+
+from crbp_panoptic.crbp import HGRUCell, parse_arm
 from crbp_panoptic.experiments import engine_benchmark as eb
 
 
@@ -31,10 +37,6 @@ def test_saved_memory_grows_with_bptt_steps_and_stays_flat_under_rbp():
 
 
 def test_compiled_step_times_both_and_reports_a_compile_failure(monkeypatch):
-    import torch
-
-    from crbp_panoptic.crbp import HGRUCell
-
     cell = HGRUCell(8, num_groups=4).eval()
     calls = []
 
@@ -56,3 +58,32 @@ def test_compiled_step_times_both_and_reports_a_compile_failure(monkeypatch):
     text = eb.compile_table([("mask", (2, 8, 5, 5), ok), ("fpn", (1, 8, 6, 6), failed)], "H.")
     assert "| mask | 2x8x5x5 |" in text and "| fpn | 1x8x6x6 |" in text
     assert "RuntimeError: no C++ compiler found | - | - |" in text
+
+
+def test_missing_torchdeq_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchdeq", None)
+    with pytest.raises(ImportError, match=r"pip install torchdeq==0.1.0 --no-deps"):
+        eb.torchdeq_step(HGRUCell(4, num_groups=2), torch.zeros(1, 4, 3, 3), 3, 2)
+
+
+def test_torchdeq_arms_must_match_the_step_count():
+    with pytest.raises(ValueError, match=r"every arm must be recurrent with 4 steps"):
+        eb.compare((1, 4, 5, 5), steps=4, neumann_steps=2, arms=["crbp:5"], repeats=1)
+
+
+def test_torchdeq_ift_and_rbp_agree_at_the_fixed_point():
+    pytest.importorskip("torchdeq")
+    torch.manual_seed(0)
+    cell = HGRUCell(8, num_groups=4).double().train()
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    assert eb.gradient_gap(cell, x, steps=150, neumann_steps=15) < 1e-6
+
+
+def test_torchdeq_report_has_every_arm():
+    pytest.importorskip("torchdeq")
+    result = eb.compare((2, 8, 6, 6), steps=4, neumann_steps=3, repeats=1, check_steps=100)
+    names = [name for name, _ in result["rows"]]
+    assert names[:2] == ["torchdeq IFT", "torchdeq IFT (hook_ift)"]
+    assert names[2:] == ["RBP-4", "C-RBP-4", "C-RBP-4 (LCP on 25% of rows)"]
+    assert all(r["peak"] > 0 and r["time"] > 0 for _, r in result["rows"])
+    assert "| torchdeq IFT | " in eb.torchdeq_table(result)

@@ -49,13 +49,7 @@ def test_settings_name_the_levers():
     )
     assert two_t == {"MODEL.CRBP.TEST_STEPS": 20, "MODEL.CRBP.TEST_TOL": 0.0}
     assert [s.name for s in speed.training_settings("fpn")][-1] == "NEUMANN_TOL 1e-2"
-    assert [s.name for s in speed.training_settings("mask")][-1] == "LCP_SUBSAMPLE 0.25"
-
-
-def test_placement_of_each_config(runs):
-    assert speed.placement(speed.run_cfg(runs["ff"])) == "ff"
-    assert speed.placement(speed.run_cfg(runs["mask"])) == "mask"
-    assert speed.placement(speed.run_cfg(runs["fpn"])) == "fpn"
+    assert [s.name for s in speed.training_settings("mask_head")][-1] == "LCP_SUBSAMPLE 0.25"
 
 
 def test_inference_counts_the_steps_each_setting_runs(runs):
@@ -105,9 +99,9 @@ def test_step_macs_match_the_cell_convolutions(runs):
 def test_measure_runs_and_report(runs):
     report = speed.measure_runs({"mask": runs["mask"]}, runs["ff"], num_images=1, train_iters=1)
     run = report["runs"]["mask"]
-    assert run["placement"] == "mask" and run["steps"] == 3
+    assert run["placement"] == "mask_head" and run["steps"] == 3
     assert [r["setting"] for r in run["training"]] == [
-        s.name for s in speed.training_settings("mask")
+        s.name for s in speed.training_settings("mask_head")
     ]
     assert all(r["seconds"] > 0 for r in run["training"] + report["feedforward"]["training"])
     assert all(0 < r["fg_rois"] <= 128 for r in run["training"])  # BATCH_SIZE_PER_IMAGE

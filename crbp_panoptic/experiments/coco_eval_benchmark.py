@@ -1,22 +1,25 @@
-"""Synthetic detections and a timing of the COCOeval backends on them.
+"""COCOeval backends timed on synthetic detections (box and mask AP, same statistics).
 
 :func:`perturbed_detections` turns COCO ground truth into plausible detections -- every
 object found with a jittered box and a shifted mask, some missed, some duplicated, some
 false positives -- so AP is neither 0 nor 1 and every branch of COCOeval's matching runs.
 """
 
-import os
 import time
 from typing import Dict, List, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
 
-from crbp_panoptic.data import rle_to_mask
-
-from .coco_eval import evaluate_coco, load_ground_truth
+from ..evaluation.coco_eval import evaluate_coco, load_ground_truth
+from .machine import describe, machine_info
 
 __all__ = ["benchmark_backends", "format_report", "perturbed_detections"]
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """An (H, W) bool mask from a COCO RLE (uncompressed, as the synthetic data writes it)."""
+    return mask_util.decode(mask_util.frPyObjects(rle, *rle["size"])).astype(bool)
 
 
 def _encode(mask: np.ndarray) -> dict:
@@ -149,23 +152,11 @@ def benchmark_backends(
     return report
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(
-                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.machine()
-
-
 def format_report(report: Dict[str, dict], command: str, dataset: str, num_results: int) -> str:
     """A Markdown report of :func:`benchmark_backends`: times, speed-ups, the 12 stats."""
-    import platform
     from importlib.metadata import version
 
+    machine = machine_info("cpu")
     backends = list(report)
     base = report[backends[0]]["seconds"]
     lines = [
@@ -174,10 +165,9 @@ def format_report(report: Dict[str, dict], command: str, dataset: str, num_resul
         f"Command: `{command}`",
         "",
         f"Data: {dataset}; {num_results} detections derived from the ground truth "
-        "(`crbp_panoptic.evaluation.benchmark.perturbed_detections`).",
-        f"Machine: {os.cpu_count()} CPU cores ({_cpu_model()}), Python "
-        f"{platform.python_version()}, pycocotools {version('pycocotools')}, "
-        f"faster-coco-eval {version('faster-coco-eval')}.",
+        "(`crbp_panoptic.experiments.coco_eval_benchmark.perturbed_detections`).",
+        f"Machine: {describe(machine)}, Python {machine['python']}, pycocotools "
+        f"{version('pycocotools')}, faster-coco-eval {version('faster-coco-eval')}.",
         "Time: loadRes + evaluate + accumulate + summarize, best of the repeats "
         "(ground truth loaded once, untimed, as an evaluator does).",
         "",

@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Analyze models built from configs: parameters, multiply-adds, activations, structure.
+
+Each ``--config-file`` may carry overrides, ``PATH[::KEY=VALUE...]``; trailing ``KEY VALUE``
+pairs apply to every config. Models have random weights and run on the CPU. Tasks:
+
+* ``parameter``: trainable and all parameters, backbone + FPN, mask head, recurrent modules
+  (``crbp_panoptic.experiments.measure.parameter_counts``);
+* ``flop``: multiply-adds per ``--size`` image, split into backbone + FPN, its recurrent
+  modules, the other heads and the mask head for each number of detections in ``--rois``,
+  with recurrent modules running exactly ``TEST_STEPS`` (else ``STEPS``); the first config
+  is the reference of the ratios;
+* ``activation``: fvcore's activation count of one image (millions);
+* ``structure``: the model as PyTorch prints it.
+
+Without ``--config-file``, the COCO R-50 configs and the variants of
+``docs/results/macs_coco.md``::
+
+    python tools/analyze_model.py --tasks parameter flop --output output/analysis
+"""
+
+import argparse
+import os
+
+import torch
+
+from crbp_panoptic.experiments.measure import config_macs, parameter_counts
+from crbp_panoptic.experiments.report import publish
+
+COCO = "configs/COCO-PanopticSegmentation/"
+FPN_FULL = "::MODEL.CRBP.FPN_CHANNELS=0::MODEL.CRBP.NUM_GROUPS=32"
+DEFAULT = [
+    COCO + "panoptic_fpn_R_50_1x.yaml",
+    COCO + "panoptic_crbp_mask_R_50_1x.yaml",
+    COCO + "panoptic_crbp_mask_R_50_1x.yaml::MODEL.CRBP.TEST_STEPS=10",
+    COCO + "panoptic_crbp_fpn_R_50_1x.yaml",
+    COCO + "panoptic_crbp_fpn_R_50_1x.yaml::MODEL.CRBP.FPN_LEVELS=['p4','p5']",
+    COCO + "panoptic_crbp_fpn_R_50_1x.yaml" + FPN_FULL,
+    COCO + "panoptic_crbp_fpn_R_50_1x.yaml::MODEL.CRBP.FPN_LEVELS=['p4','p5']" + FPN_FULL,
+    COCO + "panoptic_crbp_fpn_R_50_1x.yaml::MODEL.CRBP.FPN_LEVELS=['p2','p3','p4','p5']" + FPN_FULL,
+]
+TASKS = ("parameter", "flop", "activation", "structure")
+
+
+def parse_variant(text: str):
+    """``PATH[::KEY=VALUE...]`` -> (path, [KEY, VALUE, ...]); ValueError names a bad pair."""
+    path, *pairs = text.split("::")
+    opts = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config-file {text!r}: override {pair!r} must be KEY=VALUE")
+        opts += [key, value]
+    return path, opts
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config-file", nargs="+", default=DEFAULT, metavar="PATH[::KEY=VALUE]")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=["parameter"])
+    p.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
+    p.add_argument("--rois", type=int, nargs="+", default=[10, 100], help="flop: detections")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--output", "--out", default=None, help="also write TASK.md in this folder")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE options for every config")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        args.variants = [parse_variant(c) for c in args.config_file]
+    except ValueError as e:
+        p.error(str(e))
+    if len(args.opts) % 2:
+        p.error(f"config options need KEY VALUE pairs; got {args.opts}")
+    if min(args.size) < 32 or min(args.rois) < 1:
+        p.error("--size must be >= 32 px and --rois >= 1")
+    return args
+
+
+def build(path, opts):
+    """The config (early stopping off, CPU, random weights) and its model, in eval mode."""
+    from detectron2.modeling import build_model
+
+    from crbp_panoptic.engine import setup_cfg
+
+    base = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.CRBP.TEST_TOL", 0.0]
+    cfg = setup_cfg(path, base + list(opts))
+    return cfg, build_model(cfg).eval()
+
+
+def _name(path, opts):
+    return path.split("/")[-1] + "".join(f" {k}={v}" for k, v in zip(opts[::2], opts[1::2]))
+
+
+def parameter_table(rows) -> str:
+    lines = [
+        "| config | trainable | all | backbone (+FPN), all | mask head | recurrent |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in rows:
+        cells = [c[k] for k in ("trainable", "total", "backbone", "mask_head", "recurrent")]
+        lines.append(f"| {name} | " + " | ".join(f"{v:,}" for v in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def flop_table(rows, size, rois) -> str:
+    def total(r, n):
+        return r["backbone"] + r["recurrent"] + r["heads"] + r["mask"][n]
+
+    ref = rows[0][1]
+    per = " | ".join(f"mask head, {n} det. | total, {n} det. | x first" for n in rois)
+    lines = [
+        f"GMAC per {size[0]}x{size[1]} image (random weights; recurrent modules run exactly "
+        "their test steps; mask head for the given number of detections).",
+        "",
+        f"| config | steps | backbone + FPN | recurrent in backbone | other heads | {per} |",
+        "|---|---:|---:|---:|---:|" + "---:|---:|---:|" * len(rois),
+    ]
+    for name, r in rows:
+        cells = [f"{r[k] / 1e9:.3g}" for k in ("backbone", "recurrent", "heads")]
+        for n in rois:
+            t = total(r, n)
+            cells.append(f"{r['mask'][n] / 1e9:.3g} | {t / 1e9:.3g} | {t / total(ref, n):.2f}")
+        lines.append(f"| {name} | {r['steps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def activation_table(rows) -> str:
+    lines = ["| config | activations (M) |", "|---|---:|"]
+    return "\n".join(lines + [f"| {n} | {a / 1e6:.3g} |" for n, a in rows]) + "\n"
+
+
+def activations(model, size) -> float:
+    from detectron2.utils.analysis import ActivationCountAnalysis
+
+    image = {"image": torch.zeros(3, *size), "height": size[0], "width": size[1]}
+    with torch.no_grad():
+        count = ActivationCountAnalysis(model, ([image],))
+        count.unsupported_ops_warnings(False)
+        count.uncalled_modules_warnings(False)
+        return float(count.total())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {t: [] for t in args.tasks}
+    for path, opts in args.variants:
+        cfg, model = build(path, opts + list(args.opts))
+        name = _name(path, opts)
+        if "parameter" in results:
+            results["parameter"].append((name, parameter_counts(model)))
+        if "flop" in results:
+            results["flop"].append((name, config_macs(model, cfg, tuple(args.size), args.rois)))
+        if "activation" in results:
+            results["activation"].append((name, activations(model, args.size)))
+        if "structure" in results:
+            results["structure"].append(f"## {name}\n\n```\n{model}\n```\n")
+    texts = {
+        "parameter": parameter_table,
+        "flop": lambda r: flop_table(r, args.size, args.rois),
+        "activation": activation_table,
+        "structure": lambda r: "\n".join(r),
+    }
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+    for task, rows in results.items():
+        path = f"{args.output}/{task}.md" if args.output else None
+        publish(texts[task](rows), path)
+    return results
+
+
+if __name__ == "__main__":
+    main()
