@@ -23,7 +23,6 @@ TOOLS = [
     "install_detectron2.py",
     "make_synthetic_dataset.py",
     "predict.py",
-    "stability.py",
     "train_net.py",
     "train_pathfinder.py",
     "visualize_dynamics.py",
