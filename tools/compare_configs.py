@@ -28,12 +28,9 @@ every config.
         --arms bptt:3 crbp:10 --seeds 0 --iterations 300 --test-steps 1 2 3 5 8 9 10 15 20 30 \\
         --residual-images 4 --output output/stability_quick
 
-Time of the suites, an estimate. Per training iteration of batch 4 on the 2-core machine with
-two threads: about 0.40 s feedforward; for the recurrent FPN 0.42 s BPTT-1, 0.45 s BPTT-3,
-0.47 s C-RBP-10 (docs/results/speed_cpu.md); for the mask head 0.45 / 0.50 / 1.2 s
-(docs/results/longrange.md). About 15 s per child for start-up and evaluation (22 children),
-330 s in all: quick (warm-up 300, then 400 per arm) about 42 minutes; longrange (warm-up
-1000, then 300 per arm) about 51 minutes. Run with OMP_NUM_THREADS=2.
+Time of the suites, an estimate (2 threads; docs/results/speed_cpu.md, longrange.md): quick
+(warm-up 300, then 400 per arm) about 42 minutes, longrange (warm-up 1000, then 300 per arm)
+about 51 minutes, of which about 15 s per child (22 children) is start-up and evaluation.
 """
 
 import argparse

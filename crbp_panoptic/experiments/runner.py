@@ -1,29 +1,19 @@
 """Train arms x seeds, evaluate each at several test-step counts (``tools/compare_configs.py``).
 
-An *arm* is a config with the overrides that make it one training rule. Arms come from a
-declared suite (:func:`plan_suite`), from configs as they are (:func:`config_arms`: the
-config's own rule) or from arm names on one recurrent config (:func:`rule_arms`:
-``bptt:3``, ``crbp:10``, ...). :func:`run_plan` then
-
-1. (suites) trains the feedforward config once, the *warm-up* (``<output>/warmup``, reused by
-   every arm, seed and rerun; or given as weights), and checks that its checkpoint fits every
-   arm's model with only the recurrent modules left new
-   (:func:`~crbp_panoptic.engine.checkpoint.load_trained_weights`);
-2. trains every arm for every seed with ``tools/train_net.py`` in a child process (``SEED`` =
-   seed; from the warm-up checkpoint at iteration 0 with a fresh schedule, when there is one)
-   into ``<output>/runs/<arm>/seed<seed>``; its final evaluation is the one at T test steps;
-3. evaluates every recurrent arm again at each other test-step count t (m x T for every
-   multiple m, and every count asked for) with ``--eval-only``, ``MODEL.CRBP.TEST_STEPS`` t
-   and ``TEST_TOL`` 0, into ``.../test_steps<t>``;
-4. with ``residual_images``, steps every recurrent module of the trained model on that many
-   test images for 2 x the largest T steps and records residual and drift per step
-   (:func:`~.evaluation.residual_curves`);
-5. writes ``<output>/summary.json`` after every child: one entry per (arm, seed, test steps)
-   whose config, opts and weights reproduce its PQ through ``tools/train_net.py --eval-only
-   --config-file <config> <opts> MODEL.WEIGHTS <weights>``. A run that fails is kept as
-   ``"status": "failed"`` with its error and log. A rerun reuses every finished run; a run
-   folder made with other settings is an error, never overwritten. At the end
-   ``summary.md`` and ``pq_vs_steps.png`` (:mod:`.runner_report`).
+An *arm* is a config with the overrides that make it one training rule: from a declared
+suite (:func:`plan_suite`), from configs as they are (:func:`config_arms`) or from rules on
+one recurrent config (:func:`rule_arms`: ``bptt:3``, ``crbp:10``). :func:`run_plan` trains
+the suite's warm-up once, if any (``<output>/warmup``; its checkpoint must fit every arm but
+the recurrent modules), then every arm for every seed with ``tools/train_net.py`` in a child
+process (from the warm-up at iteration 0, when there is one) into
+``<output>/runs/<arm>/seed<seed>``, whose final evaluation is at T test steps; then every
+recurrent arm again at each other count t (``--eval-only``, ``TEST_STEPS`` t, ``TEST_TOL`` 0)
+into ``.../test_steps<t>``; and, with ``residual_images``, residual and drift curves
+(:func:`~.evaluation.residual_curves`). ``<output>/summary.json`` is rewritten after every
+child: one entry per (arm, seed, test steps) whose config, opts and weights reproduce its PQ
+with ``tools/train_net.py --eval-only``; a failed run is kept as ``"status": "failed"``. A
+rerun reuses finished runs; a run folder made with other settings is an error, never
+overwritten. At the end: ``summary.md`` and ``pq_vs_steps.png`` (:mod:`.runner_report`).
 """
 
 import dataclasses
@@ -490,8 +480,9 @@ def _models(plan: Plan):
     return models, {arm: _parameter_counts(m) for arm, m in models.items()}
 
 
-def _warm_up(plan: Plan, summary: dict, python: str, log) -> str:
-    """Train or reuse the warm-up (or take the given weights); returns its sha256."""
+def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log) -> str:
+    """Train or reuse the warm-up (or take the given weights); check that it fills every
+    weight of every arm's model but the recurrent modules'. Returns its sha256."""
     w = plan.warmup
     if w["dir"]:
         spec = _spec(w["config"], w["opts"], None)
@@ -511,20 +502,15 @@ def _warm_up(plan: Plan, summary: dict, python: str, log) -> str:
                 f"{run.run_dir} was trained from another warm-up checkpoint (sha256 {old}, now "
                 f"{digest}); use another output directory, or delete that run to train it again"
             )
-    return digest
-
-
-def _check_warm_start(plan: Plan, models: dict):
-    """The warm-up checkpoint must fill every weight of every arm's model but the recurrent
-    modules' (which keep their initialisation)."""
     for arm, model in models.items():
         try:
-            load_trained_weights(model, plan.warmup["weights"], "warm-up weights")
+            load_trained_weights(model, w["weights"], "warm-up weights")
         except WeightsError as e:
             raise ValueError(
                 f"{e}\n(the warm-up weights do not fit arm {arm!r}; allowed: weights of "
-                f"{plan.warmup['config']} trained with the same overrides)"
+                f"{w['config']} trained with the same overrides)"
             ) from None
+    return digest
 
 
 def _entry(run: Run, t: Optional[int], params: dict, **fields) -> dict:
@@ -557,16 +543,8 @@ def _residuals(plan: Plan, run: Run) -> dict:
 
 
 def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=print) -> dict:
-    """Run a plan (see the module docstring); finished runs are reused.
-
-    Args:
-        plan: a :class:`Plan` (e.g. from :func:`plan_suite`).
-        python: the interpreter of the children.
-        command: the command line, recorded.
-        log: progress messages.
-
-    Returns:
-        dict: the summary, also in ``<output_dir>/summary.json``.
+    """Run ``plan`` (see the module docstring) with children on ``python``; finished runs are
+    reused. Returns the summary (also ``<output_dir>/summary.json``), which records ``command``.
 
     Raises:
         RuntimeError: the warm-up failed (recorded in ``summary.json`` first).
@@ -611,10 +589,9 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
     digest = None
     if w:
         try:
-            digest = _warm_up(plan, summary, python, log)
+            digest = _warm_up(plan, summary, models, python, log)
         finally:
             write()
-        _check_warm_start(plan, models)
     del models
 
     for run in plan.runs:

@@ -7,17 +7,8 @@ from .report import fmt, markdown_table
 
 __all__ = ["markdown", "plot"]
 
-DYNAMICS = (
-    "residual",
-    "neumann_terms",
-    "neumann_residual",
-    "colsum_p50",
-    "colsum_p90",
-    "colsum_max",
-    "frac_above_tau",
-    "contrast",
-    "lcp",
-)
+DYNAMICS = "residual neumann_terms neumann_residual colsum_p50 colsum_p90 colsum_max".split()
+DYNAMICS += ["frac_above_tau", "contrast", "lcp"]
 _CURVE_LABELS = {
     "loss_mask": "loss_mask",
     "mask_rcnn/false_negative": "mask FN",

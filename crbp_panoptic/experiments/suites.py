@@ -1,15 +1,10 @@
 """The declared comparisons (``tools/compare_configs.py --suite NAME``), in one place.
 
-A suite compares the recurrent refiner in one placement (the FPN or the mask head) with
-the feedforward model: a feedforward config (also the *warm-up*, trained once), a
-recurrent config, the arms (the grammar of :mod:`crbp_panoptic.crbp.arms`; ``crbp:T``
-takes T from the recurrent config's ``MODEL.CRBP.STEPS``), the budgets and the floors.
-The default arms are ``ff``, ``bptt:1`` (the recurrent module run for one step: the same
-parameters, no recurrence; the paper's ablation), ``bptt:3`` and ``crbp:T``. How a suite
-runs is :mod:`.runner`'s.
-
-Floors (:func:`suite_floors`) describe the test split without any model: the grouping-free
-mask ("every pixel of the class inside the true box") and how well it already scores.
+A suite compares the recurrent refiner in one placement with the feedforward model: its
+configs, arms (``bptt:1``: the recurrent module run once, same parameters, no recurrence;
+``crbp:T``: T from the recurrent config), budgets and floors. The floors describe the test
+split without any model: the grouping-free mask ("every pixel of the class inside the true
+box") and how well it already scores. How a suite runs is :mod:`.runner`'s.
 """
 
 import dataclasses
