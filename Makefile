@@ -20,7 +20,7 @@ test: setup
 # The main job on the built-in synthetic data: train a C-RBP Panoptic FPN, evaluate PQ on
 # the held-out val split, print the table and write panoptic overlays to output/demo/.
 demo: setup
-	OMP_NUM_THREADS=2 $(PY) tools/demo.py --output-dir output/demo
+	OMP_NUM_THREADS=2 $(PY) tools/demo.py --output output/demo
 
 clean-demo:
 	rm -rf output/demo

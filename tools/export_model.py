@@ -57,7 +57,7 @@ def max_difference(a, b):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--format", choices=["torchscript"], default="torchscript")

@@ -29,7 +29,7 @@ from crbp_panoptic.engine.predictor import build_predictor
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", required=True, metavar="IMAGE", help="one image file")
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory")

@@ -15,20 +15,20 @@ refiner's own output when the refiner runs fixed-point steps without an early st
 
 import contextlib
 import dataclasses
+from functools import partial
 from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 
 from crbp_panoptic.crbp import RecurrentRefiner
+from crbp_panoptic.crbp.trajectory import capture_inputs, trajectory
 
 __all__ = [
     "Trajectory",
     "channel_summary",
     "mask_head_readout",
     "record_dynamics",
-    "relative_residuals",
-    "run_cell",
     "trained_steps",
 ]
 
@@ -55,25 +55,6 @@ def trained_steps(refiner: RecurrentRefiner) -> int:
     return refiner.test_steps or refiner.steps
 
 
-def relative_residuals(states: List[torch.Tensor]) -> List[float]:
-    """``||h_t - h_{t-1}|| / ||h_t||`` over the whole tensor, with ``h_0 = 0``."""
-    out, prev = [], torch.zeros_like(states[0]) if states else None
-    for h in states:
-        out.append(float((h - prev).norm() / h.norm().clamp_min(1e-12)))
-        prev = h
-    return out
-
-
-@torch.no_grad()
-def run_cell(cell: nn.Module, x: torch.Tensor, steps: int) -> List[torch.Tensor]:
-    """Iterate ``h <- cell(x, h)`` from zeros; return the ``steps`` states (CPU copies)."""
-    h, states = torch.zeros_like(x), []
-    for _ in range(steps):
-        h = cell(x, h)
-        states.append(h.detach().cpu())
-    return states
-
-
 @contextlib.contextmanager
 def record_dynamics(
     model: nn.Module, steps: Optional[int] = None
@@ -97,26 +78,18 @@ def record_dynamics(
     refiners = [(n, m) for n, m in model.named_modules() if isinstance(m, RecurrentRefiner)]
     if not refiners:
         raise ValueError(f"{type(model).__name__} has no RecurrentRefiner to record")
-    records: Dict[str, List[Trajectory]] = {name: [] for name, _ in refiners}
+    names = {m: n for n, m in refiners}
 
-    def hook_for(name: str) -> Callable:
-        def hook(module, args):
-            if module.training:
-                return
-            n = steps or trained_steps(module)
-            states = run_cell(module.cell, args[0], n)
-            records[name].append(
-                Trajectory(name, states, relative_residuals(states), trained_steps(module))
-            )
+    def record(module: RecurrentRefiner, x: torch.Tensor) -> Optional[Trajectory]:
+        if module.training:
+            return None
+        n = steps or trained_steps(module)
+        tr = trajectory(partial(module.cell, x), torch.zeros_like(x), n, keep_states=True)
+        states = [h.cpu() for h in tr.states]
+        return Trajectory(names[module], states, tr.residuals, trained_steps(module))
 
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in refiners]
-    try:
+    with capture_inputs(refiners, record) as records:
         yield records
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def channel_summary(state: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Experiment helpers behind the tools in ``tools/`` (benchmarks, stability, demo).
+"""Experiment helpers behind the tools in ``tools/`` (benchmarks, comparisons over seeds).
 
 The tools are thin command lines; what they measure and how lives here, importable and
 tested:
@@ -7,21 +7,17 @@ tested:
   parameter counts (:func:`~.measure.parameter_counts`) and multiply-adds.
 * :mod:`.machine` -- what a figure was measured on.
 * :mod:`.batches` -- random Detectron2 training batches of any size.
-* :mod:`.trajectories` -- residual and drift curves of the recurrent modules of a model.
-* :mod:`.evaluation` -- PQ of a trained model at a chosen number of test steps, and the
-  metrics a trainer logged.
+* :mod:`.evaluation` -- PQ of a trained model in this process, and the residual and drift
+  curves of its recurrent modules.
 * :mod:`.report` -- number formatting, markdown tables, writing a report.
 * :mod:`.benchmark` -- training memory and speed of each arm against the feedforward model.
 * :mod:`.engine_benchmark` -- one training step of the hGRU refiner alone, per arm, and
   against torchdeq.
 * :mod:`.speed` -- what each speed lever buys on trained runs.
 * :mod:`.coco_eval_benchmark` -- the COCOeval backends timed on synthetic detections.
-* :mod:`.stability` -- PQ and residual when a model runs past its trained steps.
-* :mod:`.demo` -- train on the synthetic data, report PQ, draw overlays.
-* :mod:`.seeds` -- train configs over seeds, PQ at multiples of the trained steps, the
-  mask head alone on ground-truth boxes (``tools/compare_configs.py --configs``).
-* :mod:`.suites` -- declared comparisons: feedforward, BPTT-1, BPTT-3 and C-RBP from one
-  shared warm start, over seeds (``tools/compare_configs.py --suite``).
+* :mod:`.runner` -- train arms over seeds and evaluate each at and past its trained steps
+  (``tools/compare_configs.py``); :mod:`.suites` -- its declared comparisons;
+  :mod:`.runner_report` -- its tables and figure.
 
 Submodules import Detectron2 where they need it; import them, not this package, for names.
 """

@@ -1,60 +1,24 @@
-"""Evaluating trained models: PQ at a chosen number of test steps, and logged metrics."""
+"""Evaluating a trained model in this process: PQ, test inputs, and how its recurrent
+modules settle (residual and drift curves)."""
 
-import json
-import os
-from typing import Dict, List, Optional
+from functools import partial
+from typing import Dict, List, Sequence
+
+import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.modeling import build_model
 
+from ..crbp.trajectory import capture_inputs, trajectory
 from ..data import prepare_dataset
-from ..engine import Trainer, setup_cfg
+from ..engine import Trainer
+from ..modeling import recurrent_modules
 
-__all__ = [
-    "PQ_KEYS",
-    "evaluate_pq",
-    "first_test_inputs",
-    "load_model",
-    "logged_pq",
-    "read_final_metrics",
-    "config_at_test_steps",
-]
+__all__ = ["PQ_KEYS", "evaluate_pq", "first_test_inputs", "load_model", "residual_curves"]
 
 #: The panoptic-quality figures reported: All, Things, Stuff.
 PQ_KEYS = ("PQ", "PQ_th", "PQ_st")
-
-
-def read_final_metrics(path: str, prefix: str = "panoptic_seg/") -> Dict[str, float]:
-    """The last evaluation results a trainer logged to ``metrics.json``, keys without ``prefix``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        RuntimeError: no line of ``path`` holds a ``prefix*`` key (no evaluation ran).
-    """
-    with open(path) as f:
-        records = [json.loads(line) for line in f if prefix in line]
-    if not records:
-        raise RuntimeError(f"{path}: no '{prefix}*' results; did the evaluation run?")
-    return {k[len(prefix) :]: v for k, v in records[-1].items() if k.startswith(prefix)}
-
-
-def logged_pq(output_dir: str) -> Optional[float]:
-    """The last ``panoptic_seg/PQ`` in ``<output_dir>/metrics.json``; None if there is none."""
-    try:
-        return read_final_metrics(os.path.join(output_dir, "metrics.json")).get("PQ")
-    except (FileNotFoundError, RuntimeError):
-        return None
-
-
-def config_at_test_steps(output_dir: str, test_steps: int):
-    """The config a run was trained with (``<output_dir>/config.yaml``), set to run exactly
-    ``test_steps`` recurrent steps at test time (``TEST_STEPS`` = t, ``TEST_TOL`` = 0), frozen."""
-    cfg = setup_cfg(os.path.join(output_dir, "config.yaml"))
-    cfg.MODEL.CRBP.TEST_STEPS = int(test_steps)
-    cfg.MODEL.CRBP.TEST_TOL = 0.0
-    cfg.freeze()
-    return cfg
 
 
 def load_model(cfg, weights: str):
@@ -88,3 +52,50 @@ def first_test_inputs(cfg, num_images: int) -> List[dict]:
         if len(items) >= num_images:
             break
     return items[:num_images]
+
+
+def residual_curves(model, inputs: Sequence[dict], num_steps: int, ref_step: int) -> Dict:
+    """Per recurrent module: residual ``||h_t - h_{t-1}|| / ||h_t||`` and drift
+    ``||h_t - h_T|| / ||h_T||`` (T = ``ref_step``) for t = 1..``num_steps`` from ``h_0 = 0``,
+    on the drive each module received, averaged over ``inputs``.
+
+    Each input (a Detectron2 inference dict) runs alone through ``model`` in eval mode (its
+    mode is restored after); a module that saw an empty drive (a mask head without ROIs)
+    skips that image.
+
+    Returns:
+        dict: ``{module: {"residual": [...], "drift": [...], "images": n}}``, plus ``"mean"``
+        over the modules that saw a drive.
+    """
+    modules = dict(recurrent_modules(model))
+    sums: Dict[str, Dict[str, list]] = {}
+    counts: Dict[str, int] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for item in inputs:
+            with torch.no_grad(), capture_inputs(modules.items()) as drives:
+                model([item])
+            for name, xs in drives.items():
+                for x in (x for x in xs if x.numel()):
+                    cell = modules[name].cell
+                    tr = trajectory(partial(cell, x), torch.zeros_like(x), num_steps, ref_step)
+                    acc = sums.setdefault(
+                        name, {"residual": [0.0] * num_steps, "drift": [0.0] * num_steps}
+                    )
+                    acc["residual"] = [a + b for a, b in zip(acc["residual"], tr.residuals)]
+                    acc["drift"] = [a + b for a, b in zip(acc["drift"], tr.drift)]
+                    counts[name] = counts.get(name, 0) + 1
+    finally:
+        model.train(was_training)
+    out = {
+        name: {key: [v / counts[name] for v in vals] for key, vals in acc.items()}
+        | {"images": counts[name]}
+        for name, acc in sums.items()
+    }
+    if out:
+        out["mean"] = {
+            key: [sum(out[m][key][t] for m in sums) / len(sums) for t in range(num_steps)]
+            for key in ("residual", "drift")
+        } | {"images": min(counts.values())}
+    return out

@@ -16,6 +16,7 @@ the contour has to happen in the recurrence.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Iterator, Tuple, Union
 
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..crbp import RecurrentRefiner
+from ..crbp.trajectory import iterate
 
 __all__ = [
     "LOSSES",
@@ -283,11 +285,7 @@ class PathfinderNet(nn.Module):
             for ``t = 1 .. steps``.
         """
         x = self.frontend(image)
-        h = torch.zeros_like(x)
-        for t in range(1, steps + 1):
-            h_new = self.cell(x, h)
-            res = float((h_new - h).norm() / (h_new.norm() + 1e-12))
-            h = h_new
+        for t, h, res in iterate(partial(self.cell, x), torch.zeros_like(x), steps):
             yield t, self.read(h), res
 
 

@@ -1,5 +1,6 @@
-"""Comparison suites: the declared tables, bad input, the shared warm start, the runner (with a
-stand-in for tools/train_net.py, and end to end on a tiny suite), the plot."""
+"""The runner behind tools/compare_configs.py: the declared suites, the other ways to name arms,
+bad input, the shared warm start, runs with a stand-in for tools/train_net.py and end to end on a
+tiny suite, the residual curves, the report and the plot."""
 
 import dataclasses
 import json
@@ -14,18 +15,17 @@ pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
 
-from crbp_panoptic.experiments.suites import (  # noqa: E402
+from crbp_panoptic.experiments.runner import (  # noqa: E402
     RESERVED_KEYS,
-    SUITES,
-    Suite,
-    get_suite,
-    placement_of,
+    Plan,
+    config_arms,
     plan_suite,
-    plot_pq_vs_steps,
-    run_suite,
-    suite_floors,
-    warm_start_keys,
+    rule_arms,
+    run_plan,
 )
+from crbp_panoptic.experiments.runner_report import plot  # noqa: E402
+from crbp_panoptic.experiments.suites import SUITES, Suite, get_suite, suite_floors  # noqa: E402
+from crbp_panoptic.modeling import placement  # noqa: E402
 
 from tests.tiny import REPO, load_tool, tiny_cfg, tiny_train_opts  # noqa: E402
 
@@ -81,21 +81,21 @@ def _tiny_suite(**changes):
 
 
 @pytest.mark.parametrize(
-    "name, ff, recurrent, placement",
+    "name, ff, recurrent, where",
     [("quick", FF_QUICK, FPN_QUICK, "fpn"), ("longrange", FF_LONG, MASK_LONG, "mask_head")],
 )
 def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
-    tmp_path, name, ff, recurrent, placement
+    tmp_path, name, ff, recurrent, where
 ):
     suite = get_suite(name)
     assert sorted(SUITES) == ["longrange", "quick"] and SUITES[name] is suite
     assert (suite.feedforward_config, suite.recurrent_config) == (ff, recurrent)
-    assert placement_of(tiny_cfg(recurrent[len("configs/") :])) == placement
+    assert placement(tiny_cfg(recurrent[len("configs/") :])) == where
     plan = plan_suite(suite, [0, 1, 2], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # planning writes nothing
     assert [a.name for a in plan.arms] == ["ff", "bptt:1", "bptt:3", "crbp:10"]
-    assert _opt(plan.warmup_opts, "SOLVER.MAX_ITER") == str(suite.warmup_iterations)
-    assert plan.warmup_config == ff and plan.warmup_dir == str(tmp_path / "out" / "warmup")
+    assert _opt(plan.warmup["opts"], "SOLVER.MAX_ITER") == str(suite.warmup_iterations)
+    assert plan.warmup["config"] == ff and plan.warmup["dir"] == str(tmp_path / "out" / "warmup")
     runs = {(r.arm, r.seed): r for r in plan.runs}
     assert len(runs) == 12 and len({r.run_dir for r in plan.runs}) == 12
     for (arm, seed), run in runs.items():
@@ -103,18 +103,18 @@ def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
         assert _opt(run.opts, "SOLVER.MAX_ITER") == str(suite.iterations)
         assert "MODEL.WEIGHTS" not in run.opts and "OUTPUT_DIR" not in run.opts
     ff_run = runs[("ff", 1)]
-    assert ff_run.config == ff and ff_run.multiples == [1]
+    assert ff_run.config == ff and ff_run.test_steps == []
     assert not [k for k in ff_run.opts[::2] if k.startswith("MODEL.CRBP")]
     for arm, grad, steps in (("bptt:1", "bptt", 1), ("bptt:3", "bptt", 3), ("crbp:10", "crbp", 10)):
         run = runs[(arm, 2)]
-        assert run.config == recurrent and run.multiples == [1, 3]
+        assert run.config == recurrent and run.test_steps == [steps, 3 * steps]
         assert (_opt(run.opts, "MODEL.CRBP.GRAD"), _opt(run.opts, "MODEL.CRBP.STEPS")) == (
             grad,
             str(steps),
         )
         assert _opt(run.opts, "MODEL.CRBP.TEST_STEPS") == str(steps)
-        assert _opt(run.eval_opts(3), "MODEL.CRBP.TEST_STEPS") == str(3 * steps)
-        assert _opt(run.eval_opts(3), "MODEL.CRBP.TEST_TOL") == "0.0"
+        assert _opt(run.eval_opts(3 * steps), "MODEL.CRBP.TEST_STEPS") == str(3 * steps)
+        assert _opt(run.eval_opts(3 * steps), "MODEL.CRBP.TEST_TOL") == "0.0"
 
     other = plan_suite(
         suite,
@@ -125,14 +125,14 @@ def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
         opts=["MODEL.CRBP.STEPS", "6"],
     )
     assert [a.name for a in other.arms][-1] == "crbp:6"  # T: the config's STEPS (after overrides)
-    assert _opt(other.warmup_opts, "SOLVER.MAX_ITER") == "9"
+    assert _opt(other.warmup["opts"], "SOLVER.MAX_ITER") == "9"
     assert {_opt(r.opts, "SOLVER.MAX_ITER") for r in other.runs} == {"7"}
 
 
 def test_schedule_restarts_and_scales_the_decay_points(tmp_path):
     plan = plan_suite(get_suite("quick"), [0], str(tmp_path), iterations=600, warmup_iterations=60)
     # The quick configs decay at 250 of 300 iterations.
-    assert _opt(plan.warmup_opts, "SOLVER.STEPS") == "(50,)"
+    assert _opt(plan.warmup["opts"], "SOLVER.STEPS") == "(50,)"
     assert {_opt(r.opts, "SOLVER.STEPS") for r in plan.runs} == {"(500,)"}
     assert {_opt(r.opts, "SOLVER.CHECKPOINT_PERIOD") for r in plan.runs} == {"601"}
 
@@ -191,9 +191,9 @@ def test_config_whose_placement_does_not_match_the_suite_fails(tmp_path, capsys)
 def test_overrides_of_what_the_runner_sets_and_bad_values_are_rejected(tmp_path):
     quick = get_suite("quick")
     for key, flag in (("SOLVER.MAX_ITER", "--iterations"), ("SEED", "--seeds")):
-        with pytest.raises(ValueError, match=f"{key} is set by the suite runner.*{flag}"):
+        with pytest.raises(ValueError, match=f"{key} is set by the runner.*{flag}"):
             plan_suite(quick, [0], str(tmp_path), opts=[key, "5"])
-    with pytest.raises(ValueError, match="MODEL.CRBP.GRAD is set by the suite runner.*arms"):
+    with pytest.raises(ValueError, match="MODEL.CRBP.GRAD is set by the runner.*arms"):
         plan_suite(quick, [0], str(tmp_path), opts=["MODEL.CRBP.GRAD", "rbp"])
     with pytest.raises(ValueError, match="iterations=0"):
         plan_suite(quick, [0], str(tmp_path), iterations=0)
@@ -216,54 +216,6 @@ def test_output_with_runs_made_otherwise_is_an_error_not_overwritten(tmp_path):
     with pytest.raises(ValueError, match=r"seed0 holds a run made with other settings \(opts"):
         plan_suite(_tiny_suite(), [0], str(tmp_path))
     assert json.loads((tmp_path / "runs" / "bptt_1" / "seed0" / "run.json").read_text()) == spec
-
-
-# --- the shared warm start ---------------------------------------------------------------------
-
-
-def _state_keys(model, prefix):
-    return sorted(k for k in model.state_dict() if k.startswith(prefix))
-
-
-@pytest.mark.parametrize("ff, recurrent", [(FF_QUICK, FPN_QUICK), (FF_LONG, MASK_LONG)])
-def test_warm_start_leaves_exactly_the_recurrent_module_new(tmp_path, ff, recurrent):
-    from detectron2.modeling import build_model
-
-    from crbp_panoptic.modeling import recurrent_modules
-
-    torch.manual_seed(0)
-    ff_model = build_model(tiny_cfg(ff[len("configs/") :]))
-    path = str(tmp_path / "ff.pth")
-    torch.save({"model": ff_model.state_dict()}, path)
-    model = build_model(tiny_cfg(recurrent[len("configs/") :]))
-    keys = warm_start_keys(model, path)
-
-    refiners = [name for name, _ in recurrent_modules(model)]
-    if "fpn" in recurrent:
-        assert refiners == [f"backbone.fpn_lateral{k}.recurrent" for k in (3, 4, 5)]
-        new = [k for r in refiners for k in _state_keys(model, r + ".")]
-        assert keys["unexpected"] == []
-        stock = "backbone.fpn_lateral3.weight"  # the lateral conv under the recurrent lateral
-    else:
-        assert refiners == ["roi_heads.mask_head.mask_recurrent"]
-        # the refiner and the norm of its state (Detectron2's checkpointer does not report a
-        # BatchNorm's num_batches_tracked as missing: it is a counter, not a weight)
-        new = [
-            k
-            for k in _state_keys(model, "roi_heads.mask_head.mask_recurrent")
-            if not k.endswith("num_batches_tracked")
-        ]
-        fcn = _state_keys(ff_model, "roi_heads.mask_head.mask_fcn")
-        assert keys["unexpected"] == fcn
-        assert {k.rsplit(".", 1)[0] for k in fcn} == {
-            f"roi_heads.mask_head.mask_fcn{i}" for i in (1, 2, 3, 4)
-        }
-        stock = "roi_heads.mask_head.predictor.weight"
-    assert new and keys["missing"] == sorted(new)
-    assert keys["incorrect_shapes"] == []
-    loaded, saved = model.state_dict(), ff_model.state_dict()
-    assert all(torch.equal(loaded[k], saved[k]) for k in saved if k in loaded)
-    assert torch.equal(loaded[stock], saved[stock])
 
 
 # --- the runner, with a stand-in for tools/train_net.py ----------------------------------------
@@ -345,7 +297,7 @@ def test_suite_trains_every_arm_from_one_warm_up_and_reuses_finished_runs(fake, 
     suite = _tiny_suite(arms=("ff", "bptt:1", "bptt:3", "crbp:T"))
     plan = plan_suite(suite, [0, 1], out)
     messages = []
-    summary = run_suite(plan, python=python, log=messages.append)
+    summary = run_plan(plan, python=python, log=messages.append)
     calls = _calls(calls_path)
     warm = os.path.join(out, "warmup", "model_final.pth")
 
@@ -408,16 +360,7 @@ def test_suite_trains_every_arm_from_one_warm_up_and_reuses_finished_runs(fake, 
     assert params["crbp:3"]["recurrent"] == refiner > 0
     assert params["crbp:3"]["total"] == params["ff"]["total"] + refiner
     assert params["crbp:3"]["mask_head"] == params["ff"]["mask_head"]
-    refiner_keys = sorted(
-        k
-        for name, _ in recurrent_modules(model)
-        for k in model.state_dict()
-        if k.startswith(name + ".")
-    )
-    assert summary["warm_start"]["crbp:3"]["missing"] == refiner_keys
-    assert summary["warm_start"]["ff"]["missing"] == []
-    logged = f"warm start crbp:3: {len(refiner_keys)} keys not in the warm-up checkpoint"
-    assert any(logged in m for m in messages)
+    assert any("reusing" not in m and "crbp:3 seed 1" in m for m in messages)
 
     # Floors: the grouping-free mask on the tiny val split, from its generator.
     from crbp_panoptic.data import CATEGORIES, box_class_mask_iou, render_sample
@@ -429,7 +372,7 @@ def test_suite_trains_every_arm_from_one_warm_up_and_reuses_finished_runs(fake, 
     assert os.path.isfile(os.path.join(out, "pq_vs_steps.png"))
     assert "| C-RBP-3 |" in open(os.path.join(out, "summary.md")).read()
 
-    again = run_suite(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
+    again = run_plan(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
     assert len(_calls(calls_path)) == len(calls)  # every run and the warm-up reused
     assert [r["pq"] for r in again["runs"]] == [r["pq"] for r in runs]
 
@@ -438,7 +381,7 @@ def test_a_failed_run_is_recorded_not_dropped_and_retried_on_rerun(fake, monkeyp
     python, calls_path, out = fake
     suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"))
     monkeypatch.setenv("FAKE_FAIL", os.path.join("crbp_3", "seed1"))
-    summary = run_suite(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
+    summary = run_plan(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
     failed = [r for r in summary["runs"] if r["status"] == "failed"]
     assert [(r["arm"], r["seed"], r["steps_multiple"]) for r in failed] == [
         ("crbp:3", 1, 1),
@@ -453,7 +396,7 @@ def test_a_failed_run_is_recorded_not_dropped_and_retried_on_rerun(fake, monkeyp
 
     before = len(_calls(calls_path))
     monkeypatch.delenv("FAKE_FAIL")
-    summary = run_suite(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
+    summary = run_plan(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
     new = [c["argv"] for c in _calls(calls_path)[before:]]
     assert [_opt(a, "OUTPUT_DIR") for a in new] == [
         os.path.join(out, "runs", "crbp_3", "seed1"),
@@ -466,7 +409,7 @@ def test_a_failed_warm_up_stops_the_suite_and_is_recorded(fake, monkeypatch):
     python, calls_path, out = fake
     monkeypatch.setenv("FAKE_FAIL", "warmup")
     with pytest.raises(RuntimeError, match="the warm-up failed .*exit code 3"):
-        run_suite(plan_suite(_tiny_suite(), [0], out), python=python, log=lambda m: None)
+        run_plan(plan_suite(_tiny_suite(), [0], out), python=python, log=lambda m: None)
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     assert summary["warmup"]["status"] == "failed" and summary["runs"] == []
@@ -481,8 +424,8 @@ def test_given_warmup_weights_that_do_not_fit_fail_before_any_arm_trains(fake, t
     other = build_model(tiny_cfg(FF_QUICK[len("configs/") :], "MODEL.FPN.OUT_CHANNELS", "16"))
     torch.save({"model": other.state_dict()}, tmp_path / "other.pth")
     plan = plan_suite(_tiny_suite(), [0], out, warmup_weights=str(tmp_path / "other.pth"))
-    with pytest.raises(ValueError, match="warm-up weights .*other.pth.* do not fit arm 'ff'"):
-        run_suite(plan, python=python, log=lambda m: None)
+    with pytest.raises(ValueError, match="(?s)warm-up weights .*other.pth.* do not fit arm 'ff'"):
+        run_plan(plan, python=python, log=lambda m: None)
     assert _calls(calls_path) == []
     assert not os.path.exists(os.path.join(out, "runs"))
 
@@ -501,7 +444,7 @@ def test_given_warmup_weights_that_do_not_fit_fail_before_any_arm_trains(fake, t
 def test_tiny_suite_end_to_end_eval_only_reproduces_every_entry(tmp_path):
     import subprocess
 
-    from crbp_panoptic.experiments.seeds import parse_copypaste
+    from crbp_panoptic.engine.results import parse_copypaste
 
     suite = _tiny_suite(
         arms=("ff", "crbp:T"),
@@ -509,7 +452,7 @@ def test_tiny_suite_end_to_end_eval_only_reproduces_every_entry(tmp_path):
         opts=tuple(_tiny_opts("SOLVER.BASE_LR", "0.02")),
     )
     out = str(tmp_path / "suite")
-    summary = run_suite(plan_suite(suite, [0], out), log=lambda m: None)
+    summary = run_plan(plan_suite(suite, [0], out), log=lambda m: None)
     runs = summary["runs"]
     assert [(r["arm"], r["steps_multiple"], r["status"]) for r in runs] == [
         ("ff", 1, "ok"),
@@ -548,15 +491,18 @@ def test_floor_of_a_split_that_is_not_synthetic_says_why_it_is_missing():
 def _summary_for_plot(status="ok"):
     runs = []
     for seed in (0, 1, 2):
-        runs.append({"arm": "ff", "seed": seed, "steps_multiple": 1, "pq": 70.0 + seed})
-        for arm, base in (("bptt:1", 68.0), ("crbp:10", 75.0)):
+        runs.append({"arm": "ff", "seed": seed, "steps_multiple": 1, "test_steps": None})
+        runs[-1]["pq"] = 70.0 + seed
+        for arm, base, T in (("bptt:1", 68.0, 1), ("crbp:10", 75.0, 10)):
             for m in (1, 3):
-                runs.append({"arm": arm, "seed": seed, "steps_multiple": m, "pq": base - m + seed})
+                runs.append({"arm": arm, "seed": seed, "steps_multiple": m, "test_steps": m * T})
+                runs[-1]["pq"] = base - m + seed
     for r in runs:
         r["status"] = status
     return {
         "suite": "quick",
         "arms": ["ff", "bptt:1", "crbp:10"],
+        "labels": {"ff": "feedforward", "bptt:1": "BPTT-1", "crbp:10": "C-RBP-10"},
         "multiples": [1, 3],
         "runs": runs,
     }
@@ -566,26 +512,94 @@ def test_plot_pq_vs_steps_writes_a_png(tmp_path):
     from PIL import Image
 
     path = str(tmp_path / "pq_vs_steps.png")
-    assert plot_pq_vs_steps(_summary_for_plot(), path) == path
+    assert plot(_summary_for_plot(), path) == path
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
     nothing = str(tmp_path / "none.png")
-    assert plot_pq_vs_steps(_summary_for_plot("failed"), nothing) is None
+    assert plot(_summary_for_plot("failed"), nothing) is None
     assert not os.path.exists(nothing)
 
 
 # --- the command line --------------------------------------------------------------------------
 
 
-def test_compare_configs_keeps_configs_mode_and_output_dir_alias(tmp_path, capsys):
+def test_compare_configs_flags_and_output_dir_alias(tmp_path, capsys):
     tool = load_tool("compare_configs")
     _, args = tool.parse_args(["--configs", FF_QUICK, "--output-dir", "x", "SOLVER.BASE_LR", "1"])
     assert (args.configs, args.output, args.opts) == ([FF_QUICK], "x", ["SOLVER.BASE_LR", "1"])
     _, args = tool.parse_args(["--suite", "quick", "--seeds", "0", "1", "2", "--output", "y"])
     assert (args.suite, args.seeds, args.output) == ("quick", [0, 1, 2], "y")
-    assert "cannot be used with --suite" in _tool_error(capsys, ["--suite", "quick", "--probe"])
-    err = _tool_error(capsys, ["--configs", FF_QUICK, "--iterations", "5"])
-    assert "--iterations cannot be used with --configs" in err
+    _, args = tool.parse_args(["--config-file", FPN_QUICK, "--arms", "bptt:3", "crbp:10"])
+    assert args.arms == ["bptt:3", "crbp:10"] and args.test_steps == ()
+    err = _tool_error(capsys, ["--configs", FF_QUICK, "--warmup-weights", "w.pth"])
+    assert "--warmup-weights can only be used with --suite" in err
+    assert "go together" in _tool_error(capsys, ["--suite", "quick", "--arms", "crbp:3"])
+    assert "go together" in _tool_error(capsys, ["--config-file", FPN_QUICK])
+    err = _tool_error(capsys, ["--config-file", FPN_QUICK, "--arms", "ff", "crbp:3"])
+    assert "need distinct recurrent arms" in err
     with pytest.raises(SystemExit):
         tool.main(["--help"])
     assert "Train and compare Panoptic FPN configs over seeds" in capsys.readouterr().out
+
+
+# --- the other ways to name arms ---------------------------------------------------------------
+
+
+def test_rule_arms_train_one_recurrent_config_and_evaluate_on_a_grid(tmp_path):
+    arms = rule_arms(FPN_QUICK, ["bptt:3", "crbp:10:sub0.25"])
+    assert [(a.name, a.label, a.steps) for a in arms] == [
+        ("bptt:3", "BPTT-3", 3),
+        ("crbp:10:sub0.25", "C-RBP-10 (LCP on 25% of rows)", 10),
+    ]
+    plan = Plan("rules", arms, [0], str(tmp_path), iterations=60, test_steps=[1, 5, 9])
+    bptt, crbp = plan.runs
+    assert bptt.test_steps == [3, 1, 5, 9] and crbp.test_steps == [10, 1, 5, 9, 30]
+    assert crbp.run_dir == str(tmp_path / "runs" / "crbp_10_sub0.25" / "seed0")
+    assert (_opt(crbp.opts, "MODEL.CRBP.LCP_SUBSAMPLE"), _opt(crbp.opts, "SEED")) == ("0.25", "0")
+    assert _opt(crbp.opts, "SOLVER.STEPS") == "(50,)"  # the quick configs decay at 250 of 300
+    assert crbp.eval_opts(10) == crbp.opts and _opt(crbp.opts, "MODEL.CRBP.TEST_TOL") == "0.0"
+    assert _opt(crbp.eval_opts(5), "MODEL.CRBP.TEST_STEPS") == "5"
+    with pytest.raises(ValueError, match="need distinct recurrent arms"):
+        rule_arms(FPN_QUICK, ["crbp:3", "crbp:3"])
+    with pytest.raises(ValueError, match="panoptic_fpn_R_18_quick.yaml' has no recurrent module"):
+        rule_arms(FF_QUICK, ["crbp:3"])
+    with pytest.raises(ValueError, match=r"test steps \[0\]"):
+        Plan("rules", arms, [0], str(tmp_path), test_steps=[0])
+
+
+def test_config_arms_keep_each_configs_own_rule():
+    ff, mask = config_arms([FF_LONG, MASK_LONG])
+    assert (ff.name, ff.steps, ff.opts) == ("longrange_panoptic_fpn_R_18", None, ())
+    assert (mask.name, mask.steps, mask.opts) == ("longrange_panoptic_crbp_mask_R_18", 10, ())
+    plan = Plan("configs", [ff, mask], [1], "out")
+    assert [r.test_steps for r in plan.runs] == [[], [10, 30]]
+    assert "MODEL.CRBP.TEST_STEPS" not in plan.runs[1].eval_opts(10)  # the config's own rule
+    assert _opt(plan.runs[1].eval_opts(30), "MODEL.CRBP.TEST_TOL") == "0.0"
+    with pytest.raises(ValueError, match="share a file name"):
+        config_arms([FF_LONG, FF_LONG])
+
+
+def test_rule_arms_with_residual_curves_report_and_plot(fake, tmp_path):
+    python, calls_path, out = fake
+    arms = rule_arms(FPN_QUICK, ["bptt:1", "crbp:2"], _tiny_opts())
+    plan = Plan("rules", arms, [0], out, opts=_tiny_opts(), test_steps=[3], residual_images=1)
+    summary = run_plan(plan, python=python, log=lambda m: None)
+    got = [(r["arm"], r["test_steps"], r["steps_multiple"]) for r in summary["runs"]]
+    assert got == [("bptt:1", 1, 1), ("bptt:1", 3, 3), ("crbp:2", 2, 1), ("crbp:2", 3, 1.5)] + [
+        ("crbp:2", 6, 3)
+    ]
+    for r in summary["runs"]:
+        assert r["pq"] == pytest.approx(_expected_pq(r["arm"], 0, r["test_steps"]))
+    curves = [r["residual"] for r in summary["runs"] if "residual" in r]
+    assert len(curves) == 2  # once per trained run, on its entry at T
+    levels = {f"backbone.fpn_lateral{k}.recurrent" for k in (3, 4, 5)}
+    for c in curves:
+        assert set(c) == levels | {"mean"}
+        assert len(c["mean"]["residual"]) == 4 and c["mean"]["residual"][0] == pytest.approx(1.0)
+    crbp = next(r for r in summary["runs"] if r["arm"] == "crbp:2")["residual"]["mean"]
+    assert crbp["drift"][1] == 0  # the drift is measured from the trained steps T = 2
+    text = open(os.path.join(out, "summary.md")).read()
+    assert "| residual | drift |" in text and "| C-RBP-2 | mean |" in text
+    assert "| 6 (3T) |" in text and "| 3 (1.5T) |" in text
+    assert os.path.isfile(os.path.join(out, "pq_vs_steps.png"))
+    assert summary["warmup"] is None and not [c for c in _calls(calls_path) if "warmup" in str(c)]

@@ -1,9 +1,9 @@
-"""crbp_panoptic.experiments.demo (what tools/demo.py runs) end to end on tiny synthetic data."""
+"""crbp_panoptic.engine.demo (what tools/demo.py runs) end to end on tiny synthetic data."""
 
 import pytest
 from PIL import Image
 
-from crbp_panoptic.experiments.demo import pq_table, run_demo
+from crbp_panoptic.engine.demo import pq_table, run_demo
 
 from tests.tiny import REPO, register_tiny_datasets, tiny_train_opts
 

@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 from PIL import Image
 
-from .evaluation import read_final_metrics
+from .results import read_results
 
 __all__ = ["pq_table", "run_demo", "write_overlays"]
 
@@ -74,7 +74,7 @@ def run_demo(config_file, output_dir: str, num_vis: int = 4, opts: Sequence[str]
     """
     from detectron2.engine import default_argument_parser
 
-    from ..engine import setup_cfg, train_or_evaluate
+    from .setup import setup_cfg, train_or_evaluate
 
     train_args = default_argument_parser().parse_args(
         ["--config-file", str(config_file), "OUTPUT_DIR", output_dir, *opts]
@@ -82,7 +82,9 @@ def run_demo(config_file, output_dir: str, num_vis: int = 4, opts: Sequence[str]
     start = time.perf_counter()
     train_or_evaluate(train_args)  # trains, then evaluates once (Detectron2's EvalHook)
     seconds = time.perf_counter() - start
-    pq = read_final_metrics(os.path.join(output_dir, "metrics.json"), "panoptic_seg/")
+    pq = read_results(output_dir).get("panoptic_seg")
+    if pq is None:
+        raise RuntimeError(f"{output_dir}/log.txt holds no panoptic evaluation")
     cfg = setup_cfg(config_file, train_args.opts)
     overlays = write_overlays(
         cfg,

@@ -1,0 +1,636 @@
+"""Train arms x seeds, evaluate each at several test-step counts (``tools/compare_configs.py``).
+
+An *arm* is a config with the overrides that make it one training rule: from a declared
+suite (:func:`plan_suite`), from configs as they are (:func:`config_arms`) or from rules on
+one recurrent config (:func:`rule_arms`: ``bptt:3``, ``crbp:10``). :func:`run_plan` trains
+the suite's warm-up once, if any (``<output>/warmup``; its checkpoint must fit every arm but
+the recurrent modules), then every arm for every seed with ``tools/train_net.py`` in a child
+process (from the warm-up at iteration 0, when there is one) into
+``<output>/runs/<arm>/seed<seed>``, whose final evaluation is at T test steps; then every
+recurrent arm again at each other count t (``--eval-only``, ``TEST_STEPS`` t, ``TEST_TOL`` 0)
+into ``.../test_steps<t>``; and, with ``residual_images``, residual and drift curves
+(:func:`~.evaluation.residual_curves`). ``<output>/summary.json`` is rewritten after every
+child: one entry per (arm, seed, test steps) whose config, opts and weights reproduce its PQ
+with ``tools/train_net.py --eval-only``; a failed run is kept as ``"status": "failed"``. A
+rerun reuses finished runs; a run folder made with other settings is an error, never
+overwritten. At the end: ``summary.md`` and ``pq_vs_steps.png`` (:mod:`.runner_report`).
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from detectron2.modeling import build_model
+
+import crbp_panoptic  # noqa: F401  (registers the models)
+from crbp_panoptic.crbp.arms import parse_arm
+from crbp_panoptic.engine import setup_cfg
+from crbp_panoptic.engine.checkpoint import (
+    WeightsError,
+    load_trained_weights,
+    recurrent_key_groups,
+)
+from crbp_panoptic.engine.results import read_results
+from crbp_panoptic.modeling import placement as _placement
+
+from .machine import machine_info
+from .report import write_atomic
+from .suites import PLACEMENTS, Suite, check_count, check_multiples, suite_floors
+
+__all__ = ["ArmSpec", "Plan", "config_arms", "plan_suite", "rule_arms", "run_plan"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Keys the runner sets itself; overrides may not set them.
+RESERVED_KEYS = {
+    "SEED": "the seeds argument (--seeds)",
+    "OUTPUT_DIR": "the output directory (--output)",
+    "MODEL.WEIGHTS": "the warm-up checkpoint (--warmup-weights)",
+    "SOLVER.MAX_ITER": "iterations / warmup_iterations (--iterations, --warmup-iterations)",
+    "SOLVER.STEPS": "the runner (the config's decay points, scaled to the iterations)",
+    "SOLVER.CHECKPOINT_PERIOD": "the runner (only model_final.pth is kept)",
+    "MODEL.CRBP.GRAD": "the arms",
+    "MODEL.CRBP.TEST_STEPS": "the test steps (--test-steps-multiples, --test-steps)",
+    "MODEL.CRBP.TEST_TOL": "the runner (0: exactly the asked test steps)",
+}
+
+# Training curves kept per run from metrics.json, and the recurrent telemetry's prefix.
+CURVES = ("loss_mask", "mask_rcnn/false_negative", "loss_cls", "fast_rcnn/fg_cls_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmSpec:
+    """One arm: ``name`` (``ff``, ``crbp:10`` or a config's stem), ``label`` (for tables),
+    its ``config``, its own overrides ``opts`` and its trained steps T (None: feedforward)."""
+
+    name: str
+    label: str
+    config: str
+    opts: Tuple[str, ...]
+    steps: Optional[int]
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run of an arm and seed, and the test-step counts it is evaluated at
+    (T first; none for a feedforward arm). ``opts`` (with ``config`` and the run's
+    ``model_final.pth``) reproduce the evaluation at T; :meth:`eval_opts` any other."""
+
+    arm: str
+    seed: int
+    config: str
+    opts: List[str]
+    run_dir: str
+    steps: Optional[int]
+    test_steps: List[int]
+
+    @property
+    def weights(self) -> str:
+        return os.path.join(self.run_dir, "model_final.pth")
+
+    def eval_opts(self, t: Optional[int]) -> List[str]:
+        if t == self.steps:
+            return list(self.opts)
+        return _set(_set(self.opts, "MODEL.CRBP.TEST_STEPS", str(t)), "MODEL.CRBP.TEST_TOL", "0.0")
+
+    def eval_dir(self, t: int) -> str:
+        return os.path.join(self.run_dir, f"test_steps{t}")
+
+
+@dataclasses.dataclass
+class Plan:
+    """What :func:`run_plan` runs: ``arms`` x ``seeds``, resolved and checked when made
+    (nothing is trained or written then).
+
+    Attributes:
+        name, description: for the report (a suite's, or what the comparison is).
+        arms: from :func:`rule_arms`, :func:`config_arms` (or :func:`plan_suite`).
+        seeds: ``SEED`` of the runs, integers >= 0.
+        output_dir: where the runs and ``summary.json`` go.
+        iterations: training iterations of every run (decay points scaled); None: the
+            config's schedule.
+        multiples: test-step multiples m of T (1 among them: the end of training).
+        test_steps: further test-step counts for every recurrent arm.
+        opts: ``KEY VALUE`` overrides for every run, before the arm's own.
+        warmup: the warm-up every run starts from (:func:`plan_suite`), or None.
+        floors: names of the floors (:data:`~.suites.FLOORS`) of the test split.
+        residual_images: test images for the residual curves (0: none).
+        runs: filled from the above.
+
+    Raises:
+        ValueError: naming the value and what is allowed (bad seeds, counts or overrides,
+            runs in ``output_dir`` made with other settings).
+    """
+
+    name: str
+    arms: List[ArmSpec]
+    seeds: List[int]
+    output_dir: str
+    description: str = ""
+    iterations: Optional[int] = None
+    multiples: Sequence[int] = (1, 3)
+    test_steps: Sequence[int] = ()
+    opts: Sequence[str] = ()
+    warmup: Optional[dict] = None
+    floors: Sequence[str] = ()
+    residual_images: int = 0
+    placement: Optional[str] = None
+    runs: List[Run] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        seeds, test_steps = list(self.seeds), list(self.test_steps)
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+            raise ValueError(
+                f"seeds={seeds}; expected one or more integers >= 0 (a negative SEED draws a "
+                "random one: the run could not be repeated)"
+            )
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds={seeds}; each seed once")
+        if self.iterations is not None:
+            check_count(self.iterations, "iterations")
+        check_multiples(self.multiples, f"{self.name!r}")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in test_steps):
+            raise ValueError(f"test steps {test_steps}; expected integers >= 1")
+        if self.residual_images < 0:
+            raise ValueError(f"residual_images={self.residual_images}; expected an integer >= 0")
+        _check_opts(self.opts, "config overrides")
+        self.output_dir, self.multiples = os.path.abspath(self.output_dir), sorted(self.multiples)
+        weights = self.warmup["weights"] if self.warmup else None
+        for seed in seeds:
+            for arm in self.arms:
+                opts = list(self.opts)
+                if self.iterations:
+                    opts += _schedule_opts(_cfg(arm.config, self.opts), self.iterations)
+                opts += list(arm.opts) + ["SEED", str(seed)]
+                t = arm.steps
+                others = {m * t for m in self.multiples} | set(test_steps) if t else set()
+                grid = [t] + sorted(others - {t}) if t else []
+                name = arm.name.replace(":", "_")
+                run_dir = os.path.join(self.output_dir, "runs", name, f"seed{seed}")
+                _check_no_other_runs(run_dir, _spec(arm.config, opts, weights))
+                self.runs.append(Run(arm.name, seed, arm.config, opts, run_dir, t, grid))
+
+
+def _set(opts: Sequence[str], key: str, value: str) -> List[str]:
+    out = list(opts)
+    for i in range(0, len(out), 2):
+        if out[i] == key:
+            out[i + 1] = value
+            return out
+    return out + [key, value]
+
+
+def _config_path(path: str) -> str:
+    """A config path as recorded: relative to the repository when inside it, else absolute."""
+    full = os.path.abspath(path) if os.path.exists(path) else os.path.join(str(REPO), path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"config file {path!r}: no such file")
+    rel = os.path.relpath(full, str(REPO))
+    return full if rel.startswith("..") else rel
+
+
+def _cfg(config: str, opts: Sequence[str]):
+    return setup_cfg(os.path.join(str(REPO), config), list(opts) + ["MODEL.DEVICE", "cpu"])
+
+
+def _check_opts(opts: Sequence[str], where: str):
+    if len(opts) % 2:
+        raise ValueError(f"{where}: config overrides come in KEY VALUE pairs, got {list(opts)}")
+    for key in opts[::2]:
+        if key in RESERVED_KEYS:
+            raise ValueError(
+                f"{where}: {key} is set by the runner, not by overrides; use {RESERVED_KEYS[key]}"
+            )
+
+
+def _schedule_opts(cfg, iterations: int) -> List[str]:
+    """``SOLVER.MAX_ITER`` = iterations, the config's decay points scaled to it, and no
+    checkpoint but ``model_final.pth``."""
+    scale = iterations / cfg.SOLVER.MAX_ITER
+    steps = tuple(s for s in (round(x * scale) for x in cfg.SOLVER.STEPS) if 0 < s < iterations)
+    return ["SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", str(steps)] + [
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(iterations + 1),
+    ]
+
+
+def _rule_opts(arm) -> Tuple[str, ...]:
+    """The arm's ``MODEL.CRBP`` keys, and exactly T steps at test time."""
+    opts = [str(v) for v in arm.config_opts()]
+    return tuple(opts + ["MODEL.CRBP.TEST_STEPS", str(arm.steps), "MODEL.CRBP.TEST_TOL", "0.0"])
+
+
+def rule_arms(config: str, names: Sequence[str], opts: Sequence[str] = ()) -> List[ArmSpec]:
+    """Arms that train one recurrent ``config`` under the rules ``names`` (``crbp:10``, ...).
+
+    Raises:
+        ValueError: a malformed, feedforward or repeated arm, or a feedforward config.
+    """
+    config = _config_path(config)
+    got = _placement(_cfg(config, opts))
+    if got == "feedforward":
+        raise ValueError(f"config {config!r} has no recurrent module for the arms {list(names)}")
+    arms = [parse_arm(n) for n in names]
+    if not arms or any(not a.recurrent for a in arms) or len(set(arms)) != len(arms):
+        raise ValueError(
+            f"arms {list(names)}: need distinct recurrent arms ('ff' has no recurrent steps; "
+            "compare a feedforward config with --configs)"
+        )
+    return [ArmSpec(a.name, a.label, config, _rule_opts(a), a.steps) for a in arms]
+
+
+def config_arms(configs: Sequence[str], opts: Sequence[str] = ()) -> List[ArmSpec]:
+    """One arm per config, trained as the config says (its name: the file's stem)."""
+    out = []
+    for path in configs:
+        config = _config_path(path)
+        cfg = _cfg(config, opts)
+        steps = int(cfg.MODEL.CRBP.STEPS) if _placement(cfg) != "feedforward" else None
+        out.append(ArmSpec(Path(config).stem, Path(config).stem, config, (), steps))
+    names = [a.name for a in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"configs {list(configs)}: two share a file name {names}")
+    return out
+
+
+def _spec(config: str, opts: Sequence[str], weights: Optional[str]) -> dict:
+    return {"config": config, "opts": list(opts), "init_weights": weights}
+
+
+def _read_spec(run_dir: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(run_dir, "run.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _check_no_other_runs(run_dir: str, spec: dict):
+    """A run folder already made with other settings is an error (it is never overwritten)."""
+    old = _read_spec(run_dir) or {}
+    diff = [k for k in spec if k in old and old[k] != spec[k]]
+    if diff:
+        raise ValueError(
+            f"{run_dir} holds a run made with other settings ({', '.join(diff)}: "
+            f"{[old.get(k) for k in diff]} there, {[spec[k] for k in diff]} now); use another "
+            "output directory, or delete that run to train it again"
+        )
+
+
+def plan_suite(
+    suite: Suite,
+    seeds: Sequence[int],
+    output_dir: str,
+    *,
+    iterations: Optional[int] = None,
+    warmup_iterations: Optional[int] = None,
+    warmup_weights: Optional[str] = None,
+    multiples: Optional[Sequence[int]] = None,
+    test_steps: Sequence[int] = (),
+    opts: Sequence[str] = (),
+    residual_images: int = 0,
+) -> Plan:
+    """Resolve and check a suite (see :mod:`.suites`); nothing is trained and nothing written.
+
+    Args:
+        suite: e.g. ``SUITES["quick"]`` (``dataclasses.replace`` it to change a config).
+        iterations, warmup_iterations, multiples: override the suite's.
+        warmup_weights: an existing warm-up ``model_final.pth`` to start from instead of
+            training (or reusing) ``<output_dir>/warmup``.
+        opts: overrides for every run, after the suite's; the rest as :class:`Plan`.
+
+    Raises:
+        ValueError / FileNotFoundError: as :class:`Plan`, and a missing config or
+            ``warmup_weights``, or a config whose placement does not match the suite.
+    """
+    if warmup_iterations is None:
+        warmup_iterations = suite.warmup_iterations
+    check_count(warmup_iterations, "warmup_iterations")
+    _check_opts(suite.opts, f"suite {suite.name!r} opts")
+    _check_opts(opts, "config overrides")
+    common = [str(o) for o in suite.opts] + [str(o) for o in opts]
+    ff_config = _config_path(suite.feedforward_config)
+    rec_config = _config_path(suite.recurrent_config)
+    ff_cfg, rec_cfg = _cfg(ff_config, common), _cfg(rec_config, common)
+    for config, cfg, expected, role in (
+        (ff_config, ff_cfg, "feedforward", "feedforward"),
+        (rec_config, rec_cfg, suite.placement, "recurrent"),
+    ):
+        got = _placement(cfg)
+        if got != expected:
+            raise ValueError(
+                f"{role} config {config!r} has placement {got!r} (MODEL.BACKBONE.NAME "
+                f"{cfg.MODEL.BACKBONE.NAME!r}, MODEL.ROI_MASK_HEAD.NAME "
+                f"{cfg.MODEL.ROI_MASK_HEAD.NAME!r}); suite {suite.name!r} compares "
+                f"{PLACEMENTS[suite.placement][0]} with the feedforward model: allowed for its "
+                f"{role} config: {expected!r} placement, i.e. {PLACEMENTS[expected][1]}"
+            )
+    steps = int(rec_cfg.MODEL.CRBP.STEPS)
+    arms = []
+    for text in suite.arms:
+        arm = parse_arm(text.replace(":T", f":{steps}"))
+        if arm.recurrent:
+            arms.append(ArmSpec(arm.name, arm.label, rec_config, _rule_opts(arm), arm.steps))
+        else:
+            arms.append(ArmSpec(arm.name, arm.label, ff_config, (), None))
+    output_dir = os.path.abspath(output_dir)
+    warmup = {"config": ff_config, "iterations": warmup_iterations}
+    warmup["opts"] = common + _schedule_opts(ff_cfg, warmup_iterations)
+    warmup["opts"] += ["SEED", str(suite.warmup_seed)]
+    if warmup_weights is not None:
+        if not os.path.isfile(warmup_weights):
+            raise FileNotFoundError(
+                f"warm-up weights {warmup_weights!r}: no such file; allowed: the "
+                f"model_final.pth of a finished warm-up run of {ff_config}, or none (the "
+                f"warm-up is then trained into {os.path.join(output_dir, 'warmup')}, or reused "
+                "from there)"
+            )
+        warmup.update(dir=None, weights=os.path.abspath(warmup_weights))
+    else:
+        warmup.update(dir=os.path.join(output_dir, "warmup"))
+        warmup["weights"] = os.path.join(warmup["dir"], "model_final.pth")
+        _check_no_other_runs(warmup["dir"], _spec(ff_config, warmup["opts"], None))
+    return Plan(
+        suite.name,
+        arms,
+        seeds,
+        output_dir,
+        description=suite.description,
+        iterations=suite.iterations if iterations is None else iterations,
+        multiples=suite.multiples if multiples is None else multiples,
+        test_steps=test_steps,
+        opts=common,
+        warmup=warmup,
+        floors=suite.floors,
+        residual_images=residual_images,
+        placement=suite.placement,
+    )
+
+
+# --- children -------------------------------------------------------------------------------
+
+
+def _train_net(python, config, opts, out_dir, weights=None, eval_only=False) -> List[str]:
+    cmd = [python, str(REPO / "tools" / "train_net.py")] + ["--eval-only"] * eval_only
+    cmd += ["--config-file", config, *opts] + ["MODEL.WEIGHTS", weights] * bool(weights)
+    return cmd + ["OUTPUT_DIR", out_dir]
+
+
+def _run_child(cmd: List[str], out_dir: str, spec: dict) -> Tuple[Optional[str], float]:
+    """Empty ``out_dir``, record ``spec`` in its ``run.json``, run ``cmd`` there (stdout and
+    stderr to ``stdout.txt``). Returns (error or None, wall seconds)."""
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.makedirs(out_dir)
+    write_atomic(os.path.join(out_dir, "run.json"), json.dumps(spec, indent=1))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    log_path, start = os.path.join(out_dir, "stdout.txt"), time.time()
+    with open(log_path, "w") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+    seconds = time.time() - start
+    with open(os.path.join(out_dir, "wall_seconds.txt"), "w") as f:
+        f.write(f"{seconds:.1f}\n")
+    if code:
+        with open(log_path, errors="replace") as f:
+            tail = f.read().splitlines()[-8:]
+        return f"exit code {code}; last lines of the log:\n" + "\n".join(tail), seconds
+    if "panoptic_seg" not in read_results(out_dir):
+        return f"{out_dir}/log.txt holds no panoptic evaluation", seconds
+    return None, seconds
+
+
+def _child(cmd, out_dir, spec, weights, log, what) -> Tuple[Optional[str], Optional[float]]:
+    """Reuse a finished child in ``out_dir`` (same ``spec``, ``weights`` there) or run it."""
+    done = _read_spec(out_dir) == spec and "panoptic_seg" in read_results(out_dir)
+    if done and (weights is None or os.path.isfile(weights)):
+        log(f"[{time.strftime('%H:%M:%S')}] {what}: reusing {out_dir}")
+        try:
+            with open(os.path.join(out_dir, "wall_seconds.txt")) as f:
+                return None, float(f.read())
+        except (OSError, ValueError):
+            return None, None
+    log(f"[{time.strftime('%H:%M:%S')}] {what} -> {out_dir}")
+    return _run_child(cmd, out_dir, spec)
+
+
+def _metrics(out_dir: str) -> dict:
+    r = read_results(out_dir)
+    pq, box, segm = (r.get(k, {}) for k in ("panoptic_seg", "bbox", "segm"))
+    return {
+        "pq": pq.get("PQ"),
+        "pq_th": pq.get("PQ_th"),
+        "pq_st": pq.get("PQ_st"),
+        "box_ap": box.get("AP"),
+        "mask_ap": segm.get("AP"),
+    }
+
+
+def _training_log(run_dir: str) -> dict:
+    """From ``metrics.json``: the curves of :data:`CURVES` ([[iteration, value], ...], the
+    running medians Detectron2 logs) and the last value of each ``crbp/<module>/<name>``
+    telemetry, keyed by ``<name>`` (mean over modules)."""
+    curves: Dict[str, list] = {k: [] for k in CURVES}
+    last: Dict[str, Dict[str, float]] = {}
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            rows = [json.loads(line) for line in f]
+    except OSError:
+        rows = []
+    for row in rows:
+        for k, v in row.items():
+            if k in curves:
+                curves[k].append([int(row.get("iteration", -1)), float(v)])
+            elif k.startswith("crbp/"):
+                module, stat = k[len("crbp/") :].rsplit("/", 1)
+                last.setdefault(stat, {})[module] = float(v)
+    dynamics = {s: sum(v.values()) / len(v) for s, v in last.items()}
+    return {"curves": curves, "dynamics": dynamics}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _parameter_counts(model) -> dict:
+    """``total``, ``mask_head`` and ``recurrent`` (what the recurrent modules add to a stock
+    model) parameters of a built model."""
+    added = set().union(*recurrent_key_groups(model).values())
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "mask_head": sum(p.numel() for p in model.roi_heads.mask_head.parameters()),
+        "recurrent": sum(p.numel() for n, p in model.named_parameters() if n in added),
+    }
+
+
+def _models(plan: Plan):
+    """Per arm: its model, built once (no weights), and its parameter counts."""
+    models = {r.arm: build_model(_cfg(r.config, r.opts)) for r in plan.runs[: len(plan.arms)]}
+    return models, {arm: _parameter_counts(m) for arm, m in models.items()}
+
+
+def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log) -> str:
+    """Train or reuse the warm-up (or take the given weights); check that it fills every
+    weight of every arm's model but the recurrent modules'. Returns its sha256."""
+    w = plan.warmup
+    if w["dir"]:
+        spec = _spec(w["config"], w["opts"], None)
+        cmd = _train_net(python, w["config"], w["opts"], w["dir"])
+        error, seconds = _child(cmd, w["dir"], spec, w["weights"], log, "warm-up")
+        log_path = os.path.join(w["dir"], "stdout.txt")
+        summary["warmup"].update(seconds=seconds, log=log_path, **_metrics(w["dir"]))
+        if error:
+            summary["warmup"].update(status="failed", error=error)
+            raise RuntimeError(f"the warm-up failed ({error}); log {log_path}")
+    summary["warmup"]["status"] = "ok" if w["dir"] else "given"
+    digest = summary["warmup"]["sha256"] = _sha256(w["weights"])
+    for run in plan.runs:
+        old = (_read_spec(run.run_dir) or {}).get("warmup_sha256")
+        if old not in (None, digest):
+            raise ValueError(
+                f"{run.run_dir} was trained from another warm-up checkpoint (sha256 {old}, now "
+                f"{digest}); use another output directory, or delete that run to train it again"
+            )
+    for arm, model in models.items():
+        try:
+            load_trained_weights(model, w["weights"], "warm-up weights")
+        except WeightsError as e:
+            raise ValueError(
+                f"{e}\n(the warm-up weights do not fit arm {arm!r}; allowed: weights of "
+                f"{w['config']} trained with the same overrides)"
+            ) from None
+    return digest
+
+
+def _entry(run: Run, t: Optional[int], params: dict, **fields) -> dict:
+    entry = {
+        "arm": run.arm,
+        "seed": run.seed,
+        "config": run.config,
+        "opts": run.eval_opts(t),
+        "weights": run.weights,
+        "params": params,
+        "steps_multiple": 1
+        if t is None
+        else (t // run.steps if t % run.steps == 0 else t / run.steps),
+        "test_steps": t,
+        **dict.fromkeys(("pq", "pq_th", "pq_st", "box_ap", "mask_ap")),
+    }
+    entry.update(fields)
+    return entry
+
+
+def _residuals(plan: Plan, run: Run) -> dict:
+    """Residual and drift curves of a trained ``run`` (:func:`.evaluation.residual_curves`)."""
+    from .evaluation import first_test_inputs, load_model, residual_curves
+
+    cfg = _cfg(run.config, run.eval_opts(run.steps))
+    cfg.freeze()
+    steps = 2 * max(a.steps for a in plan.arms if a.steps)
+    inputs = first_test_inputs(cfg, plan.residual_images)
+    return residual_curves(load_model(cfg, run.weights), inputs, steps, run.steps)
+
+
+def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=print) -> dict:
+    """Run ``plan`` (see the module docstring) with children on ``python``; finished runs are
+    reused. Returns the summary (also ``<output_dir>/summary.json``), which records ``command``.
+
+    Raises:
+        RuntimeError: the warm-up failed (recorded in ``summary.json`` first).
+        ValueError: the warm-up weights do not fit an arm's model.
+    """
+    from .runner_report import markdown, plot
+
+    start, out = time.time(), plan.output_dir
+    os.makedirs(out, exist_ok=True)
+    w = plan.warmup
+    summary = {
+        "suite": plan.name,
+        "description": plan.description,
+        "placement": plan.placement,
+        "command": command,
+        "machine": machine_info(),
+        "seeds": plan.seeds,
+        "arms": [a.name for a in plan.arms],
+        "labels": {a.name: a.label for a in plan.arms},
+        "multiples": plan.multiples,
+        "iterations": plan.iterations,
+        "warmup": w and {k: w[k] for k in ("config", "iterations", "weights", "opts")},
+        "residual_images": plan.residual_images,
+        "floors": {},
+        "seconds": {},
+        "runs": [],
+    }
+
+    def write():
+        warm = (summary["warmup"] or {}).get("seconds") or 0.0
+        runs = sum(r.get("seconds") or 0.0 for r in summary["runs"])
+        summary["seconds"] = {"warmup": warm, "runs": runs, "total": warm + runs}
+        summary["seconds"]["this_invocation"] = time.time() - start
+        write_atomic(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
+
+    log(f"[{time.strftime('%H:%M:%S')}] {plan.name}: building the arms' models")
+    models, params = _models(plan)
+    if plan.floors:
+        test_set = _cfg(plan.runs[0].config, plan.opts).DATASETS.TEST[0]
+        summary["floors"] = suite_floors(test_set, plan.floors)
+    write()
+    digest = None
+    if w:
+        try:
+            digest = _warm_up(plan, summary, models, python, log)
+        finally:
+            write()
+    del models
+
+    for run in plan.runs:
+        p, what = params[run.arm], f"{run.arm} seed {run.seed}"
+        spec = dict(_spec(run.config, run.opts, w and w["weights"]), warmup_sha256=digest)
+        cmd = _train_net(python, run.config, run.opts, run.run_dir, w and w["weights"])
+        error, seconds = _child(cmd, run.run_dir, spec, run.weights, log, f"train {what}")
+        log_path = os.path.join(run.run_dir, "stdout.txt")
+        first = run.test_steps[0] if run.test_steps else None
+        if error:
+            log(f"[{time.strftime('%H:%M:%S')}] {what}: FAILED ({error.splitlines()[0]})")
+            for t in run.test_steps or [None]:  # the attempt's time is counted once
+                fields = dict(status="failed", error=error, log=log_path, weights=None)
+                summary["runs"].append(
+                    _entry(run, t, p, seconds=seconds if t == first else None, **fields)
+                )
+            write()
+            continue
+        fields = dict(status="ok", seconds=seconds, log=log_path, **_metrics(run.run_dir))
+        summary["runs"].append(_entry(run, first, p, **fields, **_training_log(run.run_dir)))
+        write()
+        for t in run.test_steps[1:]:
+            eval_dir, eval_opts = run.eval_dir(t), run.eval_opts(t)
+            spec = {"config": run.config, "opts": eval_opts, "weights": run.weights}
+            cmd = _train_net(python, run.config, eval_opts, eval_dir, run.weights, eval_only=True)
+            error, seconds = _child(cmd, eval_dir, spec, None, log, f"evaluate {what} at {t} steps")
+            fields = {"log": os.path.join(eval_dir, "stdout.txt"), "seconds": seconds}
+            fields.update(status="failed", error=error) if error else fields.update(
+                status="ok", **_metrics(eval_dir)
+            )
+            summary["runs"].append(_entry(run, t, p, **fields))
+            write()
+        if plan.residual_images and run.steps:
+            log(f"[{time.strftime('%H:%M:%S')}] {what}: residual curves")
+            entry = next(r for r in summary["runs"] if r["weights"] == run.weights)
+            entry["residual"] = _residuals(plan, run)
+            write()
+
+    summary["plot"] = plot(summary, os.path.join(out, "pq_vs_steps.png"))
+    write()
+    write_atomic(os.path.join(out, "summary.md"), markdown(summary))
+    return summary
