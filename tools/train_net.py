@@ -25,6 +25,7 @@ __all__ = ["argument_parser", "main", "setup"]
 def argument_parser():
     """Detectron2's ``default_argument_parser`` plus ``--random-weights``."""
     parser = default_argument_parser()
+    parser.description = __doc__.splitlines()[0]
     parser.add_argument(
         "--random-weights",
         action="store_true",

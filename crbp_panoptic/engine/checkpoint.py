@@ -35,6 +35,7 @@ __all__ = [
     "RANDOM_WEIGHTS_FLAG",
     "WeightsError",
     "check_weights_given",
+    "drop_modules",
     "load_trained_weights",
     "recurrent_key_groups",
 ]
@@ -46,6 +47,39 @@ RANDOM_WEIGHTS_FLAG = "--random-weights"
 
 class WeightsError(ValueError):
     """Weights that cannot be used for inference; the message names ``MODEL.WEIGHTS``."""
+
+
+def drop_modules(weights: str, prefixes: Iterable[str], dest: str) -> List[str]:
+    """Write the model weights of checkpoint ``weights`` without the keys under ``prefixes``
+    to ``dest``, a checkpoint that ``MODEL.WEIGHTS`` loads for training: the modules
+    dropped keep their initialisation there (Detectron2 logs them as missing).
+
+    Args:
+        weights: a Detectron2 ``.pth`` checkpoint (``{"model": state_dict, ...}``).
+        prefixes: state-dict key prefixes, e.g. ``["roi_heads.mask_head."]``.
+        dest: the file written (atomically; only the ``model`` entry is kept).
+
+    Returns:
+        list[str]: the keys dropped, sorted.
+
+    Raises:
+        ValueError: no key is under any prefix (a misspelt prefix would drop nothing).
+    """
+    import torch
+
+    prefixes = tuple(prefixes)
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    state = checkpoint.get("model", checkpoint)
+    dropped = sorted(k for k in state if k.startswith(prefixes))
+    if not prefixes or not dropped:
+        raise ValueError(
+            f"{weights}: no key is under {list(prefixes)}; allowed: prefixes of its keys, "
+            f"such as {sorted({k.split('.')[0] + '.' for k in state})}"
+        )
+    tmp = f"{dest}.tmp{os.getpid()}"
+    torch.save({"model": {k: v for k, v in state.items() if k not in dropped}}, tmp)
+    os.replace(tmp, dest)
+    return dropped
 
 
 def check_weights_given(weights: str, random_weights: bool = False) -> str:

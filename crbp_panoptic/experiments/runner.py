@@ -4,8 +4,9 @@ An *arm* is a config with the overrides that make it one training rule: from a d
 suite (:func:`plan_suite`), from configs as they are (:func:`config_arms`) or from rules on
 one recurrent config (:func:`rule_arms`: ``bptt:3``, ``crbp:10``). :func:`run_plan` trains
 the suite's warm-up once, if any (``<output>/warmup``; its checkpoint must fit every arm but
-the recurrent modules), then every arm for every seed with ``tools/train_net.py`` in a child
-process (from the warm-up at iteration 0, when there is one) into
+the recurrent modules; a suite's ``fresh`` modules are dropped from it for every arm, into
+``<output>/warm_start.pth``), then every arm for every seed with ``tools/train_net.py`` in a
+child process (from the warm-up at iteration 0, when there is one) into
 ``<output>/runs/<arm>/seed<seed>``, whose final evaluation is at T test steps; then every
 recurrent arm again at each other count t (``--eval-only``, ``TEST_STEPS`` t, ``TEST_TOL`` 0)
 into ``.../test_steps<t>``; and, with ``residual_images``, residual and drift curves
@@ -34,6 +35,7 @@ from crbp_panoptic.crbp.arms import parse_arm
 from crbp_panoptic.engine import setup_cfg
 from crbp_panoptic.engine.checkpoint import (
     WeightsError,
+    drop_modules,
     load_trained_weights,
     recurrent_key_groups,
 )
@@ -162,7 +164,7 @@ class Plan:
             raise ValueError(f"residual_images={self.residual_images}; expected an integer >= 0")
         _check_opts(self.opts, "config overrides")
         self.output_dir, self.multiples = os.path.abspath(self.output_dir), sorted(self.multiples)
-        weights = self.warmup["weights"] if self.warmup else None
+        weights = self.warmup["start"] if self.warmup else None
         for seed in seeds:
             for arm in self.arms:
                 opts = list(self.opts)
@@ -357,6 +359,10 @@ def plan_suite(
         warmup.update(dir=os.path.join(output_dir, "warmup"))
         warmup["weights"] = os.path.join(warmup["dir"], "model_final.pth")
         _check_no_other_runs(warmup["dir"], _spec(ff_config, warmup["opts"], None))
+    # What every arm starts from: the warm-up, without the suite's fresh modules.
+    warmup["fresh"] = list(suite.fresh)
+    warmup["start"] = os.path.join(output_dir, "warm_start.pth") if suite.fresh else None
+    warmup["start"] = warmup["start"] or warmup["weights"]
     return Plan(
         suite.name,
         arms,
@@ -482,7 +488,8 @@ def _models(plan: Plan):
 
 def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log) -> str:
     """Train or reuse the warm-up (or take the given weights); check that it fills every
-    weight of every arm's model but the recurrent modules'. Returns its sha256."""
+    weight of every arm's model but the recurrent modules'; write the arms' start without
+    the fresh modules. Returns its sha256."""
     w = plan.warmup
     if w["dir"]:
         spec = _spec(w["config"], w["opts"], None)
@@ -510,6 +517,13 @@ def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log) -> str:
                 f"{e}\n(the warm-up weights do not fit arm {arm!r}; allowed: weights of "
                 f"{w['config']} trained with the same overrides)"
             ) from None
+    if w["fresh"]:
+        dropped = drop_modules(w["weights"], w["fresh"], w["start"])
+        summary["warmup"]["fresh_keys"] = len(dropped)
+        log(
+            f"every arm starts from {w['start']}: the warm-up without {len(dropped)} keys "
+            f"under {w['fresh']} (those modules learn from their initialisation)"
+        )
     return digest
 
 
@@ -566,7 +580,8 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
         "labels": {a.name: a.label for a in plan.arms},
         "multiples": plan.multiples,
         "iterations": plan.iterations,
-        "warmup": w and {k: w[k] for k in ("config", "iterations", "weights", "opts")},
+        "warmup": w
+        and {k: w[k] for k in ("config", "iterations", "weights", "opts", "fresh", "start")},
         "residual_images": plan.residual_images,
         "floors": {},
         "seconds": {},
@@ -596,8 +611,8 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
 
     for run in plan.runs:
         p, what = params[run.arm], f"{run.arm} seed {run.seed}"
-        spec = dict(_spec(run.config, run.opts, w and w["weights"]), warmup_sha256=digest)
-        cmd = _train_net(python, run.config, run.opts, run.run_dir, w and w["weights"])
+        spec = dict(_spec(run.config, run.opts, w and w["start"]), warmup_sha256=digest)
+        cmd = _train_net(python, run.config, run.opts, run.run_dir, w and w["start"])
         error, seconds = _child(cmd, run.run_dir, spec, run.weights, log, f"train {what}")
         log_path = os.path.join(run.run_dir, "stdout.txt")
         first = run.test_steps[0] if run.test_steps else None

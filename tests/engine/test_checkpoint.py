@@ -14,6 +14,7 @@ from crbp_panoptic.engine import train_or_evaluate
 from crbp_panoptic.engine.checkpoint import (
     WeightsError,
     check_weights_given,
+    drop_modules,
     load_trained_weights,
     recurrent_key_groups,
 )
@@ -114,6 +115,31 @@ def test_a_partly_missing_recurrent_module_or_a_wrong_shape_is_refused(checkpoin
     with pytest.raises(WeightsError) as e:
         load_trained_weights(four_classes, checkpoints[FPN])
     assert "roi_heads.box_predictor.cls_score.weight: (4, 64) -> (5, 64)" in str(e.value)
+
+
+def test_drop_modules_leaves_those_modules_at_their_initialisation(checkpoints, tmp_path):
+    dest = str(tmp_path / "start.pth")
+    dropped = drop_modules(checkpoints[STOCK], ["roi_heads.mask_head."], dest)
+    saved, kept = _saved(checkpoints[STOCK]), _saved(dest)
+    assert dropped == sorted(k for k in saved if k.startswith("roi_heads.mask_head."))
+    assert {k.split(".")[2] for k in dropped} == {f"mask_fcn{i}" for i in (1, 2, 3, 4)} | {
+        "deconv",
+        "predictor",
+    }
+    assert sorted(kept) == sorted(set(saved) - set(dropped))
+    assert all(torch.equal(kept[k], saved[k]) for k in kept)
+
+    # Loaded for training: everything but the mask head comes from the checkpoint.
+    model = _model(STOCK, 1)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    DetectionCheckpointer(model).load(dest, checkpointables=[])
+    now = model.state_dict()
+    assert all(torch.equal(now[k], init[k]) for k in dropped)
+    assert all(torch.equal(now[k], saved[k]) for k in kept)
+
+    with pytest.raises(ValueError, match=r"no key is under \['roi_heads.mask_hed.'\]"):
+        drop_modules(checkpoints[STOCK], ["roi_heads.mask_hed."], str(tmp_path / "x.pth"))
+    assert not (tmp_path / "x.pth").exists()
 
 
 def test_weights_must_be_given_exist_and_be_a_checkpoint(tmp_path):

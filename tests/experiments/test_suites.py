@@ -377,6 +377,23 @@ def test_suite_trains_every_arm_from_one_warm_up_and_reuses_finished_runs(fake, 
     assert [r["pq"] for r in again["runs"]] == [r["pq"] for r in runs]
 
 
+def test_fresh_modules_start_every_arm_from_their_initialisation(fake):
+    python, calls_path, out = fake
+    assert get_suite("longrange").fresh == ("roi_heads.mask_head.",)
+    assert get_suite("quick").fresh == ()
+    suite = _tiny_suite(arms=("ff", "crbp:T"), fresh=("roi_heads.mask_head.",))
+    summary = run_plan(plan_suite(suite, [0], out), python=python, log=lambda m: None)
+    start = os.path.join(out, "warm_start.pth")
+    warm = torch.load(os.path.join(out, "warmup", "model_final.pth"), weights_only=False)
+    kept = torch.load(start, weights_only=False)["model"]
+    mask = {k for k in warm["model"] if k.startswith("roi_heads.mask_head.")}
+    assert mask and set(kept) == set(warm["model"]) - mask
+    trains = [c["argv"] for c in _calls(calls_path)[1:] if "--eval-only" not in c["argv"]]
+    assert len(trains) == 2 and all(_opt(a, "MODEL.WEIGHTS") == start for a in trains)
+    assert summary["warmup"]["fresh"] == ["roi_heads.mask_head."]
+    assert summary["warmup"]["start"] == start and summary["warmup"]["fresh_keys"] == len(mask)
+
+
 def test_a_failed_run_is_recorded_not_dropped_and_retried_on_rerun(fake, monkeypatch):
     python, calls_path, out = fake
     suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"))
