@@ -1,24 +1,15 @@
 """Training memory and speed of recurrent Panoptic FPNs next to the feedforward one.
 
 Each configuration (a placement's YAML plus a training arm, :mod:`crbp_panoptic.crbp.arms`)
-is built with random weights, trained for a few iterations on a random batch
-(:func:`~crbp_panoptic.experiments.batches.random_batch`) and run at inference.
-:func:`measure` returns, for one configuration:
-
-* peak training memory (:func:`~crbp_panoptic.experiments.measure.measure_step`) -- CUDA:
-  ``max_memory_allocated`` of one iteration (every tensor, weights and optimizer state
-  included), under a memory cap (:func:`prepare_cuda`) so that cuDNN takes no workspace it
-  does not need; CPU, in a process of its own (:func:`measure_in_child`): the least growth
-  of the peak resident set over one of ``mem_iters`` iterations, with glibc's mmap
-  threshold fixed so that the resident set follows the live tensors;
-* seconds per training iteration (forward + backward + SGD step; median after warm-up);
-* seconds per image at inference (batch of one) with ``TEST_STEPS`` = STEPS, 2 x STEPS and
-  with early stopping (``TEST_TOL`` = ``test_tol``), and the mean steps used.
-
-A random-init box predictor rarely scores above ``SCORE_THRESH_TEST``: at inference
-:func:`force_detections` gives the mask head its detections. :func:`run` measures a plan
-(:func:`plan`: FF first, then the arms by priority) and rewrites ``benchmark.md`` /
-``benchmark.json`` after every configuration, so a run cut short keeps what it measured.
+is built with random weights, trained for a few iterations on a random batch and run at
+inference (:func:`measure`). Peak training memory: on CUDA ``max_memory_allocated`` of one
+iteration under a memory cap (:func:`prepare_cuda`, so that cuDNN takes no workspace it
+does not need); on a CPU, in a process of its own (:func:`measure_in_child`), the least
+growth of the peak resident set over ``mem_iters`` iterations, glibc's mmap threshold fixed
+so that the resident set follows the live tensors. Then the median seconds per training
+iteration, and per image at inference with ``TEST_STEPS`` = T, 2T and with early stopping.
+:func:`run` measures a :func:`plan` and rewrites ``benchmark.md`` / ``.json`` after every
+configuration, so a run cut short keeps what it measured.
 """
 
 import gc
@@ -36,7 +27,7 @@ import torch
 
 from ..crbp.arms import Arm, parse_arm
 from .measure import MIB, Clock, measure_step, median, parameter_counts
-from .report import fmt_num, ratio, ratio_cell, write_report
+from .report import fmt_num, markdown_table, publish, ratio, ratio_cell, render
 
 #: The stock Panoptic FPN (the FF row) and each placement's YAML, in a configs directory.
 BASELINE_YAML = "panoptic_fpn_R_50_1x.yaml"
@@ -51,13 +42,10 @@ DEFAULT_CHEAP_ARMS = {"mask": "crbp:20:sub0.25", "fpn": "crbp:20:crop32"}
 #: Run order (a run stopped by its time budget has these first); "cheap" = any cheap arm.
 PRIORITY = ("crbp:20", "bptt:1", "crbp:5", "crbp:40", "cheap", "bptt:3", "bptt:5", "rbp:20")
 FEEDFORWARD = Arm("ff")
-DEFAULT_TEST_TOL = 1e-3
 #: Score of every forced test detection (see :func:`force_detections`).
 DETECTION_SCORE = 0.3
 #: Inference variants of a recurrent model: (key, TEST_STEPS as a multiple of STEPS, early stop).
 INFER_VARIANTS = (("T", 1, False), ("2T", 2, False), ("ES", 1, True))
-
-# --------------------------------------------------------------------------- the plan
 
 
 def is_cheap(arm: Arm) -> bool:
@@ -67,7 +55,7 @@ def is_cheap(arm: Arm) -> bool:
 
 def table_label(arm: Arm) -> str:
     """The arm as a table row names it: ``FF``, ``C-RBP-20``, ``C-RBP-20 (LCP on ...)``."""
-    return "FF" if not arm.recurrent else arm.label
+    return arm.label if arm.recurrent else "FF"
 
 
 def series(arm: Arm) -> str:
@@ -114,9 +102,6 @@ def plan(placements, arms, cheap_arms=None) -> List[Tuple[str, Arm]]:
     return [("-", FEEDFORWARD)] + sorted(runs, key=key)
 
 
-# --------------------------------------------------------------------------- configs
-
-
 def common_opts(device: str, lr: float, detections: int, depth: Optional[int]) -> List[str]:
     """Options applied to every configuration before the arm's and the user's."""
     opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, "SOLVER.BASE_LR", str(lr)]
@@ -135,17 +120,14 @@ def config_file(config_dir, placement: str, arm: Arm) -> str:
 
 
 def build_cfg(config_file, opts: Sequence[str]):
-    """:func:`~crbp_panoptic.engine.setup_cfg`, frozen, with ``SCORE_THRESH_TEST`` >= 0.05
-    (below that, pasting near-zero-score masks dominates the inference time)."""
+    """The frozen config, ``SCORE_THRESH_TEST`` >= 0.05 (below that, pasting near-zero-score
+    masks dominates the inference time)."""
     from ..engine import setup_cfg
 
     cfg = setup_cfg(config_file, opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = max(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, 0.05)
     cfg.freeze()
     return cfg
-
-
-# --------------------------------------------------------------------------- one configuration
 
 
 def _build(spec: Dict):
@@ -168,26 +150,16 @@ def _build(spec: Dict):
     if refiners:  # what trains after every override (the user's options come last)
         r = refiners[0]
         arm = Arm(r.mode, r.steps, r.lcp_subsample, r.lcp_crop, r.lcp_kind)
-    out = {
-        "placement": spec["placement"],
-        "arm": spec["arm"],
-        "label": table_label(arm),
-        "mode": arm.mode if arm.recurrent else None,
-        "steps": arm.steps,
-        "series": series(parse_arm(spec["arm"])),
-        "config_file": os.path.basename(spec["config_file"]),
-        "opts": opts,
-        "params": parameter_counts(model)["total"],
-    }
-    batch = random_batch(  # put on the device once: iterations time the model, not copies
-        spec["batch"],
-        spec["size"],
-        instances=spec["instances"],
-        num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-        num_stuff=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        seed=spec["seed"],
+    out = dict(placement=spec["placement"], arm=spec["arm"], label=table_label(arm))
+    out.update(mode=arm.mode if arm.recurrent else None, steps=arm.steps, opts=opts)
+    out.update(series=series(parse_arm(spec["arm"])), params=parameter_counts(model)["total"])
+    out["config_file"] = os.path.basename(spec["config_file"])
+    # on the device once: iterations time the model, not copies
+    batch = random_batch(
+        spec["batch"], spec["size"], instances=spec["instances"], seed=spec["seed"],
+        num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES, num_stuff=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         device=cfg.MODEL.DEVICE,
-    )
+    )  # fmt: skip
     return cfg, model, build_optimizer(cfg, model), batch, refiners, out
 
 
@@ -208,15 +180,11 @@ def _train(spec, model, optimizer, batch, cuda: bool, out: Dict) -> None:
 
         try:
             m = measure_step(
-                train_step,
-                iters=spec["iters"],
-                warmup=spec["warmup"],
-                cuda=cuda,
-                memory="allocated" if cuda else "rss",
-                mem_iters=spec.get("mem_iters", 1),
+                train_step, iters=spec["iters"], warmup=spec["warmup"], cuda=cuda,
+                memory="allocated" if cuda else "rss", mem_iters=spec.get("mem_iters", 1),
                 isolated=bool(spec.get("isolated")),
                 before_each=lambda: optimizer.zero_grad(set_to_none=True),
-            )
+            )  # fmt: skip
         except torch.cuda.OutOfMemoryError as e:  # only under the CUDA memory cap
             out["error"] = f"CUDA out of memory under the cap: {str(e).splitlines()[0]}"
             return
@@ -226,13 +194,13 @@ def _train(spec, model, optimizer, batch, cuda: bool, out: Dict) -> None:
     else:
         out.update(train_mib=m["rss_mib"], train_mib_all=m["rss_mib_all"])
         out.update(rss_exact=m["rss_exact"], peak_reset=m["peak_reset"])
-    out.update(
-        train_s=m["seconds"],
-        train_times=m["times"],
-        train_cpu_s=m["cpu_seconds"],
-        loss_last=losses_seen[-1],
-        nonfinite_loss=any(not math.isfinite(v) for d in losses_seen for v in d.values()),
-    )
+    out.update(train_s=m["seconds"], train_times=m["times"], train_cpu_s=m["cpu_seconds"])
+    out["loss_last"] = losses_seen[-1]
+    out["nonfinite_loss"] = any(not math.isfinite(v) for d in losses_seen for v in d.values())
+
+
+def _mean(values) -> float:
+    return sum(values) / max(len(values), 1)
 
 
 def _infer(spec, model, batch, refiners, steps: int, mask_rois: List[int], cuda: bool) -> Dict:
@@ -254,21 +222,16 @@ def _infer(spec, model, batch, refiners, steps: int, mask_rois: List[int], cuda:
                 seconds.append(clock.seconds)
                 cpu_seconds.append(clock.cpu_seconds)
                 detections.append(len(pred["instances"]))
-                for m in refiners:
-                    if m.last_result is not None:
-                        used.append(m.last_result.steps)
-                        residuals.append(m.last_result.residual)
+                results = [m.last_result for m in refiners if m.last_result is not None]
+                used += [r.steps for r in results]
+                residuals += [r.residual for r in results]
         figures[key] = {
-            "test_steps": mult * steps,
-            "test_tol": tol,
-            "s_per_img": median(seconds),
-            "times": seconds,
-            "cpu_s_per_img": median(cpu_seconds),
-            "steps": sum(used) / len(used) if used else None,
+            "test_steps": mult * steps, "test_tol": tol, "s_per_img": median(seconds),
+            "times": seconds, "cpu_s_per_img": median(cpu_seconds),
+            "steps": _mean(used) if used else None,
             "residual": max(residuals) if residuals else None,
-            "detections": sum(detections) / max(len(detections), 1),
-            "mask_rois": sum(mask_rois) / max(len(mask_rois), 1),
-        }
+            "detections": _mean(detections), "mask_rois": _mean(mask_rois),
+        }  # fmt: skip
     return figures
 
 
@@ -296,7 +259,7 @@ def measure(spec: Dict) -> Dict:
         lambda module, args: mask_rois.append(int(args[0].shape[0]))
     )
     _train(spec, model, optimizer, batch, cuda, out)
-    out["mask_rois_train"] = sum(mask_rois) / max(len(mask_rois), 1) / spec["batch"]
+    out["mask_rois_train"] = _mean(mask_rois) / spec["batch"]
     if "error" in out:
         return out
     optimizer.zero_grad(set_to_none=True)
@@ -317,11 +280,10 @@ def force_detections(model, score: float = DETECTION_SCORE) -> None:
     delta conv and both box-predictor layers get zero weights and biases, except a
     classifier bias giving class 0 the probability ``score``: the proposals are anchors
     ranked by the model's own objectness, and ``TEST.DETECTIONS_PER_IMAGE`` caps them after
-    NMS. The layers still run, so every stage costs what it does.
-
-    ``score`` lies between ``SCORE_THRESH_TEST`` (0.05: every detection reaches the mask
-    head) and ``PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH`` (0.5: the panoptic merge
-    takes none, whose Python loop over ~100 equal-score masks would hide the differences).
+    NMS. The layers still run, so every stage costs what it does. ``score`` lies between
+    ``SCORE_THRESH_TEST`` (0.05: every detection reaches the mask head) and the panoptic
+    merge's ``INSTANCES_CONFIDENCE_THRESH`` (0.5: the merge takes none, whose Python loop
+    over ~100 equal-score masks would hide the differences).
     """
     predictor = model.roi_heads.box_predictor
     layers = [predictor.cls_score, predictor.bbox_pred]
@@ -334,9 +296,6 @@ def force_detections(model, score: float = DETECTION_SCORE) -> None:
             layer.bias.zero_()
         others = predictor.cls_score.out_features - 1  # the other classes and background, logit 0
         predictor.cls_score.bias[0] = math.log(score * others / (1 - score))
-
-
-# --------------------------------------------------------------------------- processes
 
 
 def _error(spec: Dict, message: str) -> Dict:
@@ -355,14 +314,9 @@ def measure_in_child(spec: Dict, timeout: Optional[float] = None) -> Dict:
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         cmd = [sys.executable, "-m", __name__, spec_path]
+        env = {**os.environ, "PYTHONPATH": path}
         try:
-            proc = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env={**os.environ, "PYTHONPATH": path},
-            )
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return _error(spec, f"timed out after {timeout:.0f} s")
         if os.path.exists(spec["result_path"]):
@@ -390,17 +344,8 @@ def prepare_cuda(device: str, memory_fraction: float, cap_gib: Optional[float]) 
     return {"mem_fraction": fraction, "mem_cap_mib": fraction * total / MIB}
 
 
-def run(
-    runs,
-    base_spec: Dict,
-    config_dir,
-    out_dir,
-    machine,
-    settings,
-    *,
-    in_process=False,
-    time_budget=0,
-):
+def run(runs, base_spec: Dict, config_dir, out_dir, machine, settings, *, in_process=False,
+        time_budget=0) -> List[Dict]:  # fmt: skip
     """Measure every ``(placement, arm)`` of ``runs`` (:func:`plan`, FF first) and (re)write
     ``benchmark.md`` / ``benchmark.json`` in ``out_dir`` after each.
 
@@ -420,8 +365,9 @@ def run(
     results: List[Dict] = []
 
     def write():
-        report = {"machine": machine, "settings": settings, "results": results}
-        write_report(str(out_dir), "benchmark", report, markdown(results, machine, settings))
+        data = {"machine": machine, "settings": settings, "results": results}
+        md = markdown(results, machine, settings)
+        publish(md, Path(out_dir) / "benchmark.md", data, echo=False)
 
     for placement, arm in runs:
         spec = dict(base_spec, placement=placement, arm=arm.name)
@@ -455,9 +401,6 @@ def run(
     settings["total_s"] = time.perf_counter() - start
     write()
     return results
-
-
-# --------------------------------------------------------------------------- the report
 
 
 def add_ratios(results: List[Dict]) -> None:
@@ -495,15 +438,11 @@ def target_lines(results: List[Dict], placements: Sequence[str]) -> List[str]:
         c5, c20, c40, b1 = (
             _find(results, p, n) for n in ("crbp:5", "crbp:20", "crbp:40", "bptt:1")
         )
+        cheap = _find(results, p, "crbp:20", True)
         tests = [
             ("C-RBP training memory flat in steps: C-RBP-40 / C-RBP-5", c40, c5, 1.05),
             ("C-RBP-20 training memory / BPTT-1", c20, b1, 1.10),
-            (
-                "C-RBP-20 with a cheap LCP, training memory / BPTT-1",
-                _find(results, p, "crbp:20", True),
-                b1,
-                1.10,
-            ),
+            ("C-RBP-20 with a cheap LCP, training memory / BPTT-1", cheap, b1, 1.10),
         ]
         for text, a, b, limit in tests:
             if a is None or b is None or not a.get("train_mib") or not b.get("train_mib"):
@@ -523,124 +462,29 @@ def target_lines(results: List[Dict], placements: Sequence[str]) -> List[str]:
     return lines
 
 
-def _header_lines(machine: Dict, s: Dict) -> List[str]:
-    cuda = s["device"].startswith("cuda")
-    gpu = (
-        f"{machine['gpu']} ({machine['gpu_mib'] / 1024:.0f} GiB, CUDA {machine['cuda']}, cuDNN "
-        f"{machine['cudnn']}, cuDNN TF32 {machine['cudnn_tf32']}, cudnn.benchmark "
-        f"{machine['cudnn_benchmark']}); "
-        if cuda
-        else ""
-    )
-    detections = (
-        f"{s['detections']} forced detections (score {DETECTION_SCORE})"
-        if s["detections"]
-        else "the random-init detections"
-    )
-    cap = (
-        f"; memory cap {s['mem_cap_mib'] / 1024:.1f} GiB (fraction {s['mem_fraction']:.3f})."
-        if cuda
-        else "."
-    )
-    mem = (
-        "peak `max_memory_allocated` of a training iteration (MiB; all tensors, weights and "
-        "optimizer state included)"
-        if cuda
-        else "least growth of the peak resident set of the configuration's own process over "
-        f"one of {s.get('mem_iters', 1)} training iterations after the timed ones, above the "
-        "resident set just before it (MiB; activations, gradients, temporaries; glibc's mmap "
-        "threshold fixed at 128 KiB so that freed tensors leave the resident set)"
-    )
-    legend = (
-        f"Train MiB: {mem}. s/iter: median seconds per training iteration. Inference: median "
-        "seconds per image with TEST_STEPS = T (= STEPS), 2T, and early stopping (ES; the mean "
-        "steps used per recurrent solve in brackets). In brackets after each figure: its ratio "
-        "to FF."
-    )
-    if not cuda:
-        legend += (
-            " On a CPU, CPU-s columns give the process CPU time (all threads) of the same "
-            "iteration and image (T): the less disturbed figure where cores are shared."
-        )
-    h, w = s["size"]
-    return [
-        "# crbp_panoptic: training memory and speed against the feedforward Panoptic FPN",
-        "",
-        f"Generated {s['date']} by `{s['command']}`.",
-        "",
-        f"**Machine**: {gpu}{machine['cpu']}, {machine['cpu_count']} logical CPUs "
-        f"({machine['torch_threads']} torch threads); {machine['platform']}; Python "
-        f"{machine['python']}, torch {machine['torch']}, Detectron2 {machine['detectron2']}.",
-        "",
-        f"**Settings**: device {s['device']}; random images {h}×{w}, batch {s['batch']}, "
-        f"{s['instances']} instances per image; {s['warmup']} warm-up + {s['iters']} timed "
-        f"training iterations (SGD, lr {s['lr']}); inference on one image at a time, "
-        f"{s['infer_warmup']} warm-up + {s['infer_iters']} timed, {detections} per image; "
-        f"early stopping: TEST_STEPS = STEPS, TEST_TOL = {s['test_tol']:g} (relative "
-        "residual); penalty exact unless the arm names a cheap one; common options "
-        f"`{' '.join(s['opts']) or '(none)'}`{cap}",
-        "",
-        legend,
-        "",
-    ]
-
-
 def _row(r: Dict, cuda: bool, cap_mib: Optional[float]) -> Tuple[List[str], bool]:
     """The cells of one result's row, and whether its allocator reached the memory cap."""
     flagged = bool(cuda and cap_mib and r.get("reserved_mib", 0) >= 0.95 * cap_mib)
-    mem_cell = ratio_cell(r["train_mib"], r.get("train_mib_x"), 4) + (" †" if flagged else "")
     inf = r.get("infer", {})
     t = inf.get("T", {})
-    cells = [ratio_cell(t.get("s_per_img"), t.get("x"))]
+    cells = [r["placement"], r["label"], str(r["steps"] or "—")]
+    cells += [ratio_cell(r["train_mib"], r.get("train_mib_x"), 4) + (" †" if flagged else "")]
+    cells += [
+        ratio_cell(r["train_s"], r.get("train_s_x")),
+        ratio_cell(t.get("s_per_img"), t.get("x")),
+    ]
     for key in ("2T", "ES"):
         fig = inf.get(key)
-        cell = "—" if fig is None else ratio_cell(fig["s_per_img"], fig.get("x"))
+        cells.append("—" if fig is None else ratio_cell(fig["s_per_img"], fig.get("x")))
         if key == "ES" and fig is not None and fig["steps"] is not None:
-            cell += f" [{fig['steps']:.1f}]"
-        cells.append(cell)
+            cells[-1] += f" [{fig['steps']:.1f}]"
     if not cuda:
-        cells += [
-            ratio_cell(r.get("train_cpu_s"), r.get("train_cpu_s_x")),
-            ratio_cell(t.get("cpu_s_per_img"), t.get("cpu_x")),
-        ]
-    steps = str(r["steps"] or "—")
-    row = [
-        r["placement"],
-        r["label"],
-        steps,
-        mem_cell,
-        ratio_cell(r["train_s"], r.get("train_s_x")),
-    ]
-    return row + cells, flagged
+        cells += [ratio_cell(r.get("train_cpu_s"), r.get("train_cpu_s_x"))]
+        cells += [ratio_cell(t.get("cpu_s_per_img"), t.get("cpu_x"))]
+    return cells, flagged
 
 
-def _table_lines(results: List[Dict], settings: Dict) -> Tuple[List[str], bool]:
-    cuda = settings["device"].startswith("cuda")
-    head = ["placement", "config", "T", "train MiB", "s/iter", "infer s/img, T", "infer s/img, 2T"]
-    head += ["infer s/img, ES [steps]"]
-    if not cuda:
-        head += ["train CPU-s/iter", "infer CPU-s/img, T"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    arm_order = {name: i for i, name in enumerate(["ff", *settings.get("arms", [])])}
-    placement_order = {"-": -1, **{p: i for i, p in enumerate(PLACEMENT_YAMLS)}}
-
-    def key(r):
-        return (placement_order.get(r["placement"], 9), arm_order.get(r["arm"], len(arm_order)))
-
-    any_flagged = False
-    for r in sorted(results, key=key):
-        if "error" in r:
-            lines.append(
-                f"| {r['placement']} | {r['label']} | | {r['error']} |" + " |" * (len(head) - 4)
-            )
-            continue
-        row, flagged = _row(r, cuda, settings.get("mem_cap_mib"))
-        any_flagged |= flagged
-        lines.append("| " + " | ".join(row) + " |")
-    return lines, any_flagged
-
-
-def _note_lines(results: List[Dict], settings: Dict) -> List[str]:
+def _notes(results: List[Dict], s: Dict) -> List[str]:
     ff = next((r for r in results if r["arm"] == "ff" and "error" not in r), None)
     notes = []
     if ff is not None:
@@ -649,7 +493,7 @@ def _note_lines(results: List[Dict], settings: Dict) -> List[str]:
             f"Mask-head ROIs per image in training (FF): {ff['mask_rois_train']:.1f}; at "
             f"inference {t['mask_rois']:.1f} (detections per image {t['detections']:.1f})."
         )
-    for p in settings["placements"]:
+    for p in s["placements"]:
         c20 = _find(results, p, "crbp:20")
         if c20 is not None and c20["infer"]["T"].get("residual") is not None:
             notes.append(
@@ -661,10 +505,8 @@ def _note_lines(results: List[Dict], settings: Dict) -> List[str]:
             )
     bad = [f"{r['placement']}/{r['label']}" for r in results if r.get("nonfinite_loss")]
     if bad:
-        notes.append(
-            f"Non-finite training loss in: {', '.join(bad)} (timings still valid, losses are not)."
-        )
-    if not settings["device"].startswith("cuda"):
+        notes.append(f"Non-finite training loss in: {', '.join(bad)} (timings still valid).")
+    if not s["device"].startswith("cuda"):
         notes.append(
             "CPU timings are noisy: the cores may be shared with other work, and each figure "
             "is the median of few iterations."
@@ -674,44 +516,91 @@ def _note_lines(results: List[Dict], settings: Dict) -> List[str]:
                 "This kernel could not reset the peak resident set; a configuration's peak "
                 "then includes its model build and timed iterations."
             )
-        if any(r.get("rss_exact") is False for r in results):
+        if any(r.get("rss_exact") is False for r in results) or not s.get("isolated", True):
             notes.append(
-                "The mmap threshold was not fixed (in-process run, or not glibc): memory "
-                "figures include allocator slack."
+                "The mmap threshold was not fixed (in-process run, or not glibc) or all "
+                "configurations ran in one process: memory figures are only indicative."
             )
-        if not settings.get("isolated", True):
-            notes.append(
-                "All configurations ran in one process (--in-process): memory figures are "
-                "only indicative."
-            )
-    if settings.get("total_s") is not None:
-        notes.append(f"Whole run: {settings['total_s']:.0f} s wall clock.")
-    return [f"- {n}" for n in notes]
+    if s.get("total_s") is not None:
+        notes.append(f"Whole run: {s['total_s']:.0f} s wall clock.")
+    return notes
 
 
-def markdown(results: List[Dict], machine: Dict, settings: Dict) -> str:
+def markdown(results: List[Dict], machine: Dict, s: Dict) -> str:
     """The report: machine, settings, the table (ratios to FF), targets and notes.
 
     Args:
         results: :func:`measure`'s results (after :func:`add_ratios`).
         machine: :func:`~crbp_panoptic.experiments.machine.machine_info`'s dict.
-        settings: ``device``, ``size``, ``batch``, ``instances``, ``iters``, ``warmup``,
-            ``infer_iters``, ``infer_warmup``, ``test_tol``, ``detections``, ``lr``, ``opts``,
-            ``placements``, ``arms`` (table order), ``date``, ``command``; optional
-            ``mem_iters``, ``isolated``, ``total_s``; on CUDA ``mem_cap_mib``, ``mem_fraction``.
+        s: the settings: ``device``, ``size``, ``batch``, ``instances``, ``iters``,
+            ``warmup``, ``infer_iters``, ``infer_warmup``, ``test_tol``, ``detections``,
+            ``lr``, ``opts``, ``placements``, ``arms`` (table order), ``date``, ``command``;
+            optional ``mem_iters``, ``isolated``, ``total_s``; on CUDA ``mem_cap_mib``,
+            ``mem_fraction``.
     """
-    lines = _header_lines(machine, settings)
-    table, flagged = _table_lines(results, settings)
-    lines += table + [""]
+    cuda = s["device"].startswith("cuda")
+    dets = f"{s['detections']} forced detections (score {DETECTION_SCORE})"
+    gpu = "CUDA {cuda}, cuDNN {cudnn}, cuDNN TF32 {cudnn_tf32}, cudnn.benchmark {cudnn_benchmark}"
+    cap = (
+        f"memory cap {s['mem_cap_mib'] / 1024:.1f} GiB (fraction {s['mem_fraction']:.3f}); "
+        if cuda
+        else ""
+    )
+    mem = (
+        "peak `max_memory_allocated` of a training iteration (all tensors, weights and optimizer "
+        "state included)"
+        if cuda
+        else "least growth of the peak resident set of the configuration's own process over "
+        f"one of {s.get('mem_iters', 1)} training iterations after the timed ones, above the "
+        "resident set just before it (activations, gradients, temporaries; glibc's mmap "
+        "threshold fixed at 128 KiB so that freed tensors leave the resident set)"
+    )
+    h, w = s["size"]
+    body = [
+        f"Generated {s['date']}" + (f"; {gpu.format(**machine)}." if cuda else "."),
+        "",
+        f"**Settings**: device {s['device']}; random images {h}×{w}, batch {s['batch']}, "
+        f"{s['instances']} instances per image; {s['warmup']} warm-up + {s['iters']} timed "
+        f"training iterations (SGD, lr {s['lr']}); inference on one image at a time, "
+        f"{s['infer_warmup']} warm-up + {s['infer_iters']} timed, "
+        f"{dets if s['detections'] else 'the random-init detections'} per image; early "
+        f"stopping: TEST_STEPS = STEPS, TEST_TOL = {s['test_tol']:g} (relative residual); "
+        f"penalty exact unless the arm names a cheap one; {cap}common options "
+        f"`{' '.join(s['opts']) or '(none)'}`.",
+        "",
+        f"Train MiB: {mem}. s/iter: median seconds per training iteration. Inference: median "
+        "seconds per image with TEST_STEPS = T (= STEPS), 2T, and early stopping (ES; the mean "
+        "steps used per recurrent solve in brackets). In brackets after each figure: its ratio "
+        "to FF."
+        + ("" if cuda else " CPU-s: the process CPU time (all threads) of the same iteration "
+           "and image (T), the less disturbed figure where cores are shared."),
+        "",
+    ]  # fmt: skip
+    head = ["placement", "config", "T", "train MiB", "s/iter", "infer s/img, T"]
+    head += ["infer s/img, 2T", "infer s/img, ES [steps]"]
+    head += [] if cuda else ["train CPU-s/iter", "infer CPU-s/img, T"]
+    arm_order = {name: i for i, name in enumerate(["ff", *s.get("arms", [])])}
+    place_order = {"-": -1, **{p: i for i, p in enumerate(PLACEMENT_YAMLS)}}
+    rows, flagged = [], False
+    for r in sorted(results, key=lambda r: (place_order.get(r["placement"], 9),
+                                            arm_order.get(r["arm"], len(arm_order)))):  # fmt: skip
+        if "error" in r:
+            rows.append([r["placement"], r["label"], "", r["error"]] + [""] * (len(head) - 4))
+            continue
+        row, flag = _row(r, cuda, s.get("mem_cap_mib"))
+        rows.append(row)
+        flagged |= flag
+    body += markdown_table(head, rows) + [""]
     if flagged:
-        lines += [
+        body += [
             "† the allocator's reserve reached the memory cap: cuDNN may have used workspace "
             "up to the cap, so the true need can be lower (rerun with a lower cap).",
             "",
         ]
-    lines.append("Targets from the paper's claims (the verdicts are this run's only):")
-    lines += target_lines(results, settings["placements"]) + [""]
-    return "\n".join(lines + _note_lines(results, settings)) + "\n"
+    body.append("Targets from the paper's claims (the verdicts are this run's only):")
+    body += target_lines(results, s["placements"])
+    title = "crbp_panoptic: training memory and speed against the feedforward Panoptic FPN"
+    return render(title, s["command"], machine, body, _notes(results, s))
 
 
 def plot(results: List[Dict], placements: Sequence[str], path, title: str) -> bool:
@@ -727,34 +616,26 @@ def plot(results: List[Dict], placements: Sequence[str], path, title: str) -> bo
         return False
     ok = [r for r in results if "error" not in r]
     ff = next((r for r in ok if r["arm"] == "ff"), None)
-    rows = [
-        ("train_mib", "training memory (MiB)"),
-        ("train_s", "training s/iter"),
-        ("infer_T", "inference s/img (T steps)"),
-    ]
-
-    def value(r, key):
-        return r["infer"]["T"]["s_per_img"] if key == "infer_T" else r.get(key)
-
-    fig, axes = plt.subplots(
-        3, len(placements), figsize=(5.5 * len(placements), 9), squeeze=False, sharex=True
-    )
+    panels = {
+        "training memory (MiB)": lambda r: r.get("train_mib"),
+        "training s/iter": lambda r: r.get("train_s"),
+        "inference s/img (T steps)": lambda r: r["infer"]["T"]["s_per_img"],
+    }
+    n = len(placements)
+    fig, axes = plt.subplots(3, n, figsize=(5.5 * n, 9), squeeze=False, sharex=True)
     markers = {"BPTT": "o", "RBP": "s", "C-RBP": "^"}
     for col, p in enumerate(placements):
         lines: Dict[str, List[Dict]] = {}
         for r in ok:
             if r["placement"] == p:
                 lines.setdefault(r["series"], []).append(r)
-        for row, (key, label) in enumerate(rows):
-            ax = axes[row][col]
+        for ax, (label, value) in zip(axes[:, col], panels.items()):
             for name, rs in sorted(lines.items()):
                 rs = sorted(rs, key=lambda r: r["steps"])
                 marker = markers.get(name.split(" ")[0], "D")
-                ax.plot(
-                    [r["steps"] for r in rs], [value(r, key) for r in rs], marker=marker, label=name
-                )
-            if ff is not None and value(ff, key) is not None:
-                ax.axhline(value(ff, key), color="gray", linestyle="--", label="FF")
+                ax.plot([r["steps"] for r in rs], [value(r) for r in rs], marker=marker, label=name)
+            if ff is not None and value(ff) is not None:
+                ax.axhline(value(ff), color="gray", linestyle="--", label="FF")
             ax.set_xscale("log", base=2)
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3)

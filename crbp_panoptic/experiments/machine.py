@@ -6,15 +6,14 @@ from typing import Dict, Optional
 
 import torch
 
-__all__ = ["describe", "machine_info"]
-
 
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            lines = [line for line in f if line.startswith("model name")]
-        return lines[0].split(":", 1)[1].strip()
-    except (OSError, IndexError):
+            return (
+                next(line for line in f if line.startswith("model name")).split(":", 1)[1].strip()
+            )
+    except (OSError, StopIteration):
         return platform.processor() or platform.machine()
 
 
@@ -26,17 +25,14 @@ def machine_info(device: Optional[str] = None) -> Dict:
 
     Returns:
         dict: ``host``, ``platform``, ``python``, ``cpu`` (model name), ``cpu_count``,
-        ``torch``, ``torch_threads``, ``omp_num_threads`` (the variable, or "unset"),
-        ``detectron2`` (version, None if not importable) and ``gpu`` (None on a CPU
-        device); on CUDA also ``gpu_mib``, ``cuda``, ``cudnn``,
-        ``cudnn_tf32``, ``cudnn_benchmark``.
+        ``torch``, ``torch_threads``, ``omp_num_threads`` (or "unset"), ``detectron2``
+        (version or None) and ``gpu`` (None on a CPU); on CUDA also ``gpu_mib``, ``cuda``,
+        ``cudnn``, ``cudnn_tf32``, ``cudnn_benchmark``.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        import detectron2
-
-        d2_version = detectron2.__version__
+        from detectron2 import __version__ as d2_version
     except ImportError:
         d2_version = None
     info = {
@@ -53,18 +49,18 @@ def machine_info(device: Optional[str] = None) -> Dict:
     }
     if str(device).startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
+        info.update(gpu=props.name, gpu_mib=props.total_memory / 2.0**20, cuda=torch.version.cuda)
         info.update(
-            gpu=props.name,
-            gpu_mib=props.total_memory / 2.0**20,
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-            cudnn_tf32=torch.backends.cudnn.allow_tf32,
-            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            cudnn=torch.backends.cudnn.version(), cudnn_tf32=torch.backends.cudnn.allow_tf32
         )
+        info.update(cudnn_benchmark=torch.backends.cudnn.benchmark)
     return info
 
 
 def describe(info: Dict) -> str:
-    """One line for a report's header: the GPU, or the CPU with its cores and threads."""
+    """One line for a report's header: the GPU (or the CPU and its cores), the software."""
     where = info["gpu"] or f"{info['cpu']} ({info['cpu_count']} cores)"
-    return f"{where}, torch {info['torch']}, {info['torch_threads']} torch thread(s)"
+    return (
+        f"{where}, Python {info['python']}, torch {info['torch']}, Detectron2 "
+        f"{info['detectron2']}, {info['torch_threads']} torch thread(s)"
+    )

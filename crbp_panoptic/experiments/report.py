@@ -1,21 +1,12 @@
-"""Writing reports: numbers for tables, markdown tables, and the JSON + markdown pair."""
+"""Writing reports: number formats, the markdown table, the report skeleton, atomic writes."""
 
 import json
 import math
 import os
 import tempfile
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-__all__ = [
-    "fmt",
-    "fmt_num",
-    "markdown_table",
-    "publish",
-    "ratio",
-    "ratio_cell",
-    "write_atomic",
-    "write_report",
-]
+from .machine import describe
 
 #: What a table shows for a figure that was not measured.
 MISSING = "—"
@@ -32,16 +23,12 @@ def fmt_num(x: Optional[float], digits: int = 3) -> str:
     """``digits`` significant digits; integers of ``digits`` digits or more as they are."""
     if x is None:
         return MISSING
-    if x == 0 or abs(x) >= 10**digits:
-        return f"{x:.0f}"
-    return f"{x:.{digits}g}"
+    return f"{x:.0f}" if x == 0 or abs(x) >= 10**digits else f"{x:.{digits}g}"
 
 
 def ratio(value: Optional[float], base: Optional[float]) -> Optional[float]:
     """``value / base``, or None when either is missing (or ``base`` is 0)."""
-    if value is None or not base:
-        return None
-    return value / base
+    return None if value is None or not base else value / base
 
 
 def ratio_cell(value: Optional[float], x: Optional[float], digits: int = 3) -> str:
@@ -51,11 +38,25 @@ def ratio_cell(value: Optional[float], x: Optional[float], digits: int = 3) -> s
     return f"{fmt_num(value, digits)} ({x:.2f}×)" if x is not None else fmt_num(value, digits)
 
 
-def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list:
-    """The lines of a markdown table (no trailing blank line)."""
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence]) -> list:
+    """The lines of a markdown table (no trailing blank line); cells go through ``str``."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def render(
+    title: str, command: str, machine: Dict, body: Sequence[str], notes: Sequence[str] = ()
+) -> str:
+    """Every report's skeleton: title, command, machine, the body's lines, then the notes.
+
+    Args:
+        machine: :func:`~.machine.machine_info`'s dict.
+        body: markdown lines (a legend, :func:`markdown_table`'s lines, sections).
+        notes: sentences, listed after the body.
+    """
+    lines = [f"# {title}", "", f"Command: `{command}`", "", f"Machine: {describe(machine)}.", ""]
+    lines += list(body) + ([""] + [f"- {n}" for n in notes] if notes else [])
+    return "\n".join(lines) + "\n"
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -71,20 +72,13 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
-def publish(text: str, path: Optional[str] = None) -> str:
-    """Print a report and, when ``path`` is given, also write it there (atomically)."""
-    print(text)
+def publish(text: str, path=None, data: Optional[Dict] = None, echo: bool = True) -> str:
+    """Print a report (unless not ``echo``); with ``path`` also write it there, and ``data``
+    beside it as JSON (same name, ``.json``)."""
+    if echo:
+        print(text)
+    if data is not None:
+        write_atomic(os.path.splitext(str(path))[0] + ".json", json.dumps(data, indent=1))
     if path:
-        write_atomic(path, text)
+        write_atomic(str(path), text)
     return text
-
-
-def write_report(out_dir: str, stem: str, report: dict, markdown: str) -> str:
-    """Write ``<stem>.json`` (``report``) and ``<stem>.md`` (``markdown``) into ``out_dir``.
-
-    Returns:
-        str: ``markdown``.
-    """
-    write_atomic(os.path.join(out_dir, stem + ".json"), json.dumps(report, indent=1))
-    write_atomic(os.path.join(out_dir, stem + ".md"), markdown)
-    return markdown
