@@ -14,7 +14,6 @@ tested:
 * :mod:`.engine_benchmark` -- one training step of the hGRU refiner alone, per arm, and
   against torchdeq.
 * :mod:`.speed` -- what each speed lever buys on trained runs.
-* :mod:`.coco_eval_benchmark` -- the COCOeval backends timed on synthetic detections.
 * :mod:`.runner` -- train arms over seeds and evaluate each at and past its trained steps
   (``tools/compare_configs.py``); :mod:`.suites` -- its declared comparisons;
   :mod:`.runner_report` -- its tables and figure.

@@ -1,19 +1,15 @@
-"""One training step of the hGRU refiner alone: per training arm, eager against
-``torch.compile``, and against torchdeq's implicit differentiation. Torch only.
+"""One training step of the hGRU refiner alone: per training arm, and against torchdeq.
 
 * :func:`benchmark`: for each arm (:func:`~crbp_panoptic.crbp.parse_arm`) and drive shape
   (:func:`shapes`: mask head ROIs x C x 14 x 14, an FPN level images x C x H x W), the bytes
   autograd saves (:class:`~crbp_panoptic.crbp.memory.SavedTensorBytes`, forward and
   penalty), the CUDA peak above the start, the fastest wall and CPU seconds per step,
   the final residual, the Neumann terms used and the penalty.
-* :func:`compiled_step`: one inference step eager and through ``torch.compile``.
 * :func:`compare`: torchdeq (not a dependency: ``pip install torchdeq==0.1.0 --no-deps``)
   runs the same algorithm as the ``rbp`` mode, but linearises the adjoint at ``h_T`` where
   this engine uses ``h_{T-1}``. It first checks in float64 at the fixed point that both
   give the same parameter gradients, then measures the peak allocated bytes and time of
   a step of torchdeq's IFT (default and ``hook_ift``) and of this engine's arms.
-
-Steps are timed by :func:`~crbp_panoptic.experiments.measure.measure_step`.
 """
 
 import contextlib
@@ -24,36 +20,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..crbp import Arm, HGRUCell, RecurrentRefiner, parse_arm
-from .measure import Clock, SavedTensorBytes, measure_step
+from ..crbp.memory import SavedTensorBytes
+from .measure import measure_step
+from .report import markdown_table
 
-__all__ = [
-    "DEFAULT_ARMS",
-    "TORCHDEQ_ARMS",
-    "benchmark",
-    "compare",
-    "compile_table",
-    "compiled_step",
-    "gradient_gap",
-    "shapes",
-    "table",
-    "time_step",
-    "torchdeq_step",
-    "torchdeq_table",
-]
-
-DEFAULT_ARMS = (
-    "bptt:1",
-    "bptt:3",
-    "bptt:5",
-    "bptt:10",
-    "rbp:20",
-    "crbp:5",
-    "crbp:20",
-    "crbp:40",
-    "crbp:20:sub0.25",
-    "crbp:20:sub2",
-    "crbp:20:crop16",
-)
+DEFAULT_ARMS = ("bptt:1", "bptt:3", "bptt:5", "bptt:10", "rbp:20", "crbp:5", "crbp:20")
+DEFAULT_ARMS += ("crbp:40", "crbp:20:sub0.25", "crbp:20:sub2", "crbp:20:crop16")
 #: The saved-bytes ratio column divides by this arm's figure (when it ran).
 REFERENCE_ARM = "rbp:20"
 #: This engine's arms against torchdeq (``{steps}`` filled in).
@@ -101,23 +73,16 @@ def time_step(cell: HGRUCell, x: torch.Tensor, arm: Arm, neumann_steps: int, rep
     zero()
     _engine_step(refiner, x, saved)()
     m = measure_step(
-        _engine_step(refiner, x),
-        iters=repeats,
-        cuda=cuda,
-        memory="allocated" if cuda else None,
-        before_each=zero,
-    )
+        _engine_step(refiner, x), iters=repeats, cuda=cuda,
+        memory="allocated" if cuda else None, before_each=zero,
+    )  # fmt: skip
     res = refiner.last_result
     return {
-        "saved": saved[0],
-        "peak": m.get("peak_bytes"),
-        "time": m["fastest"],
-        "cpu": m["fastest_cpu"],
-        "residual": res.residual,
+        "saved": saved[0], "peak": m.get("peak_bytes"), "time": m["fastest"],
+        "cpu": m["fastest_cpu"], "residual": res.residual, "lcp": res.lcp.item(),
         "neumann": res.backward_info.get("neumann_terms", "-"),
         "cut": res.backward_info.get("neumann_cut", False),
-        "lcp": res.lcp.item(),
-    }
+    }  # fmt: skip
 
 
 def shapes(channels: int, rois: int, roi_size: int, images: int, fpn_hw) -> Dict[str, Tuple]:
@@ -125,25 +90,23 @@ def shapes(channels: int, rois: int, roi_size: int, images: int, fpn_hw) -> Dict
     return {"mask": (rois, channels, roi_size, roi_size), "fpn": (images, channels, *fpn_hw)}
 
 
+def groups(num_groups: int, channels: int) -> int:
+    """The GroupNorm groups a cell of ``channels`` gets: ``num_groups`` reduced to divide C."""
+    return math.gcd(num_groups, channels)
+
+
 def _cell(channels: int, num_groups: int, gala: bool = False, seed: int = 0) -> HGRUCell:
     torch.manual_seed(seed)
-    return HGRUCell(channels, num_groups=math.gcd(num_groups, channels), gala=gala)
+    return HGRUCell(channels, num_groups=groups(num_groups, channels), gala=gala)
 
 
 def benchmark(
-    arms: Sequence[Arm],
-    scale_shapes: Dict[str, Tuple[int, ...]],
-    *,
-    num_groups: int = 32,
-    gala: bool = False,
-    neumann_steps: int = 15,
-    repeats: int = 1,
-    device="cpu",
-    seed: int = 0,
+    arms: Sequence[Arm], scale_shapes: Dict[str, Tuple[int, ...]], *, num_groups: int = 32,
+    gala: bool = False, neumann_steps: int = 15, repeats: int = 1, device="cpu", seed: int = 0,
     log=None,
-) -> List[Tuple[str, Tuple[int, ...], Arm, Dict]]:
+) -> List[Tuple[str, Tuple[int, ...], Arm, Dict]]:  # fmt: skip
     """:func:`time_step` for every scale and arm, one seeded cell and drive per scale, after
-    a small warm-up step (one-time costs). ``num_groups`` is reduced to divide C.
+    a small warm-up step (one-time costs).
 
     Returns:
         list of ``(scale, shape, arm, figures)``.
@@ -164,86 +127,26 @@ def benchmark(
     return rows
 
 
+def table(rows) -> List[str]:
+    """The markdown table of :func:`benchmark`'s rows."""
+    refs = {scale: r["saved"] for scale, _, arm, r in rows if arm.name == REFERENCE_ARM}
+    head = ["scale", "input", "arm", "saved MiB", f"saved / {REFERENCE_ARM}", "peak MiB (CUDA)"]
+    head += ["wall s / step", "CPU s / step", "residual", "Neumann terms", "LCP"]
+    return markdown_table(head, [
+        (scale, _size(shape), arm.name, _mib(r["saved"]),
+         f"{r['saved'] / refs[scale]:.2f}" if refs.get(scale) else "-", _mib(r["peak"]),
+         f"{r['time']:.2f}", f"{r['cpu']:.2f}", f"{r['residual']:.1e}",
+         f"{r['neumann']}" + (" (cut)" if r["cut"] else ""), f"{r['lcp']:.2e}")
+        for scale, shape, arm, r in rows
+    ])  # fmt: skip
+
+
 def _mib(n: Optional[int]) -> str:
     return "-" if n is None else f"{n / 2**20:,.1f}"
 
 
 def _size(shape) -> str:
     return "x".join(map(str, shape))
-
-
-def table(rows, header: str) -> str:
-    """The markdown table of :func:`benchmark`'s rows under a one-paragraph ``header``."""
-    lines = [
-        header,
-        "",
-        "| scale | input | arm | saved MiB | saved / RBP-20 | peak MiB (CUDA) | wall s / step "
-        "| CPU s / step | residual | Neumann terms | LCP |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    refs = {scale: r["saved"] for scale, _, arm, r in rows if arm.name == REFERENCE_ARM}
-    for scale, shape, arm, r in rows:
-        ref = refs.get(scale)
-        ratio = f"{r['saved'] / ref:.2f}" if ref else "-"
-        neumann = f"{r['neumann']}" + (" (cut)" if r["cut"] else "")
-        lines.append(
-            f"| {scale} | {_size(shape)} | {arm.name} | {_mib(r['saved'])} | {ratio} "
-            f"| {_mib(r['peak'])} | {r['time']:.2f} | {r['cpu']:.2f} | {r['residual']:.1e} "
-            f"| {neumann} | {r['lcp']:.2e} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _time_calls(fn, x, h, repeats: int) -> float:
-    """Fastest CPU seconds of ``repeats`` batches of 10 calls, per call."""
-    with torch.no_grad():
-        m = measure_step(lambda: [fn(x, h) for _ in range(10)], iters=repeats)
-    return m["fastest_cpu"] / 10
-
-
-def compiled_step(cell: HGRUCell, shape: Tuple[int, ...], repeats: int = 5) -> Dict:
-    """One inference step of ``cell`` eager and through ``torch.compile``, on a random drive.
-
-    Returns:
-        dict: ``eager`` and ``compiled`` (CPU seconds per step, the fastest of ``repeats``),
-        ``compile_seconds`` (wall time of the first compiled call) and ``error`` (None, or
-        why ``torch.compile`` failed; then ``compiled`` is None).
-    """
-    x, h = torch.randn(shape), torch.rand(shape)
-    out = {"eager": _time_calls(cell, x, h, repeats), "compiled": None}
-    out.update(compile_seconds=None, error=None)
-    try:
-        compiled = torch.compile(cell)
-        with Clock() as clock, torch.no_grad():
-            compiled(x, h)
-    except Exception as e:  # no C++ compiler, unsupported platform, ...
-        out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return out
-    out["compile_seconds"] = clock.seconds
-    out["compiled"] = _time_calls(compiled, x, h, repeats)
-    return out
-
-
-def compile_table(rows, header: str) -> str:
-    """Markdown table of ``(scale, shape, compiled_step figures)`` rows."""
-    lines = [
-        header,
-        "",
-        "| scale | input | eager ms / step | compiled ms / step | compiled / eager "
-        "| first compiled call s |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for scale, shape, r in rows:
-        if r["compiled"] is None:
-            lines.append(
-                f"| {scale} | {_size(shape)} | {r['eager'] * 1e3:.2f} | {r['error']} | - | - |"
-            )
-            continue
-        lines.append(
-            f"| {scale} | {_size(shape)} | {r['eager'] * 1e3:.2f} | {r['compiled'] * 1e3:.2f} | "
-            f"{r['compiled'] / r['eager']:.2f} | {r['compile_seconds']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def torchdeq_step(
@@ -263,15 +166,9 @@ def torchdeq_step(
             "pip install torchdeq==0.1.0 --no-deps"
         ) from e
     deq = get_deq(
-        ift=True,
-        hook_ift=hook_ift,
-        f_solver="fixed_point_iter",
-        b_solver="fixed_point_iter",
-        f_max_iter=steps - 1,
-        b_max_iter=neumann_steps + 1,
-        f_tol=0.0,
-        b_tol=0.0,
-    )
+        ift=True, hook_ift=hook_ift, f_solver="fixed_point_iter", b_solver="fixed_point_iter",
+        f_max_iter=steps - 1, b_max_iter=neumann_steps + 1, f_tol=0.0, b_tol=0.0,
+    )  # fmt: skip
     deq.train()
 
     def step() -> torch.Tensor:
@@ -292,24 +189,16 @@ def _grads(cell: HGRUCell, step: Callable[[], torch.Tensor]) -> List[torch.Tenso
 def gradient_gap(cell: HGRUCell, x: torch.Tensor, steps: int, neumann_steps: int) -> float:
     """Largest relative difference ``||g_torchdeq - g_rbp|| / ||g_rbp||`` over the cell's
     parameters, between torchdeq's IFT and this engine's ``rbp`` mode."""
-    rbp = _engine_step(_refiner(cell, Arm("rbp", steps), neumann_steps), x)
-    ours = _grads(cell, rbp)
+    ours = _grads(cell, _engine_step(_refiner(cell, Arm("rbp", steps), neumann_steps), x))
     theirs = _grads(cell, torchdeq_step(cell, x, steps, neumann_steps))
     return max(float((t - o).norm() / o.norm().clamp_min(1e-30)) for o, t in zip(ours, theirs))
 
 
 def compare(
-    shape: Sequence[int],
-    *,
-    steps: int = 20,
-    neumann_steps: int = 15,
-    arms: Optional[Sequence[str]] = None,
-    num_groups: int = 8,
-    repeats: int = 3,
-    check_steps: int = 150,
-    seed: int = 0,
-    log: Optional[Callable[[str], None]] = None,
-) -> Dict:
+    shape: Sequence[int], *, steps: int = 20, neumann_steps: int = 15,
+    arms: Optional[Sequence[str]] = None, num_groups: int = 8, repeats: int = 3,
+    check_steps: int = 150, seed: int = 0, log: Optional[Callable[[str], None]] = None,
+) -> Dict:  # fmt: skip
     """Check gradients, then measure torchdeq's IFT and this engine's arms on one drive.
 
     Args:
@@ -342,32 +231,25 @@ def compare(
     for name, step in candidates:
         step()  # warm-up
         m = measure_step(
-            step,
-            iters=repeats,
-            memory="allocated",
+            step, iters=repeats, memory="allocated",
             before_each=lambda: cell.zero_grad(set_to_none=True),
-        )
+        )  # fmt: skip
         rows.append(
             (name, {"peak": m["peak_bytes"], "time": m["fastest"], "cpu": m["fastest_cpu"]})
         )
         if log is not None:
             log(f"[{_size(shape)}] {name}: {rows[-1][1]}")
     return {
-        "shape": list(shape),
-        "steps": steps,
-        "neumann_steps": neumann_steps,
-        "check_steps": check_steps,
-        "gradient_gap": exact,
-        "gradient_gap_at_T": at_t,
-        "rows": rows,
-    }
+        "shape": list(shape), "steps": steps, "neumann_steps": neumann_steps,
+        "check_steps": check_steps, "gradient_gap": exact, "gradient_gap_at_T": at_t, "rows": rows,
+    }  # fmt: skip
 
 
-def torchdeq_table(result: Dict) -> str:
-    """One markdown table of :func:`compare`'s result, ratios to torchdeq's default IFT."""
-    rows = result["rows"]
-    ref = rows[0][1]
-    lines = [
+def torchdeq_table(result: Dict) -> List[str]:
+    """:func:`compare`'s result as a paragraph and a table, ratios to torchdeq's default IFT."""
+    ref = result["rows"][0][1]
+    x = "x torchdeq IFT"
+    return [
         f"Drive {_size(result['shape'])}, {result['steps']} forward steps, "
         f"{result['neumann_steps']} adjoint terms. Largest relative difference of the "
         f"parameter gradients, torchdeq IFT vs this engine's RBP: "
@@ -375,14 +257,11 @@ def torchdeq_table(result: Dict) -> str:
         f"{result['check_steps']} forward steps), {result['gradient_gap_at_T']:.1e} after "
         f"{result['steps']} steps (the two linearise the step at consecutive iterates).",
         "",
-        "| arm | peak MiB | x torchdeq IFT | wall s / step | x torchdeq IFT | CPU s / step "
-        "| x torchdeq IFT |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in rows:
-        lines.append(
-            f"| {name} | {r['peak'] / 2**20:.1f} | {r['peak'] / ref['peak']:.2f} | "
-            f"{r['time']:.3f} | {r['time'] / ref['time']:.2f} | {r['cpu']:.3f} | "
-            f"{r['cpu'] / ref['cpu']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+    ] + markdown_table(
+        ["arm", "peak MiB", x, "wall s / step", x, "CPU s / step", x],
+        [
+            (name, f"{r['peak'] / 2**20:.1f}", f"{r['peak'] / ref['peak']:.2f}", f"{r['time']:.3f}",
+             f"{r['time'] / ref['time']:.2f}", f"{r['cpu']:.3f}", f"{r['cpu'] / ref['cpu']:.2f}")
+            for name, r in result["rows"]
+        ],
+    )  # fmt: skip

@@ -1,8 +1,7 @@
 """Measuring a model: one training step's time and memory, parameters, multiply-adds.
 
-:func:`measure_step` is the one step measurement every benchmark uses; the process-memory
-helpers behind it read Linux ``/proc`` (elsewhere they fall back to ``resource``).
-Detectron2 is imported only by the functions that need it.
+:func:`measure_step` is the one step measurement every benchmark uses; its process-memory
+helpers read Linux ``/proc`` (elsewhere ``resource``).
 """
 
 import ctypes
@@ -18,20 +17,6 @@ import torch
 from torch import nn
 
 from ..crbp import RecurrentRefiner
-from ..crbp.memory import SavedTensorBytes
-
-__all__ = [
-    "MIB",
-    "Clock",
-    "SavedTensorBytes",
-    "config_macs",
-    "count_macs",
-    "measure_step",
-    "median",
-    "parameter_counts",
-    "peak_allocated_bytes",
-    "refiner_macs",
-]
 
 MIB = 2.0**20
 #: glibc's ``mallopt`` parameter number of the mmap threshold.
@@ -88,9 +73,8 @@ def trim_allocator(threshold: int = 128 * 1024) -> bool:
 
 
 class Clock:
-    """Context manager: wall-clock (``seconds``) and process CPU seconds (``cpu_seconds``,
-    all threads: the less disturbed figure on shared cores) of a block; with ``cuda`` the
-    device is synchronised before and after."""
+    """Wall-clock ``seconds`` and process ``cpu_seconds`` (all threads: the less disturbed
+    figure on shared cores) of a block; with ``cuda`` the device is synchronised."""
 
     def __init__(self, cuda: bool = False):
         self.cuda = cuda
@@ -287,10 +271,8 @@ def config_macs(model, cfg, size=(800, 1216), rois: Sequence[int] = (10, 100)) -
     has_refiner = any(isinstance(m, RecurrentRefiner) for m in model.modules())
     side = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
     layers = _MaskLayers(model.roi_heads.mask_head)
-    mask = {
-        r: count_macs(layers, (torch.zeros(r, cfg.MODEL.FPN.OUT_CHANNELS, side, side),))[0]
-        for r in rois
-    }
+    shape = (cfg.MODEL.FPN.OUT_CHANNELS, side, side)
+    mask = {r: count_macs(layers, (torch.zeros(r, *shape),))[0] for r in rois}
     c = cfg.MODEL.CRBP
     return {
         "backbone": by_module.get("model.backbone", 0) - recurrent,

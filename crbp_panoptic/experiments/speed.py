@@ -1,19 +1,11 @@
 """What a trained recurrent model costs, and what each speed lever buys.
 
-A *run* is a finished training run: its ``config.yaml`` and ``model_final.pth`` in one
-output folder (``tools/train_net.py`` writes both). For each run this module measures,
-with the run's own weights and the run's own val split:
-
-* inference seconds per image, mean recurrent steps used and PQ, under each
-  :class:`Setting` of the test-time levers (steps, early-stop tolerance, solver), and
-  for the settings that run a fixed number of steps the multiply-adds of convolutions
-  and linear layers per image (Detectron2's ``FlopCountAnalysis``): the cost floor a
-  setting cannot go below however well its kernels run;
-* seconds and peak allocated memory per training iteration (forward + backward, on the
-  same training batches for every run), under each setting of the training levers
-  (forward and Neumann tolerances, the cheap penalty).
-
-Every time is reported next to the feedforward run of the same report, measured in the
+A *run* is a finished training run (``config.yaml`` and ``model_final.pth`` in one folder,
+as ``tools/train_net.py`` writes them). With its own weights and val split, under each
+:class:`Setting` of the levers: inference seconds per image, mean recurrent steps, PQ and,
+for fixed step counts, the multiply-adds per image (the cost floor however well the
+kernels run); seconds and peak allocated memory per training iteration on the same
+batches for every run. Every figure sits next to the feedforward run's, measured in the
 same process, so the ratios compare like with like.
 """
 
@@ -30,22 +22,8 @@ from ..crbp import RecurrentRefiner
 from ..engine import Trainer, setup_cfg
 from ..modeling import placement
 from .evaluation import evaluate_pq, first_test_inputs, load_model
-from .measure import count_macs, measure_step, median, refiner_macs
-
-__all__ = [
-    "Setting",
-    "check_run_dir",
-    "inference_settings",
-    "markdown",
-    "measure_inference",
-    "measure_runs",
-    "flops_per_image",
-    "measure_training",
-    "run_cfg",
-    "step_macs",
-    "training_batches",
-    "training_settings",
-]
+from .measure import MIB, count_macs, measure_step, median, refiner_macs
+from .report import fmt, markdown_table, ratio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +36,9 @@ class Setting:
     flops: bool = False
 
 
+_STEPS, _TOL = "MODEL.CRBP.TEST_STEPS", "MODEL.CRBP.TEST_TOL"
+
+
 def inference_settings(steps: int, tols: Sequence[float] = (1e-2, 3e-3, 1e-3)) -> List[Setting]:
     """Test-time levers of a model trained with ``steps`` steps.
 
@@ -65,30 +46,13 @@ def inference_settings(steps: int, tols: Sequence[float] = (1e-2, 3e-3, 1e-3)) -
     relative residual is below X (at most ``T`` steps); ``anderson tol X`` does the same
     with Anderson acceleration.
     """
-    exact = [
-        Setting(
-            f"{k}T" if k > 1 else "T",
-            ("MODEL.CRBP.TEST_STEPS", k * steps, "MODEL.CRBP.TEST_TOL", 0.0),
-            flops=True,
-        )
+    out = [
+        Setting("T" if k == 1 else f"{k}T", (_STEPS, k * steps, _TOL, 0.0), flops=True)
         for k in (1, 2)
     ]
-    early = [
-        Setting(f"tol {tol:g}", ("MODEL.CRBP.TEST_STEPS", steps, "MODEL.CRBP.TEST_TOL", tol))
-        for tol in tols
-    ]
-    anderson = Setting(
-        f"anderson tol {min(tols):g}",
-        (
-            "MODEL.CRBP.TEST_STEPS",
-            steps,
-            "MODEL.CRBP.TEST_TOL",
-            min(tols),
-            "MODEL.CRBP.TEST_SOLVER",
-            "anderson",
-        ),
-    )
-    return exact + early + [anderson]
+    out += [Setting(f"tol {tol:g}", (_STEPS, steps, _TOL, tol)) for tol in tols]
+    solver = ("MODEL.CRBP.TEST_SOLVER", "anderson")
+    return out + [Setting(f"anderson tol {min(tols):g}", (_STEPS, steps, _TOL, min(tols)) + solver)]
 
 
 def training_settings(where: str) -> List[Setting]:
@@ -121,33 +85,10 @@ def check_run_dir(run_dir: str) -> str:
     return path
 
 
-class _StepCounter:
-    """Records the steps of every call of every refiner in a model (forward hooks)."""
-
-    def __init__(self, model):
-        self.steps: List[int] = []
-        self.handles = [
-            m.register_forward_hook(self._hook)
-            for m in model.modules()
-            if isinstance(m, RecurrentRefiner)
-        ]
-
-    def _hook(self, module, inputs, output):
-        if module.last_result is not None:
-            self.steps.append(module.last_result.steps)
-
-    def close(self):
-        for handle in self.handles:
-            handle.remove()
-
-
 def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, float]:
-    """Median over images of the least of ``repeats`` timed calls.
-
-    Returns:
-        dict: ``seconds`` (wall clock) and ``cpu_seconds`` (process CPU time, all threads:
-        the figure to compare on a machine shared with other work).
-    """
+    """Median over images of the least of ``repeats`` timed calls: ``seconds`` (wall clock)
+    and ``cpu_seconds`` (process CPU time, all threads: the figure to compare where cores
+    are shared)."""
     wall, cpu = [], []
     with torch.no_grad():
         model([inputs[0]])  # warm-up
@@ -159,15 +100,12 @@ def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, flo
 
 
 def flops_per_image(model, inputs: List[dict]) -> Dict[str, float]:
-    """Mean multiply-adds per image of ``model`` (eval mode) over ``inputs``.
-
-    Counted by :func:`~.measure.count_macs` (convolutions, linear layers and matrix products,
-    one per multiply-add; normalisations by fvcore's estimate); other elementwise
-    operations are not counted, so on a CPU they are part of what a time ratio adds to
-    this floor.
+    """Mean multiply-adds per image of ``model`` (eval mode) over ``inputs``
+    (:func:`~.measure.count_macs`; other elementwise operations are not counted, so on a CPU
+    they are part of what a time ratio adds to this floor).
 
     Returns:
-        dict: ``total`` (the whole model) and ``recurrent`` (the part inside
+        dict: ``total`` (the whole model) and ``recurrent`` (inside the
         :class:`~crbp_panoptic.crbp.RecurrentRefiner` modules; 0 for a feedforward model).
     """
     total = recurrent = 0.0
@@ -186,9 +124,8 @@ def measure_inference(
     Returns:
         list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (per image),
         ``mean_steps`` (per refiner call; None for a feedforward run), ``pq`` (dict PQ /
-        PQ_th / PQ_st, or None) and ``flops`` (multiply-adds per image for the settings
-        with ``flops`` set: ``total`` and ``recurrent``, else None; see
-        :func:`flops_per_image`).
+        PQ_th / PQ_st, or None) and ``flops`` (:func:`flops_per_image` for the settings
+        with ``flops`` set, else None).
     """
     rows = []
     weights = check_run_dir(run_dir)
@@ -196,19 +133,19 @@ def measure_inference(
         cfg = run_cfg(run_dir, setting.opts)
         model = load_model(cfg, weights)
         inputs = first_test_inputs(cfg, num_images)
-        counter = _StepCounter(model)
-        times = time_per_image(model, inputs)
-        steps = list(counter.steps)
-        counter.close()
-        rows.append(
-            {
-                "setting": setting.name,
-                **times,
-                "mean_steps": sum(steps) / len(steps) if steps else None,
-                "pq": evaluate_pq(cfg, model) if with_pq else None,
-                "flops": flops_per_image(model, inputs) if setting.flops else None,
-            }
-        )
+        steps: List[int] = []
+        hooks = [
+            m.register_forward_hook(lambda mod, i, o: steps.append(mod.last_result.steps))
+            for m in model.modules()
+            if isinstance(m, RecurrentRefiner)
+        ]
+        row = {"setting": setting.name, **time_per_image(model, inputs)}
+        for h in hooks:
+            h.remove()
+        row["mean_steps"] = sum(steps) / len(steps) if steps else None
+        row["pq"] = evaluate_pq(cfg, model) if with_pq else None
+        row["flops"] = flops_per_image(model, inputs) if setting.flops else None
+        rows.append(row)
     return rows
 
 
@@ -225,12 +162,9 @@ def training_batches(run_dir: str, count: int) -> List:
 
 
 def measure_training(
-    run_dir: str,
-    settings: Sequence[Setting],
-    iters: int = 6,
-    warmup: int = _WARMUP,
+    run_dir: str, settings: Sequence[Setting], iters: int = 6, warmup: int = _WARMUP,
     batches: Optional[List] = None,
-) -> List[Dict]:
+) -> List[Dict]:  # fmt: skip
     """Seconds per training iteration (forward + backward, no optimiser step) of a trained
     run under each setting, on ``batches`` (``warmup + iters`` of them; default: the first
     of the run's own training loader, whose order is random). Give every run the same
@@ -253,9 +187,7 @@ def measure_training(
     if len(batches) < warmup + iters:
         raise ValueError(f"{len(batches)} batches; need warmup + iters = {warmup + iters}")
     for setting in settings:
-        cfg = run_cfg(run_dir, setting.opts)
-        model = load_model(cfg, weights)
-        model.train()
+        model = load_model(run_cfg(run_dir, setting.opts), weights).train()
         fg = []
         # the timed batches in order, then batches[warmup] again for the memory
         queue = iter(list(batches) + [batches[warmup]])
@@ -266,96 +198,70 @@ def measure_training(
                 fg.append(storage.history(_FG_ROIS).latest())
 
             m = measure_step(
-                step,
-                iters=iters,
-                warmup=warmup,
-                memory="allocated",
+                step, iters=iters, warmup=warmup, memory="allocated",
                 before_each=lambda: model.zero_grad(set_to_none=True),
-            )
-        rows.append(
-            {
-                "setting": setting.name,
-                "seconds": m["seconds"],
-                "cpu_seconds": m["cpu_seconds"],
-                "fg_rois": sum(fg[warmup:-1]) / iters,
-                "peak_bytes": m["peak_bytes"],
-            }
-        )
+            )  # fmt: skip
+        rows.append({"setting": setting.name, "fg_rois": sum(fg[warmup:-1]) / iters})
+        rows[-1].update({k: m[k] for k in ("seconds", "cpu_seconds", "peak_bytes")})
     return rows
 
 
 def measure_runs(
-    runs: Dict[str, str],
-    feedforward: str,
-    num_images: int = 12,
-    train_iters: int = 6,
+    runs: Dict[str, str], feedforward: str, num_images: int = 12, train_iters: int = 6,
     with_pq: bool = True,
-) -> Dict:
-    """Measure the feedforward run and each recurrent run (name -> output folder).
-
-    Every run is timed in training on the same batches, drawn once from the feedforward
-    run's training loader.
+) -> Dict:  # fmt: skip
+    """Measure the feedforward run and each recurrent run (name -> output folder), all
+    timed in training on the same batches, drawn once from the feedforward run's loader.
 
     Returns:
         dict: ``feedforward`` ({inference, training} rows of the feedforward run) and
         ``runs`` (name -> {placement, steps, inference, training}).
     """
     batches = training_batches(feedforward, _WARMUP + train_iters)
+
+    def measure(run_dir, inference, training):
+        return {
+            "dir": run_dir,
+            "inference": measure_inference(run_dir, inference, num_images, with_pq),
+            "training": measure_training(run_dir, training, train_iters, batches=batches),
+        }
+
+    as_trained = Setting("as trained")
     report = {
-        "feedforward": {
-            "dir": feedforward,
-            "inference": measure_inference(
-                feedforward, [Setting("as trained", flops=True)], num_images, with_pq
-            ),
-            "training": measure_training(
-                feedforward, [Setting("as trained")], train_iters, batches=batches
-            ),
-        },
-        "runs": {},
+        "feedforward": measure(feedforward, [Setting("as trained", flops=True)], [as_trained])
     }
+    report["runs"] = {}
     for name, run_dir in runs.items():
         cfg = run_cfg(run_dir)
         where, steps = placement(cfg), cfg.MODEL.CRBP.STEPS
         if where == "feedforward":
             raise ValueError(f"{run_dir}: the run {name!r} has no recurrent module")
-        report["runs"][name] = {
-            "dir": run_dir,
-            "placement": where,
-            "steps": steps,
-            "inference": measure_inference(run_dir, inference_settings(steps), num_images, with_pq),
-            "training": measure_training(
-                run_dir, training_settings(where), train_iters, batches=batches
-            ),
-        }
+        report["runs"][name] = {"placement": where, "steps": steps}
+        report["runs"][name].update(
+            measure(run_dir, inference_settings(steps), training_settings(where))
+        )
     return report
 
 
-def _ratios(row, base) -> str:
-    return (
-        f"{row['seconds'] / base['seconds']:.2f} | {row['cpu_seconds'] / base['cpu_seconds']:.2f}"
-    )
+def _x(row, base, key="seconds") -> str:
+    return fmt(ratio(row.get(key), base.get(key)), ".2f")
 
 
 def _pq(row) -> str:
-    return "-" if row.get("pq") is None else f"{row['pq']['PQ']:.1f}"
+    return fmt(row["pq"]["PQ"] if row.get("pq") else None)
 
 
-def _memory(row, base) -> str:
-    if not row.get("peak_bytes") or not base.get("peak_bytes"):
-        return "- | -"
-    return f"{row['peak_bytes'] / 2**20:.0f} | {row['peak_bytes'] / base['peak_bytes']:.2f}"
+def _inference_row(name, setting, row, ff, delta=None) -> list:
+    macs = [(r.get("flops") or {}).get("total") for r in (row, ff)]
+    cells = [name, setting, f"{row['seconds']:.3f}", _x(row, ff), _x(row, ff, "cpu_seconds")]
+    cells += [fmt(row.get("mean_steps")), _pq(row), fmt(delta, "+.1f")]
+    return cells + [fmt(macs[0] and macs[0] / 1e9, ".3f"), fmt(macs[0] and ratio(*macs), ".2f")]
 
 
-def _fg(row) -> str:
-    return "-" if row.get("fg_rois") is None else f"{row['fg_rois']:.1f}"
-
-
-def _flops(row, base) -> str:
-    if row.get("flops") is None or not base.get("flops"):
-        return "- | -"
-    return (
-        f"{row['flops']['total'] / 1e9:.3f} | {row['flops']['total'] / base['flops']['total']:.2f}"
-    )
+def _training_row(name, setting, row, ff) -> list:
+    cells = [name, setting, f"{row['seconds']:.3f}", _x(row, ff), _x(row, ff, "cpu_seconds")]
+    cells += [fmt(row.get("peak_bytes") and row["peak_bytes"] / MIB, ".0f")]
+    return cells + [_x(row, ff, "peak_bytes"), fmt(row.get("fg_rois"))]
 
 
 def step_macs(run: Dict) -> Optional[float]:
@@ -367,82 +273,49 @@ def step_macs(run: Dict) -> Optional[float]:
     return at_t["flops"]["recurrent"] / run["steps"]
 
 
-def _bounds(report: Dict) -> List[str]:
-    """What the multiply-adds alone would make of each run's inference ratio at T."""
-    ff = report["feedforward"]["inference"][0]
-    rows = []
+_X = "x feedforward"
+_HEADS = {
+    "inference": f"run|setting|s / image|{_X}|{_X} (CPU time)|mean steps|PQ|PQ - PQ(T)|"
+    f"GMAC / image|{_X} (MACs)",
+    "bounds": f"run|GMAC per step|step / feedforward model (MACs)|{_X} at T (MACs)|"
+    f"{_X} at T (CPU time)|time ratio / MAC ratio",
+    "training": f"run|setting|s / iteration|{_X}|{_X} (CPU time)|peak MiB|{_X} (memory)|"
+    "foreground ROIs / image",
+}
+
+
+def markdown(report: Dict) -> List[str]:
+    """The report's body: inference and training tables, ratios to the feedforward run, and
+    what the multiply-adds alone would make of each run's inference ratio at T."""
+    ff, ff_train = report["feedforward"]["inference"][0], report["feedforward"]["training"][0]
+    inference = [_inference_row("feedforward", "-", ff, ff)]
+    training = [_training_row("feedforward", "-", ff_train, ff_train)]
+    bounds = []
     for name, run in report["runs"].items():
         at_t, step = run["inference"][0], step_macs(run)
-        if step is None or not ff.get("flops"):
-            continue
-        macs = at_t["flops"]["total"] / ff["flops"]["total"]
-        cpu = at_t["cpu_seconds"] / ff["cpu_seconds"]
-        rows.append(
-            f"| {name} | {step / 1e9:.4f} | {step / ff['flops']['total']:.3f} | {macs:.2f} | "
-            f"{cpu:.2f} | {cpu / macs:.2f} |"
-        )
-    if not rows:
-        return []
-    return [
-        "",
-        "## What bounds inference",
-        "",
-        "MACs (multiply-adds of convolutions and linear layers) are the floor of a setting's "
-        "cost; the CPU-time ratio over the MAC ratio is what the rest (elementwise operations, "
-        "normalisations, small-kernel overhead) adds.",
-        "",
-        "| run | GMAC per step | step / feedforward model (MACs) | x feedforward at T (MACs) "
-        "| x feedforward at T (CPU time) | time ratio / MAC ratio |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ]
-
-
-def markdown(report: Dict, header: Sequence[str] = ()) -> str:
-    """The report as markdown: an inference table and a training table, ratios to the
-    feedforward run."""
-    ff_inf = report["feedforward"]["inference"][0]
-    ff_train = report["feedforward"]["training"][0]
-    lines = list(header)
-    lines += [
-        "",
-        "## Inference (per image, batch 1)",
-        "",
-        "| run | setting | s / image | x feedforward | x feedforward (CPU time) | "
-        "mean steps | PQ | PQ - PQ(T) | GMAC / image | x feedforward (MACs) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| feedforward | - | {ff_inf['seconds']:.3f} | 1.00 | 1.00 | - | {_pq(ff_inf)} | - "
-        f"| {_flops(ff_inf, ff_inf)} |",
-    ]
-    for name, run in report["runs"].items():
-        at_t = run["inference"][0].get("pq")
         for row in run["inference"]:
-            steps = "-" if row["mean_steps"] is None else f"{row['mean_steps']:.1f}"
-            delta = "-"
-            if row.get("pq") is not None and at_t is not None:
-                delta = f"{row['pq']['PQ'] - at_t['PQ']:+.1f}"
-            lines.append(
-                f"| {name} | {row['setting']} | {row['seconds']:.3f} | "
-                f"{_ratios(row, ff_inf)} | {steps} | {_pq(row)} | {delta} | "
-                f"{_flops(row, ff_inf)} |"
+            pqs = row.get("pq") and at_t.get("pq")
+            delta = row["pq"]["PQ"] - at_t["pq"]["PQ"] if pqs else None
+            inference.append(_inference_row(name, row["setting"], row, ff, delta))
+        training += [_training_row(name, r["setting"], r, ff_train) for r in run["training"]]
+        if step is not None and ff.get("flops"):
+            macs = at_t["flops"]["total"] / ff["flops"]["total"]
+            cpu = at_t["cpu_seconds"] / ff["cpu_seconds"]
+            cells = [step / 1e9, step / ff["flops"]["total"], macs, cpu, cpu / macs]
+            bounds.append(
+                [name] + [fmt(v, f) for v, f in zip(cells, (".4f", ".3f") + (".2f",) * 3)]
             )
-    lines += _bounds(report)
-    lines += [
-        "",
-        "## Training (forward + backward per iteration, the same batches for every run)",
-        "",
-        "Memory: the peak of the bytes torch allocated during one iteration.",
-        "",
-        "| run | setting | s / iteration | x feedforward | x feedforward (CPU time) "
-        "| peak MiB | x feedforward (memory) | foreground ROIs / image |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| feedforward | - | {ff_train['seconds']:.3f} | 1.00 | 1.00 | "
-        f"{_memory(ff_train, ff_train)} | {_fg(ff_train)} |",
-    ]
-    for name, run in report["runs"].items():
-        for row in run["training"]:
-            lines.append(
-                f"| {name} | {row['setting']} | {row['seconds']:.3f} | {_ratios(row, ff_train)} "
-                f"| {_memory(row, ff_train)} | {_fg(row)} |"
-            )
-    return "\n".join(lines) + "\n"
+    table = {k: markdown_table(h.split("|"), r) for k, h, r in
+             zip(_HEADS, _HEADS.values(), (inference, bounds, training))}  # fmt: skip
+    lines = ["## Inference (per image, batch 1)", ""] + table["inference"]
+    if bounds:
+        lines += ["", "## What bounds inference", ""]
+        lines += [
+            "MACs (multiply-adds of convolutions and linear layers) are the floor of a setting's "
+            "cost; the CPU-time ratio over the MAC ratio is what the rest (elementwise operations, "
+            "normalisations, small-kernel overhead) adds.",
+            "",
+        ] + table["bounds"]
+    lines += ["", "## Training (forward + backward per iteration, the same batches for every run)"]
+    lines += ["", "Memory: the peak of the bytes torch allocated during one iteration.", ""]
+    return lines + table["training"]

@@ -24,7 +24,8 @@ from crbp_panoptic.evaluation import (  # noqa: E402
     has_detectron2_cocoeval,
 )
 from crbp_panoptic.evaluation.coco_eval import load_ground_truth  # noqa: E402
-from crbp_panoptic.experiments.coco_eval_benchmark import perturbed_detections  # noqa: E402
+
+from tests.evaluation.detections import perturbed_detections  # noqa: E402
 
 
 @pytest.fixture(scope="module")

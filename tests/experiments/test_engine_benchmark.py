@@ -1,5 +1,5 @@
-"""crbp_panoptic.experiments.engine_benchmark: one refiner step per arm, eager against
-torch.compile, and against torchdeq (optional)."""
+"""crbp_panoptic.experiments.engine_benchmark: one refiner step per arm, and against
+torchdeq (optional)."""
 
 import sys
 
@@ -29,35 +29,9 @@ def test_saved_memory_grows_with_bptt_steps_and_stays_flat_under_rbp():
         assert r["time"] > 0 and r["cpu"] >= 0 and r["peak"] is None  # CPU: no CUDA peak
         assert r["lcp"] == 0 if arm.mode == "rbp" or arm.mode == "bptt" else r["lcp"] >= 0
         assert r["neumann"] != "-" if arm.mode in ("rbp", "crbp") else r["neumann"] == "-"
-    text = eb.table(rows, "Header.")
-    assert text.startswith("Header.\n")
-    mask_rows = [line for line in text.splitlines() if line.startswith("| mask |")]
+    mask_rows = [line for line in eb.table(rows) if line.startswith("| mask |")]
     assert len(mask_rows) == len(arms) and "| 4x8x6x6 | bptt:1 |" in mask_rows[0]
     assert mask_rows[2].split(" | ")[4] == "-"  # no rbp:20 row to divide by
-
-
-def test_compiled_step_times_both_and_reports_a_compile_failure(monkeypatch):
-    cell = HGRUCell(8, num_groups=4).eval()
-    calls = []
-
-    def fake_compile(module):  # stands in for torch.compile: same module, counted
-        calls.append(module)
-        return module
-
-    monkeypatch.setattr(torch, "compile", fake_compile)
-    ok = eb.compiled_step(cell, (2, 8, 5, 5), repeats=1)
-    assert calls == [cell] and ok["error"] is None
-    assert ok["eager"] > 0 and ok["compiled"] > 0 and ok["compile_seconds"] >= 0
-
-    def failing_compile(module):
-        raise RuntimeError("no C++ compiler found\nmore detail")
-
-    monkeypatch.setattr(torch, "compile", failing_compile)
-    failed = eb.compiled_step(cell, (2, 8, 5, 5), repeats=1)
-    assert failed["compiled"] is None and failed["error"] == "RuntimeError: no C++ compiler found"
-    text = eb.compile_table([("mask", (2, 8, 5, 5), ok), ("fpn", (1, 8, 6, 6), failed)], "H.")
-    assert "| mask | 2x8x5x5 |" in text and "| fpn | 1x8x6x6 |" in text
-    assert "RuntimeError: no C++ compiler found | - | - |" in text
 
 
 def test_missing_torchdeq_says_how_to_install_it(monkeypatch):
@@ -86,4 +60,4 @@ def test_torchdeq_report_has_every_arm():
     assert names[:2] == ["torchdeq IFT", "torchdeq IFT (hook_ift)"]
     assert names[2:] == ["RBP-4", "C-RBP-4", "C-RBP-4 (LCP on 25% of rows)"]
     assert all(r["peak"] > 0 and r["time"] > 0 for _, r in result["rows"])
-    assert "| torchdeq IFT | " in eb.torchdeq_table(result)
+    assert any(line.startswith("| torchdeq IFT | ") for line in eb.torchdeq_table(result))
