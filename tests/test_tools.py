@@ -90,6 +90,7 @@ def test_install_detectron2_rejects_a_folder_that_is_not_a_detectron2_tree(tmp_p
 def test_analyze_model_counts_parameters_and_multiply_adds(tmp_path):
     syn = "configs/Synthetic-PanopticSegmentation/"
     cmd = [sys.executable, str(REPO / "tools" / "analyze_model.py"), "--tasks", "parameter", "flop"]
+    cmd += ["activation"]
     cmd += ["--config-file", syn + "panoptic_fpn_R_18_quick.yaml"]
     cmd += [syn + "panoptic_crbp_fpn_R_18_quick.yaml::MODEL.CRBP.FPN_LEVELS=['p5']"]
     cmd += ["--size", "64", "64", "--rois", "2", "--output", str(tmp_path), "MODEL.CRBP.STEPS", "2"]
@@ -102,6 +103,10 @@ def test_analyze_model_counts_parameters_and_multiply_adds(tmp_path):
     assert int(rec[-1].rstrip(" |").replace(",", "")) > 0
     flop = (tmp_path / "flop.md").read_text().splitlines()
     assert flop[4].endswith("| 1.00 |") and "| 2 |" in flop[5]  # STEPS 2 reaches every config
+    activations = (tmp_path / "activation.md").read_text().splitlines()
+    assert len(activations) == 4 and all(
+        float(r.split(" | ")[-1][:-2]) > 0 for r in activations[2:]
+    )
     bad = subprocess.run(
         cmd[:4] + ["--config-file", "x.yaml::MODEL.CRBP.STEPS"], cwd=REPO, env=_env(),
         capture_output=True, text=True, timeout=300,

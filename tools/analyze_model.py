@@ -24,8 +24,8 @@ import os
 
 import torch
 
-from crbp_panoptic.experiments.measure import config_macs, parameter_counts
-from crbp_panoptic.experiments.report import publish
+from crbp_panoptic.experiments.measure import config_macs, count_macs, parameter_counts
+from crbp_panoptic.experiments.report import markdown_table, publish
 
 COCO = "configs/COCO-PanopticSegmentation/"
 FPN_FULL = "::MODEL.CRBP.FPN_CHANNELS=0::MODEL.CRBP.NUM_GROUPS=32"
@@ -97,53 +97,37 @@ def _name(path, opts):
     return path.split("/")[-1] + "".join(f" {k}={v}" for k, v in zip(opts[::2], opts[1::2]))
 
 
-def parameter_table(rows) -> str:
-    lines = [
-        "| config | trainable | all | backbone (+FPN), all | mask head | recurrent |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, c in rows:
-        cells = [c[k] for k in ("trainable", "total", "backbone", "mask_head", "recurrent")]
-        lines.append(f"| {name} | " + " | ".join(f"{v:,}" for v in cells) + " |")
-    return "\n".join(lines) + "\n"
+def parameter_table(rows) -> list:
+    head = ["config", "trainable", "all", "backbone (+FPN), all", "mask head", "recurrent"]
+    keys = ("trainable", "total", "backbone", "mask_head", "recurrent")
+    return markdown_table(head, [[name] + [f"{c[k]:,}" for k in keys] for name, c in rows])
 
 
-def flop_table(rows, size, rois) -> str:
+def flop_table(rows, size, rois) -> list:
     def total(r, n):
         return r["backbone"] + r["recurrent"] + r["heads"] + r["mask"][n]
 
-    ref = rows[0][1]
-    per = " | ".join(f"mask head, {n} det. | total, {n} det. | x first" for n in rois)
-    lines = [
+    head = ["config", "steps", "backbone + FPN", "recurrent in backbone", "other heads"]
+    for n in rois:
+        head += [f"mask head, {n} det.", f"total, {n} det.", "x first"]
+    table = []
+    for name, r in rows:
+        cells = [name, r["steps"]] + [
+            f"{r[k] / 1e9:.3g}" for k in ("backbone", "recurrent", "heads")
+        ]
+        for n in rois:
+            t = total(r, n)
+            cells += [
+                f"{r['mask'][n] / 1e9:.3g}",
+                f"{t / 1e9:.3g}",
+                f"{t / total(rows[0][1], n):.2f}",
+            ]
+        table.append(cells)
+    return [
         f"GMAC per {size[0]}x{size[1]} image (random weights; recurrent modules run exactly "
         "their test steps; mask head for the given number of detections).",
         "",
-        f"| config | steps | backbone + FPN | recurrent in backbone | other heads | {per} |",
-        "|---|---:|---:|---:|---:|" + "---:|---:|---:|" * len(rois),
-    ]
-    for name, r in rows:
-        cells = [f"{r[k] / 1e9:.3g}" for k in ("backbone", "recurrent", "heads")]
-        for n in rois:
-            t = total(r, n)
-            cells.append(f"{r['mask'][n] / 1e9:.3g} | {t / 1e9:.3g} | {t / total(ref, n):.2f}")
-        lines.append(f"| {name} | {r['steps']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def activation_table(rows) -> str:
-    lines = ["| config | activations (M) |", "|---|---:|"]
-    return "\n".join(lines + [f"| {n} | {a / 1e6:.3g} |" for n, a in rows]) + "\n"
-
-
-def activations(model, size) -> float:
-    from detectron2.utils.analysis import ActivationCountAnalysis
-
-    image = {"image": torch.zeros(3, *size), "height": size[0], "width": size[1]}
-    with torch.no_grad():
-        count = ActivationCountAnalysis(model, ([image],))
-        count.unsupported_ops_warnings(False)
-        count.uncalled_modules_warnings(False)
-        return float(count.total())
+    ] + markdown_table(head, table)
 
 
 def main(argv=None):
@@ -159,20 +143,22 @@ def main(argv=None):
         if "flop" in results:
             results["flop"].append((name, config_macs(model, cfg, tuple(args.size), args.rois)))
         if "activation" in results:
-            results["activation"].append((name, activations(model, args.size)))
+            image = {"image": torch.zeros(3, *args.size), "height": args.size[0]}
+            count = count_macs(model, ([dict(image, width=args.size[1])],), "activation")[0]
+            results["activation"].append([name, f"{count / 1e6:.3g}"])
         if "structure" in results:
             results["structure"].append(f"## {name}\n\n```\n{model}\n```\n")
     texts = {
         "parameter": parameter_table,
         "flop": lambda r: flop_table(r, args.size, args.rois),
-        "activation": activation_table,
-        "structure": lambda r: "\n".join(r),
+        "activation": lambda r: markdown_table(["config", "activations (M)"], r),
+        "structure": lambda r: r,
     }
     if args.output:
         os.makedirs(args.output, exist_ok=True)
     for task, rows in results.items():
         path = f"{args.output}/{task}.md" if args.output else None
-        publish(texts[task](rows), path)
+        publish("\n".join(texts[task](rows)) + "\n", path)
     return results
 
 

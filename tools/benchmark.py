@@ -13,8 +13,6 @@ writes its report into the ``--output`` folder and prints it:
 * ``engine``: one training step of the hGRU refiner per arm on a mask-head and an FPN-level
   drive: saved bytes, CUDA peak, s/step (``engine.md``; ``experiments/engine_benchmark.py``).
   The paper's sizes: ``--channels 256 --rois 256 --fpn-hw 200x304`` (a GPU).
-* ``torchdeq``: the refiner against torchdeq's IFT, gradients checked first
-  (``torchdeq.md``; needs ``pip install torchdeq==0.1.0 --no-deps``).
 * ``trained``: finished training runs (``--feedforward DIR``, ``--run NAME=DIR``, each with
   ``config.yaml`` and ``model_final.pth``): inference and training cost of each speed lever
   and PQ, ratios to the feedforward run (``speed.md/.json``; ``experiments/speed.py``).
@@ -46,7 +44,6 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "COCO-PanopticSeg
 DEFAULTS = {
     "train": dict(size=[800, 1216], iters=5, arms=bench.DEFAULT_ARMS),
     "engine": dict(images=2, repeats=1, arms=eb.DEFAULT_ARMS, neumann_steps=15),
-    "torchdeq": dict(repeats=3, neumann_steps=15, threads=1, arms=eb.TORCHDEQ_ARMS),
     "trained": dict(images=12, iters=6),
 }
 #: Arguments that define a ``train`` measurement: in the report's settings and every spec.
@@ -74,12 +71,12 @@ def build_parser():
     add("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     add("--threads", type=int, default=None, help="torch threads (0 = torch's default)")
     add("--seed", type=int, default=0)
-    add("--arms", nargs="+", default=None, metavar="ARM", help="train, engine, torchdeq arms")
+    add("--arms", nargs="+", default=None, metavar="ARM", help="train, engine: arms")
     add("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="train: image size")
     add("--images", type=int, default=None, help="engine: FPN batch; trained: images")
     add("--iters", type=int, default=None, help="train, trained: timed training iterations")
-    add("--repeats", type=int, default=None, help="engine, torchdeq: timed repeats")
-    add("--neumann-steps", type=int, default=None, help="engine, torchdeq: Neumann terms K")
+    add("--repeats", type=int, default=None, help="engine: timed repeats")
+    add("--neumann-steps", type=int, default=None, help="engine: Neumann terms K")
     add("--memory-fraction", type=float, default=None, help="CUDA memory cap (train: 0.25)")
     add("opts", nargs=argparse.REMAINDER, help="train: KEY VALUE options of every configuration")
     g = p.add_argument_group("--task train").add_argument
@@ -99,7 +96,7 @@ def build_parser():
     g("--memory-cap-gib", type=float, default=None, help="CUDA cap in GiB (any card)")
     g("--in-process", action="store_true", help="CPU: no child processes (memory indicative)")
     g("--time-budget", type=float, default=0, help="s; later configurations skipped (0 = none)")
-    g = p.add_argument_group("--task engine, torchdeq").add_argument
+    g = p.add_argument_group("--task engine").add_argument
     g("--scales", nargs="+", default=["mask", "fpn"], choices=["mask", "fpn"])
     g("--channels", type=int, default=64, help="C")
     g("--rois", type=int, default=32, help="mask-head ROIs")
@@ -107,8 +104,6 @@ def build_parser():
     g("--fpn-hw", type=_shape, default=(48, 64), help="FPN level HxW")
     g("--num-groups", type=int, default=32, help="GroupNorm groups (made to divide C)")
     g("--gala", action="store_true", help="GALA attention in the cell")
-    g("--shapes", type=_shape, nargs="+", default=[(32, 64, 14, 14), (2, 64, 48, 64)])
-    g("--steps", type=int, default=20, help="torchdeq: forward steps T")
     g = p.add_argument_group("--task trained").add_argument
     g("--feedforward", metavar="DIR", help="the feedforward run the ratios refer to")
     g("--run", action="append", default=[], metavar="NAME=DIR", help="a recurrent run")
@@ -133,14 +128,12 @@ def parse_args(argv=None):
     for k in ("iters", "repeats", "images", "mem_iters", "batch", "infer_iters"):
         if getattr(args, k) is not None and getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be >= 1")
-    if args.task == "torchdeq" and args.steps < 2:
-        p.error(f"--steps={args.steps}; torchdeq needs >= 2")
     try:
-        args.arm_list = [parse_arm(a.format(steps=args.steps)) for a in args.arms or ()]
+        args.arm_list = [parse_arm(a) for a in args.arms or ()]
         args.cheap = bench.parse_cheap_arms(args.cheap_arms) if args.task == "train" else {}
     except ValueError as e:
         p.error(str(e))
-    if args.task in ("engine", "torchdeq") and any(not a.recurrent for a in args.arm_list):
+    if args.task == "engine" and any(not a.recurrent for a in args.arm_list):
         p.error(f"--arms {' '.join(args.arms)}: the refiner alone has no feedforward arm")
     args.runs = dict(r.partition("=")[::2] for r in args.run)
     if args.task == "trained" and not args.feedforward:
@@ -205,18 +198,6 @@ def engine(args, command, out):
     return publish(
         render("Engine benchmark", command, machine_info(str(device)), body), out / "engine.md"
     )
-
-
-def torchdeq(args, command, out):
-    body = ["Peak MiB: bytes torch allocated during the step, above the start."]
-    for shape in args.shapes:
-        result = eb.compare(
-            shape, steps=args.steps, neumann_steps=args.neumann_steps, repeats=args.repeats,
-            arms=[a.name for a in args.arm_list], log=lambda m: print(m, flush=True),
-        )  # fmt: skip
-        body += [""] + eb.torchdeq_table(result)
-    title = "This engine vs torchdeq's IFT: one training step of the hGRU"
-    return publish(render(title, command, machine_info("cpu"), body), out / "torchdeq.md")
 
 
 def trained(args, command, out):

@@ -11,8 +11,7 @@ tested:
   curves of its recurrent modules.
 * :mod:`.report` -- number formatting, markdown tables, writing a report.
 * :mod:`.benchmark` -- training memory and speed of each arm against the feedforward model.
-* :mod:`.engine_benchmark` -- one training step of the hGRU refiner alone, per arm, and
-  against torchdeq.
+* :mod:`.engine_benchmark` -- one training step of the hGRU refiner alone, per arm.
 * :mod:`.speed` -- what each speed lever buys on trained runs.
 * :mod:`.runner` -- train arms over seeds and evaluate each at and past its trained steps
   (``tools/compare_configs.py``); :mod:`.suites` -- its declared comparisons;

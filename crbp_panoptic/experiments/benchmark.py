@@ -1,15 +1,11 @@
 """Training memory and speed of recurrent Panoptic FPNs next to the feedforward one.
 
-Each configuration (a placement's YAML plus a training arm, :mod:`crbp_panoptic.crbp.arms`)
-is built with random weights, trained for a few iterations on a random batch and run at
-inference (:func:`measure`). Peak training memory: on CUDA ``max_memory_allocated`` of one
-iteration under a memory cap (:func:`prepare_cuda`, so that cuDNN takes no workspace it
-does not need); on a CPU, in a process of its own (:func:`measure_in_child`), the least
-growth of the peak resident set over ``mem_iters`` iterations, glibc's mmap threshold fixed
-so that the resident set follows the live tensors. Then the median seconds per training
-iteration, and per image at inference with ``TEST_STEPS`` = T, 2T and with early stopping.
-:func:`run` measures a :func:`plan` and rewrites ``benchmark.md`` / ``.json`` after every
-configuration, so a run cut short keeps what it measured.
+:func:`measure` builds one configuration (a placement's YAML plus a training arm) with
+random weights, trains it a few iterations on a random batch and runs it at inference:
+peak training memory (CUDA: ``max_memory_allocated`` under a cap, :func:`prepare_cuda`;
+CPU: the peak resident set's growth in a process of its own, :func:`measure_in_child`),
+seconds per iteration, and per image at T, 2T steps and with early stopping. :func:`run`
+rewrites ``benchmark.md`` / ``.json`` after every configuration of a :func:`plan`.
 """
 
 import gc
@@ -67,12 +63,8 @@ def series(arm: Arm) -> str:
 
 
 def parse_cheap_arms(texts: Sequence[str]) -> Dict[str, List[Arm]]:
-    """``["mask=crbp:20:sub0.25", ...]`` -> ``{"mask": [Arm(...)], ...}``.
-
-    Raises:
-        ValueError: an item that is not ``PLACEMENT=ARM`` with a known placement and a
-            cheap arm (``:subF`` or ``:cropS``).
-    """
+    """``["mask=crbp:20:sub0.25", ...]`` -> ``{"mask": [Arm(...)], ...}``; ValueError for an
+    item that is not ``PLACEMENT=ARM`` with a known placement and a cheap arm."""
     out: Dict[str, List[Arm]] = {}
     for text in texts:
         placement, sep, arm_text = text.partition("=")
@@ -239,16 +231,14 @@ def measure(spec: Dict) -> Dict:
     """Build, train and run inference for one configuration; return its figures.
 
     Args:
-        spec (dict): ``placement``, ``arm`` (an arm name), ``config_file``, ``opts``
-            (common options; the arm's and then ``user_opts`` follow), ``user_opts``,
-            ``device``, ``size``, ``batch``, ``instances``, ``iters``, ``warmup``,
-            ``infer_iters``, ``infer_warmup``, ``test_tol``, ``detections``, ``seed``,
-            ``threads`` and, on a CPU, ``mem_iters`` and ``isolated`` (own process).
+        spec (dict): ``placement``, ``arm`` (name), ``config_file``, ``opts`` (the common
+            options; the arm's and ``user_opts`` follow), ``user_opts``, ``device``, ``size``,
+            ``batch``, ``instances``, ``iters``, ``warmup``, ``infer_iters``, ``infer_warmup``,
+            ``test_tol``, ``detections``, ``seed``, ``threads``; CPU: ``mem_iters``, ``isolated``.
 
     Returns:
-        dict: the spec's names plus ``train_mib``, ``train_s`` (median s/iteration),
-        ``infer`` (per inference variant: ``s_per_img``, ``steps``, ``residual``, ...),
-        ROI counts, losses; or ``error``.
+        dict: the spec's names, ``train_mib``, ``train_s``, ``infer`` (per variant:
+        ``s_per_img``, ``steps``, ``residual``, ...), ROI counts, losses; or ``error``.
     """
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -275,15 +265,12 @@ def measure(spec: Dict) -> Dict:
 def force_detections(model, score: float = DETECTION_SCORE) -> None:
     """Make the box regressions constant and every proposal a detection of class 0.
 
-    A random-init ResNet with frozen batch norm makes large features: the RPN's deltas clip
-    most proposals to empty boxes, and the classifier's scores are arbitrary. So the RPN's
-    delta conv and both box-predictor layers get zero weights and biases, except a
-    classifier bias giving class 0 the probability ``score``: the proposals are anchors
-    ranked by the model's own objectness, and ``TEST.DETECTIONS_PER_IMAGE`` caps them after
-    NMS. The layers still run, so every stage costs what it does. ``score`` lies between
+    On random weights the RPN's deltas clip most proposals to empty boxes and the scores are
+    arbitrary: the RPN's delta conv and the box predictor get zero weights, and class 0 the
+    probability ``score``, so the proposals are anchors ranked by objectness, capped by
+    ``TEST.DETECTIONS_PER_IMAGE``; every layer still runs. ``score`` lies between
     ``SCORE_THRESH_TEST`` (0.05: every detection reaches the mask head) and the panoptic
-    merge's ``INSTANCES_CONFIDENCE_THRESH`` (0.5: the merge takes none, whose Python loop
-    over ~100 equal-score masks would hide the differences).
+    merge's 0.5 (which would loop in Python over ~100 equal-score masks).
     """
     predictor = model.roi_heads.box_predictor
     layers = [predictor.cls_score, predictor.bbox_pred]
@@ -327,12 +314,8 @@ def measure_in_child(spec: Dict, timeout: Optional[float] = None) -> Dict:
 
 
 def prepare_cuda(device: str, memory_fraction: float, cap_gib: Optional[float]) -> Dict:
-    """Select ``device`` and cap this process's CUDA memory at ``memory_fraction`` of the
-    card, or at ``cap_gib`` GiB (the same on any card).
-
-    Returns:
-        dict: ``mem_fraction`` and ``mem_cap_mib`` as applied.
-    """
+    """Select ``device``, cap its memory at ``memory_fraction`` of the card or at ``cap_gib``
+    GiB; returns ``mem_fraction`` and ``mem_cap_mib`` as applied."""
     if not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: CUDA is not available here")
     index = torch.device(device).index
@@ -346,19 +329,11 @@ def prepare_cuda(device: str, memory_fraction: float, cap_gib: Optional[float]) 
 
 def run(runs, base_spec: Dict, config_dir, out_dir, machine, settings, *, in_process=False,
         time_budget=0) -> List[Dict]:  # fmt: skip
-    """Measure every ``(placement, arm)`` of ``runs`` (:func:`plan`, FF first) and (re)write
-    ``benchmark.md`` / ``benchmark.json`` in ``out_dir`` after each.
-
-    Args:
-        base_spec (dict): :func:`measure`'s spec without ``placement``, ``arm``, ``config_file``.
-        config_dir: the directory of :data:`BASELINE_YAML` and :data:`PLACEMENT_YAMLS`.
-        machine, settings (dict): for the report's header (:func:`markdown`).
-        in_process: CPU only: measure in this process instead of a child per configuration.
-        time_budget: seconds; configurations not started by then are skipped (0 = no limit).
-
-    Returns:
-        list[dict]: one result per run, with ratios to FF.
-    """
+    """Measure every ``(placement, arm)`` of ``runs`` (:func:`plan`) and (re)write
+    ``benchmark.md`` / ``.json`` in ``out_dir`` after each; ``base_spec`` is :func:`measure`'s
+    spec but ``placement``, ``arm``, ``config_file`` (a YAML of ``config_dir``); ``machine``
+    and ``settings`` go to :func:`markdown`. ``in_process`` (CPU): no child processes;
+    configurations not started within ``time_budget`` seconds (0: none) are skipped."""
     cuda = base_spec["device"].startswith("cuda")
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
@@ -388,14 +363,8 @@ def run(runs, base_spec: Dict, config_dir, out_dir, machine, settings, *, in_pro
                 torch.cuda.empty_cache()
         r["wall_s"] = time.perf_counter() - t0
         results.append(r)
-        status = r.get("error") or (
-            f"train {r['train_mib']:.0f} MiB, {fmt_num(r['train_s'])} "
-            f"s/iter, infer {fmt_num(r['infer']['T']['s_per_img'])} s/img"
-        )
-        print(
-            f"[{time.perf_counter() - start:7.1f} s] {placement:4s} {arm.name:16s} {status}",
-            flush=True,
-        )
+        status = r.get("error") or f"train {r['train_mib']:.0f} MiB, {fmt_num(r['train_s'])} s/iter"
+        print(f"[{time.perf_counter() - start:6.0f} s] {placement} {arm.name} {status}", flush=True)
         add_ratios(results)
         write()
     settings["total_s"] = time.perf_counter() - start
@@ -464,16 +433,15 @@ def target_lines(results: List[Dict], placements: Sequence[str]) -> List[str]:
 
 def _row(r: Dict, cuda: bool, cap_mib: Optional[float]) -> Tuple[List[str], bool]:
     """The cells of one result's row, and whether its allocator reached the memory cap."""
+    if "error" in r:
+        return [r["placement"], r["label"], "", r["error"]] + [""] * (6 if cuda else 8), False
     flagged = bool(cuda and cap_mib and r.get("reserved_mib", 0) >= 0.95 * cap_mib)
     inf = r.get("infer", {})
     t = inf.get("T", {})
     cells = [r["placement"], r["label"], str(r["steps"] or "—")]
     cells += [ratio_cell(r["train_mib"], r.get("train_mib_x"), 4) + (" †" if flagged else "")]
-    cells += [
-        ratio_cell(r["train_s"], r.get("train_s_x")),
-        ratio_cell(t.get("s_per_img"), t.get("x")),
-    ]
-    for key in ("2T", "ES"):
+    cells += [ratio_cell(r["train_s"], r.get("train_s_x"))]
+    for key in ("T", "2T", "ES"):
         fig = inf.get(key)
         cells.append("—" if fig is None else ratio_cell(fig["s_per_img"], fig.get("x")))
         if key == "ES" and fig is not None and fig["steps"] is not None:
@@ -494,32 +462,25 @@ def _notes(results: List[Dict], s: Dict) -> List[str]:
             f"inference {t['mask_rois']:.1f} (detections per image {t['detections']:.1f})."
         )
     for p in s["placements"]:
-        c20 = _find(results, p, "crbp:20")
-        if c20 is not None and c20["infer"]["T"].get("residual") is not None:
+        inf = (_find(results, p, "crbp:20") or {}).get("infer", {})
+        if inf.get("T", {}).get("residual") is not None:
             notes.append(
                 f"{p}: C-RBP-20 relative residual ||h_t - h_(t-1)|| / ||h_t|| at inference "
-                f"(largest over the solves): {c20['infer']['T']['residual']:.2g} after T steps, "
-                f"{c20['infer']['2T']['residual']:.2g} after 2T. These are the dynamics of the "
-                "weights measured (random init unless MODEL.WEIGHTS is given), not of a trained "
-                "model; early stopping saves steps only once the residual falls below TEST_TOL."
+                f"(largest over the solves): {inf['T']['residual']:.2g} after T steps, "
+                f"{inf['2T']['residual']:.2g} after 2T, with the weights measured (random init "
+                "unless MODEL.WEIGHTS is given); early stopping saves steps only below TEST_TOL."
             )
     bad = [f"{r['placement']}/{r['label']}" for r in results if r.get("nonfinite_loss")]
     if bad:
         notes.append(f"Non-finite training loss in: {', '.join(bad)} (timings still valid).")
     if not s["device"].startswith("cuda"):
-        notes.append(
-            "CPU timings are noisy: the cores may be shared with other work, and each figure "
-            "is the median of few iterations."
-        )
-        if any(r.get("peak_reset") is False for r in results):
+        notes.append("CPU timings are noisy: shared cores, medians of few iterations.")
+        if any(r.get("peak_reset") is False or r.get("rss_exact") is False for r in results) or (
+            not s.get("isolated", True)
+        ):
             notes.append(
-                "This kernel could not reset the peak resident set; a configuration's peak "
-                "then includes its model build and timed iterations."
-            )
-        if any(r.get("rss_exact") is False for r in results) or not s.get("isolated", True):
-            notes.append(
-                "The mmap threshold was not fixed (in-process run, or not glibc) or all "
-                "configurations ran in one process: memory figures are only indicative."
+                "Peak resident set not reset, mmap threshold not fixed (not glibc) or one "
+                "process for all configurations (--in-process): memory figures are indicative."
             )
     if s.get("total_s") is not None:
         notes.append(f"Whole run: {s['total_s']:.0f} s wall clock.")
@@ -527,7 +488,7 @@ def _notes(results: List[Dict], s: Dict) -> List[str]:
 
 
 def markdown(results: List[Dict], machine: Dict, s: Dict) -> str:
-    """The report: machine, settings, the table (ratios to FF), targets and notes.
+    """The report: settings, the table (ratios to FF), targets and notes.
 
     Args:
         results: :func:`measure`'s results (after :func:`add_ratios`).
@@ -540,58 +501,39 @@ def markdown(results: List[Dict], machine: Dict, s: Dict) -> str:
     """
     cuda = s["device"].startswith("cuda")
     dets = f"{s['detections']} forced detections (score {DETECTION_SCORE})"
-    gpu = "CUDA {cuda}, cuDNN {cudnn}, cuDNN TF32 {cudnn_tf32}, cudnn.benchmark {cudnn_benchmark}"
-    cap = (
-        f"memory cap {s['mem_cap_mib'] / 1024:.1f} GiB (fraction {s['mem_fraction']:.3f}); "
-        if cuda
-        else ""
-    )
+    gpu = "; CUDA {cuda}, cuDNN {cudnn}, TF32 {cudnn_tf32}, cudnn.benchmark {cudnn_benchmark}, "
+    gpu = (gpu.format(**machine) + f"memory cap {s['mem_cap_mib'] / 1024:.1f} GiB") if cuda else ""
     mem = (
-        "peak `max_memory_allocated` of a training iteration (all tensors, weights and optimizer "
-        "state included)"
+        "`max_memory_allocated` of a training iteration (all tensors, weights and optimizer state)"
         if cuda
         else "least growth of the peak resident set of the configuration's own process over "
-        f"one of {s.get('mem_iters', 1)} training iterations after the timed ones, above the "
-        "resident set just before it (activations, gradients, temporaries; glibc's mmap "
-        "threshold fixed at 128 KiB so that freed tensors leave the resident set)"
+        f"{s.get('mem_iters', 1)} training iterations after the timed ones (activations, "
+        "gradients, temporaries; glibc's mmap threshold fixed at 128 KiB)"
     )
     h, w = s["size"]
     body = [
-        f"Generated {s['date']}" + (f"; {gpu.format(**machine)}." if cuda else "."),
-        "",
-        f"**Settings**: device {s['device']}; random images {h}×{w}, batch {s['batch']}, "
-        f"{s['instances']} instances per image; {s['warmup']} warm-up + {s['iters']} timed "
-        f"training iterations (SGD, lr {s['lr']}); inference on one image at a time, "
-        f"{s['infer_warmup']} warm-up + {s['infer_iters']} timed, "
+        f"Generated {s['date']}{gpu}. **Settings**: device {s['device']}; random images {h}×{w}, "
+        f"batch {s['batch']}, {s['instances']} instances per image; {s['warmup']} warm-up + "
+        f"{s['iters']} timed training iterations (SGD, lr {s['lr']}); inference on one image "
+        f"at a time, {s['infer_warmup']} warm-up + {s['infer_iters']} timed, "
         f"{dets if s['detections'] else 'the random-init detections'} per image; early "
-        f"stopping: TEST_STEPS = STEPS, TEST_TOL = {s['test_tol']:g} (relative residual); "
-        f"penalty exact unless the arm names a cheap one; {cap}common options "
-        f"`{' '.join(s['opts']) or '(none)'}`.",
+        f"stopping: TEST_TOL = {s['test_tol']:g} (relative residual); penalty exact unless the "
+        f"arm names a cheap one; common options `{' '.join(s['opts']) or '(none)'}`.",
         "",
-        f"Train MiB: {mem}. s/iter: median seconds per training iteration. Inference: median "
-        "seconds per image with TEST_STEPS = T (= STEPS), 2T, and early stopping (ES; the mean "
-        "steps used per recurrent solve in brackets). In brackets after each figure: its ratio "
-        "to FF."
-        + ("" if cuda else " CPU-s: the process CPU time (all threads) of the same iteration "
-           "and image (T), the less disturbed figure where cores are shared."),
+        f"Train MiB: {mem}. s/iter, s/img: medians per training iteration and per image with "
+        "TEST_STEPS = T (= STEPS), 2T and early stopping (ES, mean steps used in brackets); "
+        "each figure's ratio to FF in brackets; CPU-s: process CPU time (all threads).",
         "",
     ]  # fmt: skip
     head = ["placement", "config", "T", "train MiB", "s/iter", "infer s/img, T"]
     head += ["infer s/img, 2T", "infer s/img, ES [steps]"]
     head += [] if cuda else ["train CPU-s/iter", "infer CPU-s/img, T"]
-    arm_order = {name: i for i, name in enumerate(["ff", *s.get("arms", [])])}
-    place_order = {"-": -1, **{p: i for i, p in enumerate(PLACEMENT_YAMLS)}}
-    rows, flagged = [], False
-    for r in sorted(results, key=lambda r: (place_order.get(r["placement"], 9),
-                                            arm_order.get(r["arm"], len(arm_order)))):  # fmt: skip
-        if "error" in r:
-            rows.append([r["placement"], r["label"], "", r["error"]] + [""] * (len(head) - 4))
-            continue
-        row, flag = _row(r, cuda, s.get("mem_cap_mib"))
-        rows.append(row)
-        flagged |= flag
+    arms = {name: i for i, name in enumerate(["ff", *s.get("arms", [])])}
+    places = {p: i for i, p in enumerate(["-", *PLACEMENT_YAMLS])}
+    order = sorted(results, key=lambda r: (places.get(r["placement"], 9), arms.get(r["arm"], 99)))
+    rows, flags = zip(*(_row(r, cuda, s.get("mem_cap_mib")) for r in order)) if order else ((), ())
     body += markdown_table(head, rows) + [""]
-    if flagged:
+    if any(flags):
         body += [
             "† the allocator's reserve reached the memory cap: cuDNN may have used workspace "
             "up to the cap, so the true need can be lower (rerun with a lower cap).",
@@ -607,13 +549,11 @@ def plot(results: List[Dict], placements: Sequence[str], path, title: str) -> bo
     """Memory, s/iter and inference s/img (T) against steps, one line per training mode;
     False (and no file) without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plot", file=sys.stderr)
         return False
+    plt.switch_backend("Agg")
     ok = [r for r in results if "error" not in r]
     ff = next((r for r in ok if r["arm"] == "ff"), None)
     panels = {

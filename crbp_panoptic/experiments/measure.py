@@ -230,14 +230,22 @@ class _MaskLayers(nn.Module):
         return self.head.layers(x)
 
 
-def count_macs(module, inputs) -> Tuple[float, Dict[str, float]]:
-    """Multiply-adds of ``module(*inputs)`` (no autograd), total and per submodule, by
-    Detectron2's ``FlopCountAnalysis`` (one per multiply-add of convolutions, linear layers
-    and matrix products); a Detectron2 model's submodule names start with ``model.``."""
+def count_macs(module, inputs, kind: str = "flop") -> Tuple[float, Dict[str, float]]:
+    """Multiply-adds (``kind`` "flop": one per multiply-add of convolutions, linear layers and
+    matrix products) or activations ("activation") of ``module(*inputs)``, total and per
+    submodule, by fvcore on Detectron2's tracing adapter (as Detectron2's
+    ``FlopCountAnalysis``); a Detectron2 model's submodule names start with ``model.``."""
+    from fvcore.nn import ActivationCountAnalysis
+
+    from detectron2.export import TracingAdapter
     from detectron2.utils.analysis import FlopCountAnalysis
 
     with torch.no_grad():
-        count = FlopCountAnalysis(module, inputs)
+        if kind == "flop":
+            count = FlopCountAnalysis(module, inputs)
+        else:
+            wrapper = TracingAdapter(module, inputs, allow_non_tensor=True)
+            count = ActivationCountAnalysis(wrapper, wrapper.flattened_inputs)
         count.unsupported_ops_warnings(False)
         count.uncalled_modules_warnings(False)
         return float(count.total()), count.by_module()
