@@ -7,8 +7,6 @@ import torch
 
 from detectron2.structures import BitMasks, Boxes, Instances
 
-__all__ = ["random_batch"]
-
 
 def _ellipses(n, h, w, side, g):
     """Boxes with log-uniform sides in [side/16, side/2] and the ellipse inscribed in each."""
@@ -37,23 +35,17 @@ def random_batch(
     seed: int = 0,
     device="cpu",
 ) -> List[dict]:
-    """Random Detectron2 training inputs (the ``DatasetMapper`` output format).
+    """Random Detectron2 training inputs (``DatasetMapper``'s format) of ``size`` (H, W).
 
-    Args:
-        num_images (int): images in the batch.
-        size (tuple[int, int]): (H, W) of every image (the model pads to its divisibility).
-        instances (int): instances per image: log-uniform box sides from 1/16 to 1/2 of the
-            shorter image side, an ellipse inscribed in each box as its mask, uniform classes.
-        num_classes (int): thing classes (``MODEL.ROI_HEADS.NUM_CLASSES``).
-        num_stuff (int): semantic classes (``MODEL.SEM_SEG_HEAD.NUM_CLASSES``); labels are
-            constant on 32x32 blocks.
-        seed (int): seed of the generator (same seed, same batch).
-        device (str): where the tensors are put (so the model's own copies are no-ops).
+    Each image has ``instances`` boxes with log-uniform sides from 1/16 to 1/2 of the
+    shorter side, the inscribed ellipse as mask, uniform classes below ``num_classes``, and
+    semantic labels below ``num_stuff``, constant on 32x32 blocks; the same ``seed`` gives
+    the same batch; tensors are put on ``device``.
 
     Returns:
         list[dict]: per image ``"image"`` (uint8, (3, H, W)), ``"instances"``
-        (``gt_boxes``, ``gt_classes``, ``gt_masks`` as ``BitMasks`` (n, H, W)),
-        ``"sem_seg"`` (int64, (H, W)), ``"height"``, ``"width"``.
+        (``gt_boxes``, ``gt_classes``, ``gt_masks`` as ``BitMasks``), ``"sem_seg"`` (int64,
+        (H, W)), ``"height"``, ``"width"``.
     """
     g = torch.Generator().manual_seed(seed)
     h, w = size
@@ -67,13 +59,6 @@ def random_batch(
         inst.gt_masks = BitMasks(masks)
         coarse = torch.randint(0, num_stuff, (math.ceil(h / 32), math.ceil(w / 32)), generator=g)
         sem = coarse.repeat_interleave(32, 0).repeat_interleave(32, 1)[:h, :w].contiguous()
-        batch.append(
-            {
-                "image": image.to(device),
-                "instances": inst.to(device),
-                "sem_seg": sem.to(device),
-                "height": h,
-                "width": w,
-            }
-        )
+        batch.append(dict(image=image.to(device), instances=inst.to(device), height=h, width=w))
+        batch[-1]["sem_seg"] = sem.to(device)
     return batch

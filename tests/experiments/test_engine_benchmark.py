@@ -1,7 +1,5 @@
 """crbp_panoptic.experiments.engine_benchmark: one refiner step per arm."""
 
-
-
 from crbp_panoptic.crbp import parse_arm
 from crbp_panoptic.experiments import engine_benchmark as eb
 
