@@ -201,7 +201,9 @@ class _StrictCheckpointer(DetectionCheckpointer):
 
         absent_groups = []
         for name, own in recurrent_key_groups(self.model).items():
-            if own <= missing:  # the checkpoint has nothing of this module: a stock one
+            # A BatchNorm's step counter is never reported missing (it is not a weight).
+            weights = {k for k in own if not k.endswith("num_batches_tracked")}
+            if weights <= missing:  # the checkpoint has nothing of this module: a stock one
                 missing -= own
                 absent_groups.append(name)
         replaced = _replaced_keys(self.model, unexpected) if absent_groups else set()

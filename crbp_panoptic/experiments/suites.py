@@ -165,6 +165,26 @@ SUITES: Dict[str, Suite] = {
         # have had 1000 iterations more than the recurrent one.
         fresh=("roi_heads.mask_head.",),
     ),
+    "quick_mask": Suite(
+        name="quick_mask",
+        description="recurrent mask head against the stock mask head, quick synthetic data",
+        placement="mask_head",
+        feedforward_config=SYNTHETIC + "panoptic_fpn_R_18_quick.yaml",
+        recurrent_config=SYNTHETIC + "panoptic_crbp_mask_authors_cell_R_18_quick.yaml",
+        warmup_iterations=300,
+        iterations=400,
+        arms=("ff", "bptt:1", "crbp:T"),
+        # the long-range suite's head: chronos gates over 1-3 steps, 20 steps
+        opts=(
+            "MODEL.CRBP.GATE_BIAS_INIT",
+            "chronos",
+            "MODEL.CRBP.GATE_BIAS_RANGE",
+            "[1.0, 3.0]",
+            "MODEL.CRBP.STEPS",
+            "20",
+        ),
+        fresh=("roi_heads.mask_head.",),
+    ),
 }
 
 
