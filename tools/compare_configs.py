@@ -3,11 +3,12 @@
 
 What to compare (logic: crbp_panoptic/experiments/runner.py), one of:
 
-  --suite quick|longrange         a declared comparison (crbp_panoptic/experiments/suites.py):
+  --suite quick|longrange|quick_mask
+                                  a declared comparison (crbp_panoptic/experiments/suites.py):
                                   the feedforward config trained once (the warm-up,
                                   <output>/warmup; --warmup-weights: an existing one), then
-                                  ff, bptt:1, bptt:3 and crbp:T each --iterations further
-                                  from it; --feedforward-config / --recurrent-config replace
+                                  its arms (ff, bptt:1, bptt:3, crbp:T) each --iterations
+                                  further from it; --feedforward-config / --recurrent-config replace
                                   the suite's (the recurrent one must recur where it does)
   --configs A.yaml B.yaml ...     each config trained as it says
   --config-file C --arms A B ...  one recurrent config under several training rules

@@ -81,19 +81,19 @@ def _tiny_suite(**changes):
 
 
 @pytest.mark.parametrize(
-    "name, ff, recurrent, where",
-    [("quick", FF_QUICK, FPN_QUICK, "fpn"), ("longrange", FF_LONG, MASK_LONG, "mask_head")],
+    "name, ff, recurrent, where, T",
+    [("quick", FF_QUICK, FPN_QUICK, "fpn", 10), ("longrange", FF_LONG, MASK_LONG, "mask_head", 20)],
 )
 def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
-    tmp_path, name, ff, recurrent, where
+    tmp_path, name, ff, recurrent, where, T
 ):
     suite = get_suite(name)
-    assert sorted(SUITES) == ["longrange", "quick"] and SUITES[name] is suite
+    assert sorted(SUITES) == ["longrange", "quick", "quick_mask"] and SUITES[name] is suite
     assert (suite.feedforward_config, suite.recurrent_config) == (ff, recurrent)
     assert placement(tiny_cfg(recurrent[len("configs/") :])) == where
     plan = plan_suite(suite, [0, 1, 2], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # planning writes nothing
-    assert [a.name for a in plan.arms] == ["ff", "bptt:1", "bptt:3", "crbp:10"]
+    assert [a.name for a in plan.arms] == ["ff", "bptt:1", "bptt:3", f"crbp:{T}"]
     assert _opt(plan.warmup["opts"], "SOLVER.MAX_ITER") == str(suite.warmup_iterations)
     assert plan.warmup["config"] == ff and plan.warmup["dir"] == str(tmp_path / "out" / "warmup")
     runs = {(r.arm, r.seed): r for r in plan.runs}
@@ -105,7 +105,8 @@ def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
     ff_run = runs[("ff", 1)]
     assert ff_run.config == ff and ff_run.test_steps == []
     assert not [k for k in ff_run.opts[::2] if k.startswith("MODEL.CRBP")]
-    for arm, grad, steps in (("bptt:1", "bptt", 1), ("bptt:3", "bptt", 3), ("crbp:10", "crbp", 10)):
+    rules = (("bptt:1", "bptt", 1), ("bptt:3", "bptt", 3), (f"crbp:{T}", "crbp", T))
+    for arm, grad, steps in rules:
         run = runs[(arm, 2)]
         assert run.config == recurrent and run.test_steps == [steps, 3 * steps]
         assert (_opt(run.opts, "MODEL.CRBP.GRAD"), _opt(run.opts, "MODEL.CRBP.STEPS")) == (
@@ -127,6 +128,23 @@ def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
     assert [a.name for a in other.arms][-1] == "crbp:6"  # T: the config's STEPS (after overrides)
     assert _opt(other.warmup["opts"], "SOLVER.MAX_ITER") == "9"
     assert {_opt(r.opts, "SOLVER.MAX_ITER") for r in other.runs} == {"7"}
+
+
+def test_quick_mask_suite_trains_the_papers_head_against_the_stock_head(tmp_path):
+    from crbp_panoptic.engine import setup_cfg
+
+    suite = get_suite("quick_mask")
+    assert placement(tiny_cfg(suite.recurrent_config[len("configs/") :])) == "mask_head"
+    plan = plan_suite(suite, [0], str(tmp_path / "out"))
+    assert [a.name for a in plan.arms] == ["ff", "bptt:1", "crbp:20"]
+    assert plan.warmup["start"] == str(tmp_path / "out" / "warm_start.pth")
+    for run in plan.runs:  # the head of the long-range suite, in every recurrent arm
+        cfg = setup_cfg(REPO / run.config, run.opts)
+        if run.arm != "ff":
+            assert cfg.MODEL.CRBP.CELL == "less_softplus" and cfg.MODEL.CRBP.GALA
+            assert cfg.MODEL.CRBP.GATE_BIAS_INIT == "chronos"
+            assert list(cfg.MODEL.CRBP.GATE_BIAS_RANGE) == [1.0, 3.0]
+            assert cfg.MODEL.CRBP.STEPS == (20 if run.arm == "crbp:20" else 1)
 
 
 def test_schedule_restarts_and_scales_the_decay_points(tmp_path):
