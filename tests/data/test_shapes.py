@@ -1,41 +1,15 @@
 """The quick synthetic data (kind "shapes"): deterministic images with things and stuff,
 touching and occluding."""
 
-import json
-
 import numpy as np
 import pytest
 
 from crbp_panoptic.data import (
-    CATEGORIES,
-    generate_split,
     render_sample,
     split_paths,
-    validate_panoptic_split,
 )
 
-SIZE = (64, 80)  # H != W catches transposed masks
-NUM_IMAGES = 9  # image 3 has no things
-THING_IDS = {c["id"] for c in CATEGORIES if c["isthing"]}
-STUFF_IDS = [c["id"] for c in CATEGORIES if not c["isthing"]]
-
-
-@pytest.fixture(scope="module")
-def split_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes") / "train"
-    return generate_split(str(out), "train", NUM_IMAGES, SIZE, 0)
-
-
-def _load(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _validate(d, **kw):
-    p = split_paths(d)
-    return validate_panoptic_split(
-        p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir, p.instances_json, **kw
-    )
+from tests.data.common import NUM_IMAGES, SIZE, STUFF_IDS, THING_IDS, load_json, validate
 
 
 def test_render_is_deterministic():
@@ -48,10 +22,10 @@ def test_render_is_deterministic():
 
 
 def test_content_things_stuff_empty_images_and_occlusion(split_dir):
-    stats = _validate(split_dir)
+    stats = validate(split_dir)
     assert stats["thing_segments"] > 0 and stats["stuff_segments"] > 0
     assert stats["images_without_things"] == 1  # image 3
-    pan = _load(split_paths(split_dir).panoptic_json)
+    pan = load_json(split_paths(split_dir).panoptic_json)
     cats = {s["category_id"] for a in pan["annotations"] for s in a["segments_info"]}
     assert THING_IDS <= cats and len(cats & set(STUFF_IDS)) >= 2
     # Occlusion: somewhere two things touch (4-neighbours with different thing ids).

@@ -27,35 +27,13 @@ from crbp_panoptic.data import (
     render_sample,
     rle_to_mask,
     split_paths,
-    validate_panoptic_split,
 )
 
-SIZE = (64, 80)  # H != W catches transposed masks
-NUM_IMAGES = 9  # image 3 has no things
-THING_IDS = {c["id"] for c in CATEGORIES if c["isthing"]}
-STUFF_IDS = [c["id"] for c in CATEGORIES if not c["isthing"]]
-
-
-@pytest.fixture(scope="module")
-def split_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("syn") / "train"
-    return generate_split(str(out), "train", NUM_IMAGES, SIZE, 0)
-
-
-def _load(path):
-    with open(path) as f:
-        return json.load(f)
+from tests.data.common import NUM_IMAGES, SIZE, STUFF_IDS, THING_IDS, load_json, validate
 
 
 def _files(d):
     return sorted(os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs)
-
-
-def _validate(d, **kw):
-    p = split_paths(d)
-    return validate_panoptic_split(
-        p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir, p.instances_json, **kw
-    )
 
 
 def test_same_parameters_give_identical_files(split_dir, tmp_path):
@@ -72,7 +50,7 @@ def test_same_parameters_give_identical_files(split_dir, tmp_path):
 
 def test_layout_and_coco_fields(split_dir):
     p = split_paths(split_dir)
-    pan, inst = _load(p.panoptic_json), _load(p.instances_json)
+    pan, inst = load_json(p.panoptic_json), load_json(p.instances_json)
     assert len(pan["images"]) == len(pan["annotations"]) == NUM_IMAGES
     assert pan["categories"] == [dict(c) for c in CATEGORIES]
     assert {c["id"] for c in inst["categories"]} == THING_IDS
@@ -88,7 +66,7 @@ def test_layout_and_coco_fields(split_dir):
             assert sem.mode == "L"
         for seg in ann["segments_info"]:
             assert set(seg) == {"id", "category_id", "iscrowd", "bbox", "area"}
-    assert _load(p.marker) == {
+    assert load_json(p.marker) == {
         "generator_version": GENERATOR_VERSION,
         "split": "train",
         "num_images": NUM_IMAGES,
@@ -102,7 +80,7 @@ def test_pngs_agree_with_json(split_dir):
     from panopticapi.utils import rgb2id
 
     p = split_paths(split_dir)
-    pan = _load(p.panoptic_json)
+    pan = load_json(p.panoptic_json)
     stuff_label = {cid: i + 1 for i, cid in enumerate(STUFF_IDS)}
     void = total = 0
     for ann in pan["annotations"]:
@@ -132,7 +110,7 @@ def test_instances_agree_with_panoptic_segments(split_dir):
     from pycocotools.coco import COCO
 
     p = split_paths(split_dir)
-    pan = _load(p.panoptic_json)
+    pan = load_json(p.panoptic_json)
     coco = COCO(p.instances_json)
     from panopticapi.utils import rgb2id
 
@@ -159,7 +137,7 @@ def test_instances_agree_with_panoptic_segments(split_dir):
 def test_every_nonempty_small_split_has_things_and_stuff(tmp_path):
     for split in ("train", "val"):
         d = generate_split(str(tmp_path / split), split, 1, (32, 32), 3)
-        stats = _validate(d)
+        stats = validate(d)
         assert stats["thing_segments"] and stats["stuff_segments"]
 
 
@@ -228,7 +206,7 @@ def test_an_older_cables_split_is_regenerated_on_first_use(tmp_path):
         assert ensure_split(d, "val", 2, (48, 48), 0, kind="cables") == d
         assert _read(p.marker) == marker
         assert _read(p.panoptic_json, "rb") == fresh_json
-        assert _validate(d, check_pixels=True)["images"] == 2
+        assert validate(d, check_pixels=True)["images"] == 2
         assert os.listdir(tmp_path) == ["s"]  # no temporary directory left behind
 
     for kept in (
@@ -327,8 +305,8 @@ def test_a_registered_kind_is_written_with_its_version(tmp_path, monkeypatch):
     try:
         register_kind("wires", CABLE_CATEGORIES, render, version=2)
         d = generate_split(str(tmp_path / "w"), "val", 1, (48, 48), 0, kind="wires")
-        marker = _load(split_paths(d).marker)
+        marker = load_json(split_paths(d).marker)
         assert (marker["kind"], marker["kind_version"]) == ("wires", 2)
-        assert _validate(d)["images"] == 1
+        assert validate(d)["images"] == 1
     finally:
         KINDS.pop("wires", None)

@@ -12,25 +12,14 @@ from crbp_panoptic.data import (
     PanopticFormatError,
     generate_split,
     split_paths,
-    validate_panoptic_split,
 )
+
+from tests.data.common import load_json, validate
 
 
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory):
     return generate_split(str(tmp_path_factory.mktemp("v") / "val"), "val", 4, (48, 64), 0)
-
-
-def _load(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _validate(d, **kw):
-    p = split_paths(d)
-    return validate_panoptic_split(
-        p.panoptic_json, p.panoptic_dir, p.image_dir, p.sem_seg_dir, p.instances_json, **kw
-    )
 
 
 @pytest.mark.parametrize(
@@ -48,7 +37,7 @@ def test_corrupt_file_is_named(split_dir, tmp_path, corruption):
     d = str(tmp_path / "copy")
     shutil.copytree(split_dir, d)
     p = split_paths(d)
-    pan = _load(p.panoptic_json)
+    pan = load_json(p.panoptic_json)
     ann = pan["annotations"][1]
     png = os.path.join(p.panoptic_dir, ann["file_name"])
     if corruption == "invalid_json":
@@ -74,11 +63,11 @@ def test_corrupt_file_is_named(split_dir, tmp_path, corruption):
         Image.fromarray(sem).save(culprit)
         error = PanopticFormatError
     else:
-        inst = _load(p.instances_json)
+        inst = load_json(p.instances_json)
         inst["annotations"][0]["area"] += 3
         with open(p.instances_json, "w") as f:
             json.dump(inst, f)
         culprit, error = p.instances_json, PanopticFormatError
     with pytest.raises(error) as info:
-        _validate(d)
+        validate(d)
     assert culprit in str(info.value)
