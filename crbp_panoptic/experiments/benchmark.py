@@ -429,9 +429,8 @@ def _notes(results: List[Dict], s: Dict) -> List[str]:
         notes.append(f"Non-finite training loss in: {', '.join(bad)} (timings still valid).")
     if not s["device"].startswith("cuda"):
         notes.append("CPU timings are noisy: shared cores, medians of few iterations.")
-        if any(r.get("peak_reset") is False or r.get("rss_exact") is False for r in results) or (
-            not s.get("isolated", True)
-        ):
+        inexact = any(r.get("peak_reset") is False or r.get("rss_exact") is False for r in results)
+        if inexact or not s.get("isolated", True):
             notes.append(
                 "Peak resident set not reset, mmap threshold not fixed (not glibc) or one "
                 "process for all configurations (--in-process): memory figures are indicative."
@@ -442,7 +441,7 @@ def _notes(results: List[Dict], s: Dict) -> List[str]:
 
 
 def markdown(results: List[Dict], machine: Dict, s: Dict) -> str:
-    """The report: settings, the table (ratios to FF), targets and notes.
+    """The report: settings, the table (ratios to FF) and notes.
 
     Args:
         results: :func:`measure`'s results (after :func:`add_ratios`).
@@ -497,13 +496,9 @@ def markdown(results: List[Dict], machine: Dict, s: Dict) -> str:
 
 
 def plot(results: List[Dict], placements: Sequence[str], path, title: str) -> bool:
-    """Memory, s/iter and inference s/img (T) against steps, one line per training mode;
-    False (and no file) without matplotlib."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
-        return False
+    """Memory, s/iter and inference s/img (T) against steps, one line per training mode."""
+    import matplotlib.pyplot as plt
+
     plt.switch_backend("Agg")
     ok = [r for r in results if "error" not in r]
     ff = next((r for r in ok if r["arm"] == "ff"), None)
@@ -516,13 +511,10 @@ def plot(results: List[Dict], placements: Sequence[str], path, title: str) -> bo
     fig, axes = plt.subplots(3, n, figsize=(5.5 * n, 9), squeeze=False, sharex=True)
     markers = {"BPTT": "o", "RBP": "s", "C-RBP": "^"}
     for col, p in enumerate(placements):
-        lines: Dict[str, List[Dict]] = {}
-        for r in ok:
-            if r["placement"] == p:
-                lines.setdefault(r["series"], []).append(r)
+        rows = sorted((r for r in ok if r["placement"] == p), key=lambda r: r["steps"])
         for ax, (label, value) in zip(axes[:, col], panels.items()):
-            for name, rs in sorted(lines.items()):
-                rs = sorted(rs, key=lambda r: r["steps"])
+            for name in sorted({r["series"] for r in rows}):
+                rs = [r for r in rows if r["series"] == name]
                 marker = markers.get(name.split(" ")[0], "D")
                 ax.plot([r["steps"] for r in rs], [value(r) for r in rs], marker=marker, label=name)
             if ff is not None and value(ff) is not None:

@@ -209,20 +209,15 @@ def measure_runs(
             "training": measure_training(run_dir, training, train_iters, batches=batches),
         }
 
-    as_trained = Setting("as trained")
-    report = {
-        "feedforward": measure(feedforward, [Setting("as trained", flops=True)], [as_trained])
-    }
-    report["runs"] = {}
+    ff = measure(feedforward, [Setting("as trained", flops=True)], [Setting("as trained")])
+    report = {"feedforward": ff, "runs": {}}
     for name, run_dir in runs.items():
         cfg = run_cfg(run_dir)
         where, steps = placement(cfg), cfg.MODEL.CRBP.STEPS
         if where == "feedforward":
             raise ValueError(f"{run_dir}: the run {name!r} has no recurrent module")
-        report["runs"][name] = {"placement": where, "steps": steps}
-        report["runs"][name].update(
-            measure(run_dir, inference_settings(steps), training_settings(where))
-        )
+        figures = measure(run_dir, inference_settings(steps), training_settings(where))
+        report["runs"][name] = {"placement": where, "steps": steps, **figures}
     return report
 
 
@@ -230,14 +225,11 @@ def _x(row, base, key="seconds") -> str:
     return fmt(ratio(row.get(key), base.get(key)), ".2f")
 
 
-def _pq(row) -> str:
-    return fmt(row["pq"]["PQ"] if row.get("pq") else None)
-
-
 def _inference_row(name, setting, row, ff, delta=None) -> list:
     macs = [(r.get("flops") or {}).get("total") for r in (row, ff)]
     cells = [name, setting, f"{row['seconds']:.3f}", _x(row, ff), _x(row, ff, "cpu_seconds")]
-    cells += [fmt(row.get("mean_steps")), _pq(row), fmt(delta, "+.1f")]
+    pq = fmt(row["pq"]["PQ"] if row.get("pq") else None)
+    cells += [fmt(row.get("mean_steps")), pq, fmt(delta, "+.1f")]
     return cells + [fmt(macs[0] and macs[0] / 1e9, ".3f"), fmt(macs[0] and ratio(*macs), ".2f")]
 
 
