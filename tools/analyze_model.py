@@ -2,19 +2,12 @@
 """Analyze models built from configs: parameters, multiply-adds, activations, structure.
 
 Each ``--config-file`` may carry overrides, ``PATH[::KEY=VALUE...]``; trailing ``KEY VALUE``
-pairs apply to every config. Models have random weights and run on the CPU. Tasks:
-
-* ``parameter``: trainable and all parameters, backbone + FPN, mask head, recurrent modules
-  (``crbp_panoptic.experiments.measure.parameter_counts``);
-* ``flop``: multiply-adds per ``--size`` image, split into backbone + FPN, its recurrent
-  modules, the other heads and the mask head for each number of detections in ``--rois``,
-  with recurrent modules running exactly ``TEST_STEPS`` (else ``STEPS``); the first config
-  is the reference of the ratios;
-* ``activation``: fvcore's activation count of one image (millions);
-* ``structure``: the model as PyTorch prints it.
-
-Without ``--config-file``, the COCO R-50 configs and the variants of
-``docs/results/macs_coco.md``::
+pairs apply to every config; random weights, on the CPU. ``--tasks``: ``parameter``
+(trainable and all, backbone + FPN, mask head, recurrent); ``flop`` (multiply-adds per
+``--size`` image: backbone + FPN, its recurrent modules at exactly their test steps, the other
+heads, the mask head at each ``--rois`` detections; ratios to the first config);
+``activation`` (fvcore's count, millions); ``structure`` (the model as PyTorch prints it).
+Without ``--config-file``: the COCO R-50 variants of ``docs/results/macs_coco.md``::
 
     python tools/analyze_model.py --tasks parameter flop --output output/analysis
 """
@@ -116,12 +109,8 @@ def flop_table(rows, size, rois) -> list:
             f"{r[k] / 1e9:.3g}" for k in ("backbone", "recurrent", "heads")
         ]
         for n in rois:
-            t = total(r, n)
-            cells += [
-                f"{r['mask'][n] / 1e9:.3g}",
-                f"{t / 1e9:.3g}",
-                f"{t / total(rows[0][1], n):.2f}",
-            ]
+            t, first = total(r, n), total(rows[0][1], n)
+            cells += [f"{r['mask'][n] / 1e9:.3g}", f"{t / 1e9:.3g}", f"{t / first:.2f}"]
         table.append(cells)
     return [
         f"GMAC per {size[0]}x{size[1]} image (random weights; recurrent modules run exactly "

@@ -1,25 +1,20 @@
 #!/usr/bin/env python
 """Benchmark training memory and speed: the whole model, the hGRU alone, trained runs.
 
-``--task`` picks what is measured (methods in ``crbp_panoptic/experiments/``); every task
-writes its report into the ``--output`` folder and prints it:
+``--task`` picks what is measured (in ``crbp_panoptic/experiments/``) and the report that
+``--output`` gets:
 
-* ``train``: every C-RBP configuration (``--placements`` x ``--arms``, plus each placement's
-  ``--cheap-arms``) next to the stock Panoptic FPN, random weights and data: training memory
-  and s/iter, inference s/image at T, 2T steps and with early stopping
-  (``benchmark.md/.json/.png``; ``experiments/benchmark.py``). Defaults are COCO's (R-50,
-  800x1216, batch 2) for a GPU (``tools/gpu_benchmark.sh``); trailing ``KEY VALUE`` pairs
-  apply to every configuration. ``--list`` prints the plan.
-* ``engine``: one training step of the hGRU refiner per arm on a mask-head and an FPN-level
-  drive: saved bytes, CUDA peak, s/step (``engine.md``; ``experiments/engine_benchmark.py``).
-  The paper's sizes: ``--channels 256 --rois 256 --fpn-hw 200x304`` (a GPU).
-* ``trained``: finished training runs (``--feedforward DIR``, ``--run NAME=DIR``, each with
-  ``config.yaml`` and ``model_final.pth``): inference and training cost of each speed lever
-  and PQ, ratios to the feedforward run (``speed.md/.json``; ``experiments/speed.py``).
+* ``train``: every C-RBP configuration (``--placements`` x ``--arms`` and ``--cheap-arms``)
+  next to the stock Panoptic FPN, random weights and data: training memory and s/iter,
+  inference s/image at T, 2T steps and early stopping (``benchmark.md/.json/.png``). COCO's
+  sizes by default, for a GPU; ``KEY VALUE`` pairs apply to every configuration.
+* ``engine``: one training step of the hGRU per arm on a mask-head and an FPN-level drive
+  (``engine.md``); the paper's sizes: ``--channels 256 --rois 256 --fpn-hw 200x304``.
+* ``trained``: finished runs (``--feedforward DIR``, ``--run NAME=DIR``): inference and
+  training cost of each speed lever and PQ, ratios to the feedforward run (``speed.md``).
 
-Examples::
+Example::
 
-    python tools/benchmark.py --task engine --repeats 2 --output output/engine
     python tools/benchmark.py --task train --device cpu --depth 18 --size 192 288 --batch 1 \\
         --instances 16 --detections 20 --iters 2 --warmup 1 --output output/benchmark_cpu \\
         MODEL.FPN.OUT_CHANNELS 64 MODEL.ROI_MASK_HEAD.CONV_DIM 64 MODEL.CRBP.NUM_GROUPS 16

@@ -1,37 +1,25 @@
 #!/usr/bin/env python
 """Train and compare Panoptic FPN configs over seeds, evaluated at and past their trained steps.
 
-What to compare (logic: crbp_panoptic/experiments/runner.py), one of:
+What to compare (crbp_panoptic/experiments/runner.py), one of:
 
   --suite quick|longrange|quick_mask
-                                  a declared comparison (crbp_panoptic/experiments/suites.py):
-                                  the feedforward config trained once (the warm-up,
-                                  <output>/warmup; --warmup-weights: an existing one), then
-                                  its arms (ff, bptt:1, bptt:3, crbp:T) each --iterations
-                                  further from it; --feedforward-config / --recurrent-config replace
-                                  the suite's (the recurrent one must recur where it does)
+                                  a declared comparison (experiments/suites.py): the
+                                  feedforward config trained once (<output>/warmup, or
+                                  --warmup-weights), then each arm (ff, bptt:1, crbp:T, ...)
+                                  --iterations further from it
   --configs A.yaml B.yaml ...     each config trained as it says
   --config-file C --arms A B ...  one recurrent config under several training rules
-                                  (crbp_panoptic.crbp.parse_arm: bptt:3, crbp:10, ...)
 
-Every arm trains for every --seeds value (tools/train_net.py in a child process), is
-evaluated at the end of training (T test steps) and again, if recurrent, at m x T for every
---test-steps-multiples m and at every --test-steps count (TEST_TOL 0: exactly that many).
---residual-images N also steps the recurrent modules of each trained model on N test images
-and records the residual ||h_t - h_(t-1)|| / ||h_t|| and the drift ||h_t - h_T|| / ||h_T||
-for t = 1 .. 2 x the largest T. Writes <output>/summary.json (after every run; a rerun
-reuses finished runs), summary.md and pq_vs_steps.png. Trailing KEY VALUE pairs override
-every config.
+Every arm trains for every --seeds value (tools/train_net.py in a child process) and is
+evaluated at T test steps, and if recurrent at m x T (--test-steps-multiples) and at every
+--test-steps count; --residual-images N records the residual and drift curves of each
+trained model. Writes <output>/summary.json (a rerun reuses finished runs), summary.md and
+pq_vs_steps.png. Trailing KEY VALUE pairs override every config.
 
     python tools/compare_configs.py --suite quick --seeds 0 1 2 --output output/suite_quick
-    python tools/compare_configs.py --config-file \\
-        configs/Synthetic-PanopticSegmentation/panoptic_crbp_fpn_R_18_quick.yaml \\
-        --arms bptt:3 crbp:10 --seeds 0 --iterations 300 --test-steps 1 2 3 5 8 9 10 15 20 30 \\
-        --residual-images 4 --output output/stability_quick
 
-Time of the suites, an estimate (2 threads; docs/results/speed_cpu.md, longrange.md): quick
-(warm-up 300, then 400 per arm) about 42 minutes, longrange (warm-up 1000, then 300 per arm)
-about 51 minutes, of which about 15 s per child (22 children) is start-up and evaluation.
+Time, an estimate (2 threads): quick about 42 minutes, longrange about 51 minutes.
 """
 
 import argparse
@@ -42,13 +30,7 @@ import sys
 from crbp_panoptic.experiments.runner import Plan, config_arms, plan_suite, rule_arms, run_plan
 from crbp_panoptic.experiments.suites import SUITES, get_suite
 
-# Flags of one way only (dest -> flag).
-_SUITE_ONLY = {
-    "warmup_iterations": "--warmup-iterations",
-    "warmup_weights": "--warmup-weights",
-    "feedforward_config": "--feedforward-config",
-    "recurrent_config": "--recurrent-config",
-}
+_SUITE_ONLY = ("warmup_iterations", "warmup_weights", "feedforward_config", "recurrent_config")
 
 
 def parse_args(argv=None):
@@ -63,23 +45,13 @@ def parse_args(argv=None):
     what.add_argument("--config-file", metavar="FILE", help="one recurrent config, with --arms")
     p.add_argument("--arms", nargs="+", help="training rules of --config-file: bptt:3 crbp:10")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="SEED values")
-    p.add_argument(
-        "--test-steps-multiples",
-        nargs="+",
-        type=int,
-        default=None,
-        help="evaluate recurrent arms at TEST_STEPS = m x T (default: the suite's, or 1 3)",
-    )
+    m_help = "evaluate recurrent arms at TEST_STEPS = m x T (default: the suite's, or 1 3)"
+    p.add_argument("--test-steps-multiples", nargs="+", type=int, default=None, help=m_help)
     p.add_argument("--test-steps", nargs="+", type=int, default=(), help="and at these counts")
     p.add_argument("--iterations", type=int, help="training iterations of every arm")
     p.add_argument("--residual-images", type=int, default=0, help="residual curves on N images")
-    p.add_argument(
-        "--output",
-        "--output-dir",
-        dest="output",
-        help="folder of the runs and summary.json (default: output/suite_<suite> or "
-        "output/compare)",
-    )
+    out_help = "folder of the runs and summary.json (default: output/suite_<suite>, output/compare)"
+    p.add_argument("--output", "--output-dir", dest="output", help=out_help)
     suite = p.add_argument_group("--suite only")
     suite.add_argument("--warmup-iterations", type=int, help="iterations of the warm-up")
     suite.add_argument("--warmup-weights", help="start every arm from this checkpoint")
@@ -88,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     if not args.suite:
-        used = [flag for dest, flag in _SUITE_ONLY.items() if getattr(args, dest) is not None]
+        used = ["--" + k.replace("_", "-") for k in _SUITE_ONLY if getattr(args, k) is not None]
         if used:
             p.error(f"{', '.join(used)} can only be used with --suite")
     if bool(args.arms) != bool(args.config_file):
@@ -102,6 +74,7 @@ def main(argv=None):
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     common = dict(test_steps=args.test_steps, residual_images=args.residual_images)
+    common.update(iterations=args.iterations, opts=args.opts)
     try:
         if args.suite:
             suite = get_suite(args.suite)
@@ -109,31 +82,18 @@ def main(argv=None):
             replace["recurrent_config"] = args.recurrent_config
             suite = dataclasses.replace(suite, **{k: v for k, v in replace.items() if v})
             plan = plan_suite(
-                suite,
-                args.seeds,
-                args.output or f"output/suite_{suite.name}",
-                iterations=args.iterations,
-                warmup_iterations=args.warmup_iterations,
-                warmup_weights=args.warmup_weights,
-                multiples=args.test_steps_multiples,
-                opts=args.opts,
-                **common,
-            )
+                suite, args.seeds, args.output or f"output/suite_{suite.name}",
+                warmup_iterations=args.warmup_iterations, warmup_weights=args.warmup_weights,
+                multiples=args.test_steps_multiples, **common,
+            )  # fmt: skip
         else:
             if args.configs:
                 arms, name = config_arms(args.configs, args.opts), "configs"
             else:
                 arms, name = rule_arms(args.config_file, args.arms, args.opts), "rules"
-            plan = Plan(
-                name,
-                arms,
-                args.seeds,
-                args.output or "output/compare",
-                iterations=args.iterations,
-                multiples=args.test_steps_multiples or (1, 3),
-                opts=args.opts,
-                **common,
-            )
+            multiples = args.test_steps_multiples or (1, 3)
+            output = args.output or "output/compare"
+            plan = Plan(name, arms, args.seeds, output, multiples=multiples, **common)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     try:

@@ -26,26 +26,14 @@ def _ellipses(n, h, w, side, g):
 
 
 def random_batch(
-    num_images: int,
-    size: Sequence[int],
-    *,
-    instances: int = 8,
-    num_classes: int = 80,
-    num_stuff: int = 54,
-    seed: int = 0,
-    device="cpu",
-) -> List[dict]:
+    num_images: int, size: Sequence[int], *, instances: int = 8, num_classes: int = 80,
+    num_stuff: int = 54, seed: int = 0, device="cpu",
+) -> List[dict]:  # fmt: skip
     """Random Detectron2 training inputs (``DatasetMapper``'s format) of ``size`` (H, W).
 
-    Each image has ``instances`` boxes with log-uniform sides from 1/16 to 1/2 of the
-    shorter side, the inscribed ellipse as mask, uniform classes below ``num_classes``, and
-    semantic labels below ``num_stuff``, constant on 32x32 blocks; the same ``seed`` gives
-    the same batch; tensors are put on ``device``.
-
-    Returns:
-        list[dict]: per image ``"image"`` (uint8, (3, H, W)), ``"instances"``
-        (``gt_boxes``, ``gt_classes``, ``gt_masks`` as ``BitMasks``), ``"sem_seg"`` (int64,
-        (H, W)), ``"height"``, ``"width"``.
+    Each image has ``instances`` boxes (sides 1/16 to 1/2 of the shorter side, log-uniform),
+    the inscribed ellipses as masks, classes below ``num_classes``, and semantic labels below
+    ``num_stuff`` on 32x32 blocks; the same ``seed`` gives the same batch, on ``device``.
     """
     g = torch.Generator().manual_seed(seed)
     h, w = size

@@ -1,11 +1,10 @@
 """Training memory and speed of recurrent Panoptic FPNs next to the feedforward one.
 
-:func:`measure` builds one configuration (a placement's YAML plus a training arm) with
-random weights, trains it a few iterations on a random batch and runs it at inference:
-peak training memory (CUDA: ``max_memory_allocated`` under a cap, :func:`prepare_cuda`;
-CPU: the peak resident set's growth in a process of its own, :func:`measure_in_child`),
-seconds per iteration, and per image at T, 2T steps and with early stopping. :func:`run`
-rewrites ``benchmark.md`` / ``.json`` after every configuration of a :func:`plan`.
+:func:`measure` trains one configuration (a placement's YAML plus an arm, random weights and
+batch) a few iterations and runs it at T, 2T steps and with early stopping; peak training
+memory is ``max_memory_allocated`` under a cap on CUDA, the peak resident set's growth in a
+process of its own on a CPU (:func:`measure_in_child`). :func:`run` rewrites
+``benchmark.md`` / ``.json`` after every configuration of a :func:`plan`.
 """
 
 import gc
@@ -22,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..crbp.arms import Arm, parse_arm
-from .measure import MIB, Clock, measure_step, median, parameter_counts
+from .measure import MIB, measure_step, parameter_counts
 from .report import fmt_num, markdown_table, publish, ratio, ratio_cell, render
 
 #: The stock Panoptic FPN (the FF row) and each placement's YAML, in a configs directory.
@@ -63,8 +62,8 @@ def series(arm: Arm) -> str:
 
 
 def parse_cheap_arms(texts: Sequence[str]) -> Dict[str, List[Arm]]:
-    """``["mask=crbp:20:sub0.25", ...]`` -> ``{"mask": [Arm(...)], ...}``; ValueError for an
-    item that is not ``PLACEMENT=ARM`` with a known placement and a cheap arm."""
+    """``["mask=crbp:20:sub0.25", ...]`` -> ``{"mask": [Arm(...)], ...}``; ValueError names a bad
+    item."""
     out: Dict[str, List[Arm]] = {}
     for text in texts:
         placement, sep, arm_text = text.partition("=")
@@ -204,37 +203,35 @@ def _infer(spec, model, batch, refiners, steps: int, mask_rois: List[int], cuda:
         for m in refiners:
             m.test_steps, m.test_tol = mult * m.steps, tol
         mask_rois.clear()
-        seconds, cpu_seconds, used, residuals, detections = [], [], [], [], []
+        seen = []  # per call: detections, and the refiners' last solves
+
+        def step():
+            (pred,) = model([images[len(seen) % len(images)]])
+            seen.append((len(pred["instances"]), [m.last_result for m in refiners]))
+
         with torch.no_grad():
-            for i in range(spec["infer_warmup"] + spec["infer_iters"]):
-                with Clock(cuda) as clock:
-                    (pred,) = model([images[i % len(images)]])
-                if i < spec["infer_warmup"]:
-                    continue
-                seconds.append(clock.seconds)
-                cpu_seconds.append(clock.cpu_seconds)
-                detections.append(len(pred["instances"]))
-                results = [m.last_result for m in refiners if m.last_result is not None]
-                used += [r.steps for r in results]
-                residuals += [r.residual for r in results]
+            t = measure_step(
+                step, iters=spec["infer_iters"], warmup=spec["infer_warmup"], cuda=cuda
+            )
+        timed = seen[spec["infer_warmup"] :]
+        results = [r for _, rs in timed for r in rs if r is not None]
         figures[key] = {
-            "test_steps": mult * steps, "test_tol": tol, "s_per_img": median(seconds),
-            "times": seconds, "cpu_s_per_img": median(cpu_seconds),
-            "steps": _mean(used) if used else None,
-            "residual": max(residuals) if residuals else None,
-            "detections": _mean(detections), "mask_rois": _mean(mask_rois),
+            "test_steps": mult * steps, "test_tol": tol, "s_per_img": t["seconds"],
+            "times": t["times"], "cpu_s_per_img": t["cpu_seconds"],
+            "steps": _mean([r.steps for r in results]) if results else None,
+            "residual": max(r.residual for r in results) if results else None,
+            "detections": _mean([d for d, _ in timed]), "mask_rois": _mean(mask_rois),
         }  # fmt: skip
     return figures
 
 
 def measure(spec: Dict) -> Dict:
-    """Build, train and run inference for one configuration; return its figures.
+    """Build, train and run inference for one configuration.
 
     Args:
-        spec (dict): ``placement``, ``arm`` (name), ``config_file``, ``opts`` (the common
-            options; the arm's and ``user_opts`` follow), ``user_opts``, ``device``, ``size``,
-            ``batch``, ``instances``, ``iters``, ``warmup``, ``infer_iters``, ``infer_warmup``,
-            ``test_tol``, ``detections``, ``seed``, ``threads``; CPU: ``mem_iters``, ``isolated``.
+        spec (dict): ``placement``, ``arm`` (name), ``config_file``, ``opts`` (common options;
+            the arm's and ``user_opts`` follow), ``user_opts`` and the settings of
+            ``tools/benchmark.py`` (``device``, ``size``, ``iters``, ...).
 
     Returns:
         dict: the spec's names, ``train_mib``, ``train_s``, ``infer`` (per variant:
@@ -263,14 +260,12 @@ def measure(spec: Dict) -> Dict:
 
 
 def force_detections(model, score: float = DETECTION_SCORE) -> None:
-    """Make the box regressions constant and every proposal a detection of class 0.
+    """Make every proposal (an anchor ranked by objectness) a detection of class 0.
 
-    On random weights the RPN's deltas clip most proposals to empty boxes and the scores are
-    arbitrary: the RPN's delta conv and the box predictor get zero weights, and class 0 the
-    probability ``score``, so the proposals are anchors ranked by objectness, capped by
-    ``TEST.DETECTIONS_PER_IMAGE``; every layer still runs. ``score`` lies between
-    ``SCORE_THRESH_TEST`` (0.05: every detection reaches the mask head) and the panoptic
-    merge's 0.5 (which would loop in Python over ~100 equal-score masks).
+    On random weights the RPN's deltas clip most proposals to empty boxes: the RPN's delta
+    conv and the box predictor get zero weights, class 0 the probability ``score``, between
+    ``SCORE_THRESH_TEST`` (0.05) and the panoptic merge's 0.5 (a slow Python loop over
+    equal-score masks); every layer still runs.
     """
     predictor = model.roi_heads.box_predictor
     layers = [predictor.cls_score, predictor.bbox_pred]
@@ -329,10 +324,9 @@ def prepare_cuda(device: str, memory_fraction: float, cap_gib: Optional[float]) 
 
 def run(runs, base_spec: Dict, config_dir, out_dir, machine, settings, *, in_process=False,
         time_budget=0) -> List[Dict]:  # fmt: skip
-    """Measure every ``(placement, arm)`` of ``runs`` (:func:`plan`) and (re)write
-    ``benchmark.md`` / ``.json`` in ``out_dir`` after each; ``base_spec`` is :func:`measure`'s
-    spec but ``placement``, ``arm``, ``config_file`` (a YAML of ``config_dir``); ``machine``
-    and ``settings`` go to :func:`markdown`. ``in_process`` (CPU): no child processes;
+    """Measure every ``(placement, arm)`` of ``runs`` (:func:`plan`) with ``base_spec``
+    (:func:`measure`'s spec less ``placement``, ``arm``, ``config_file``), rewriting
+    ``benchmark.md`` / ``.json`` after each; ``in_process`` (CPU): no child processes;
     configurations not started within ``time_budget`` seconds (0: none) are skipped."""
     cuda = base_spec["device"].startswith("cuda")
     os.makedirs(out_dir, exist_ok=True)
@@ -385,50 +379,10 @@ def add_ratios(results: List[Dict]) -> None:
             fig["cpu_x"] = ratio(fig.get("cpu_s_per_img"), ff["infer"]["T"].get("cpu_s_per_img"))
 
 
-def _find(results, placement, name, cheap=False):
-    """The result of arm ``name`` (with ``cheap``: of a cheap arm of the same mode and
-    steps) in ``placement`` (FF in any); None if not measured."""
-    want = parse_arm(name)
-    for r in results:
-        if "error" in r or r["placement"] not in (placement, "-"):
-            continue
-        arm = parse_arm(r["arm"])
-        if cheap and is_cheap(arm) and (arm.mode, arm.steps) == (want.mode, want.steps):
-            return r
-        if not cheap and r["arm"] == name:
-            return r
-    return None
-
-
-def target_lines(results: List[Dict], placements: Sequence[str]) -> List[str]:
-    """The paper's claims as targets, each with what this run measured (or that it did not)."""
-    lines = []
-    for p in placements:
-        c5, c20, c40, b1 = (
-            _find(results, p, n) for n in ("crbp:5", "crbp:20", "crbp:40", "bptt:1")
-        )
-        cheap = _find(results, p, "crbp:20", True)
-        tests = [
-            ("C-RBP training memory flat in steps: C-RBP-40 / C-RBP-5", c40, c5, 1.05),
-            ("C-RBP-20 training memory / BPTT-1", c20, b1, 1.10),
-            ("C-RBP-20 with a cheap LCP, training memory / BPTT-1", cheap, b1, 1.10),
-        ]
-        for text, a, b, limit in tests:
-            if a is None or b is None or not a.get("train_mib") or not b.get("train_mib"):
-                lines.append(f"- {p}: {text} ≤ {limit:.2f}: not measured in this run.")
-                continue
-            value = a["train_mib"] / b["train_mib"]
-            verdict = "met" if value <= limit else "not met"
-            lines.append(f"- {p}: {text} ≤ {limit:.2f}: {value:.3f} here ({verdict}).")
-        es = c20["infer"].get("ES", {}).get("x") if c20 else None
-        text = f"- {p}: C-RBP-20 inference with early stopping ≤ 1.20× FF"
-        if es is None:
-            lines.append(f"{text}: not measured in this run.")
-        else:
-            verdict = "met" if es <= 1.2 else "not met"
-            steps = c20["infer"]["ES"]["steps"]
-            lines.append(f"{text}: {es:.2f}× here ({verdict}; {steps:.1f} steps on average).")
-    return lines
+def _find(results, placement, name):
+    """The result of arm ``name`` in ``placement``; None if not measured."""
+    ok = (r for r in results if "error" not in r and r["placement"] == placement)
+    return next((r for r in ok if r["arm"] == name), None)
 
 
 def _row(r: Dict, cuda: bool, cap_mib: Optional[float]) -> Tuple[List[str], bool]:
@@ -475,9 +429,8 @@ def _notes(results: List[Dict], s: Dict) -> List[str]:
         notes.append(f"Non-finite training loss in: {', '.join(bad)} (timings still valid).")
     if not s["device"].startswith("cuda"):
         notes.append("CPU timings are noisy: shared cores, medians of few iterations.")
-        if any(r.get("peak_reset") is False or r.get("rss_exact") is False for r in results) or (
-            not s.get("isolated", True)
-        ):
+        inexact = any(r.get("peak_reset") is False or r.get("rss_exact") is False for r in results)
+        if inexact or not s.get("isolated", True):
             notes.append(
                 "Peak resident set not reset, mmap threshold not fixed (not glibc) or one "
                 "process for all configurations (--in-process): memory figures are indicative."
@@ -488,7 +441,7 @@ def _notes(results: List[Dict], s: Dict) -> List[str]:
 
 
 def markdown(results: List[Dict], machine: Dict, s: Dict) -> str:
-    """The report: settings, the table (ratios to FF), targets and notes.
+    """The report: settings, the table (ratios to FF) and notes.
 
     Args:
         results: :func:`measure`'s results (after :func:`add_ratios`).
@@ -496,8 +449,7 @@ def markdown(results: List[Dict], machine: Dict, s: Dict) -> str:
         s: the settings: ``device``, ``size``, ``batch``, ``instances``, ``iters``,
             ``warmup``, ``infer_iters``, ``infer_warmup``, ``test_tol``, ``detections``,
             ``lr``, ``opts``, ``placements``, ``arms`` (table order), ``date``, ``command``;
-            optional ``mem_iters``, ``isolated``, ``total_s``; on CUDA ``mem_cap_mib``,
-            ``mem_fraction``.
+            optional ``mem_iters``, ``isolated``, ``total_s``; on CUDA ``mem_cap_mib``.
     """
     cuda = s["device"].startswith("cuda")
     dets = f"{s['detections']} forced detections (score {DETECTION_SCORE})"
@@ -532,27 +484,21 @@ def markdown(results: List[Dict], machine: Dict, s: Dict) -> str:
     places = {p: i for i, p in enumerate(["-", *PLACEMENT_YAMLS])}
     order = sorted(results, key=lambda r: (places.get(r["placement"], 9), arms.get(r["arm"], 99)))
     rows, flags = zip(*(_row(r, cuda, s.get("mem_cap_mib")) for r in order)) if order else ((), ())
-    body += markdown_table(head, rows) + [""]
+    body += markdown_table(head, rows)
     if any(flags):
         body += [
+            "",
             "† the allocator's reserve reached the memory cap: cuDNN may have used workspace "
             "up to the cap, so the true need can be lower (rerun with a lower cap).",
-            "",
         ]
-    body.append("Targets from the paper's claims (the verdicts are this run's only):")
-    body += target_lines(results, s["placements"])
     title = "crbp_panoptic: training memory and speed against the feedforward Panoptic FPN"
     return render(title, s["command"], machine, body, _notes(results, s))
 
 
 def plot(results: List[Dict], placements: Sequence[str], path, title: str) -> bool:
-    """Memory, s/iter and inference s/img (T) against steps, one line per training mode;
-    False (and no file) without matplotlib."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
-        return False
+    """Memory, s/iter and inference s/img (T) against steps, one line per training mode."""
+    import matplotlib.pyplot as plt
+
     plt.switch_backend("Agg")
     ok = [r for r in results if "error" not in r]
     ff = next((r for r in ok if r["arm"] == "ff"), None)
@@ -565,13 +511,10 @@ def plot(results: List[Dict], placements: Sequence[str], path, title: str) -> bo
     fig, axes = plt.subplots(3, n, figsize=(5.5 * n, 9), squeeze=False, sharex=True)
     markers = {"BPTT": "o", "RBP": "s", "C-RBP": "^"}
     for col, p in enumerate(placements):
-        lines: Dict[str, List[Dict]] = {}
-        for r in ok:
-            if r["placement"] == p:
-                lines.setdefault(r["series"], []).append(r)
+        rows = sorted((r for r in ok if r["placement"] == p), key=lambda r: r["steps"])
         for ax, (label, value) in zip(axes[:, col], panels.items()):
-            for name, rs in sorted(lines.items()):
-                rs = sorted(rs, key=lambda r: r["steps"])
+            for name in sorted({r["series"] for r in rows}):
+                rs = [r for r in rows if r["series"] == name]
                 marker = markers.get(name.split(" ")[0], "D")
                 ax.plot([r["steps"] for r in rs], [value(r) for r in rs], marker=marker, label=name)
             if ff is not None and value(ff) is not None:

@@ -1,11 +1,6 @@
-"""One training step of the hGRU refiner alone, per training arm.
-
-:func:`benchmark`: for each arm (:func:`~crbp_panoptic.crbp.parse_arm`) and drive shape
-(:func:`shapes`: mask head ROIs x C x 14 x 14, an FPN level images x C x H x W), the bytes
-autograd saves (:class:`~crbp_panoptic.crbp.memory.SavedTensorBytes`, forward and penalty),
-the CUDA peak above the start, the fastest wall and CPU seconds per step, the final
-residual, the Neumann terms used and the penalty.
-"""
+"""One training step of the hGRU refiner alone, per training arm and drive shape (mask-head
+ROIs, an FPN level): bytes autograd saves (forward and penalty), the CUDA peak, the fastest
+seconds per step, the final residual, the Neumann terms used and the penalty."""
 
 import contextlib
 import math
@@ -97,12 +92,8 @@ def benchmark(
     gala: bool = False, neumann_steps: int = 15, repeats: int = 1, device="cpu", seed: int = 0,
     log=None,
 ) -> List[Tuple[str, Tuple[int, ...], Arm, Dict]]:  # fmt: skip
-    """:func:`time_step` for every scale and arm, one seeded cell and drive per scale, after
-    a small warm-up step (one-time costs).
-
-    Returns:
-        list of ``(scale, shape, arm, figures)``.
-    """
+    """:func:`time_step` for every scale and arm (one seeded cell and drive per scale) after a
+    small warm-up step; a list of ``(scale, shape, arm, figures)``."""
     device = torch.device(device)
     channels = next(iter(scale_shapes.values()))[1]
     warm = _cell(channels, num_groups, gala, seed).to(device)

@@ -36,10 +36,7 @@ def evaluate_pq(cfg, model) -> Dict[str, float]:
         prepare_dataset(name)
         evaluators.append(COCOPanopticEvaluator(name))  # output_dir=None: a temporary dir
     results = Trainer.test(cfg, model, evaluators=evaluators)
-    if "panoptic_seg" in results:
-        pq = results["panoptic_seg"]
-    else:
-        pq = next(iter(results.values()))["panoptic_seg"]
+    pq = results.get("panoptic_seg") or next(iter(results.values()))["panoptic_seg"]
     return {k: float(pq[k]) for k in PQ_KEYS}
 
 
@@ -56,12 +53,9 @@ def first_test_inputs(cfg, num_images: int) -> List[dict]:
 
 def residual_curves(model, inputs: Sequence[dict], num_steps: int, ref_step: int) -> Dict:
     """Per recurrent module: residual ``||h_t - h_{t-1}|| / ||h_t||`` and drift
-    ``||h_t - h_T|| / ||h_T||`` (T = ``ref_step``) for t = 1..``num_steps`` from ``h_0 = 0``,
-    on the drive each module received, averaged over ``inputs``.
-
-    Each input (a Detectron2 inference dict) runs alone through ``model`` in eval mode (its
-    mode is restored after); a module that saw an empty drive (a mask head without ROIs)
-    skips that image.
+    ``||h_t - h_T|| / ||h_T||`` (T = ``ref_step``) for t = 1..``num_steps`` from ``h_0 = 0``
+    on the drive it received, averaged over ``inputs`` (each run alone, in eval mode; an
+    empty drive, a mask head without ROIs, is skipped).
 
     Returns:
         dict: ``{module: {"residual": [...], "drift": [...], "images": n}}``, plus ``"mean"``

@@ -10,9 +10,8 @@ import torch
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            return (
-                next(line for line in f if line.startswith("model name")).split(":", 1)[1].strip()
-            )
+            line = next(line for line in f if line.startswith("model name"))
+        return line.split(":", 1)[1].strip()
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
 
@@ -36,24 +35,18 @@ def machine_info(device: Optional[str] = None) -> Dict:
     except ImportError:
         d2_version = None
     info = {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(), "platform": platform.platform(),
+        "python": platform.python_version(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
-        "detectron2": d2_version,
-        "gpu": None,
-    }
+        "detectron2": d2_version, "gpu": None,
+    }  # fmt: skip
     if str(device).startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
         info.update(gpu=props.name, gpu_mib=props.total_memory / 2.0**20, cuda=torch.version.cuda)
-        info.update(
-            cudnn=torch.backends.cudnn.version(), cudnn_tf32=torch.backends.cudnn.allow_tf32
-        )
-        info.update(cudnn_benchmark=torch.backends.cudnn.benchmark)
+        cudnn = torch.backends.cudnn
+        info.update(cudnn=cudnn.version(), cudnn_tf32=cudnn.allow_tf32)
+        info.update(cudnn_benchmark=cudnn.benchmark)
     return info
 
 

@@ -1,8 +1,5 @@
-"""Measuring a model: one training step's time and memory, parameters, multiply-adds.
-
-:func:`measure_step` is the one step measurement every benchmark uses; its process-memory
-helpers read Linux ``/proc`` (elsewhere ``resource``).
-"""
+"""Measuring a model: one step's time and memory (:func:`measure_step`, the one timing loop
+of every benchmark), parameters, multiply-adds."""
 
 import ctypes
 import gc
@@ -56,13 +53,10 @@ def reset_peak_rss() -> bool:
 
 
 def trim_allocator(threshold: int = 128 * 1024) -> bool:
-    """Make the resident set follow the live tensors (glibc only; False elsewhere).
-
-    glibc keeps freed chunks below a moving threshold (up to 32 MiB) in its heap, so a peak
-    resident set also counts what earlier work left. Fixing the threshold serves every
-    larger tensor from its own mapping, returned when freed; ``malloc_trim(0)`` releases
-    the heap's free pages. It lasts for the whole process: use it in a process of its own.
-    """
+    """Make the resident set follow the live tensors (glibc only; False elsewhere): a fixed
+    mmap threshold serves larger tensors from mappings returned when freed (glibc's moving
+    one keeps up to 32 MiB in its heap), ``malloc_trim(0)`` frees the heap's pages. It lasts
+    for the whole process: use it in a process of its own."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         ok = libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
@@ -99,12 +93,8 @@ def median(values: Sequence[float]) -> Optional[float]:
 
 
 def peak_allocated_bytes(fn: Callable[[], object]) -> int:
-    """Peak of the bytes torch allocated on the CPU while ``fn()`` ran, above the start.
-
-    Summed from the profiler's memory events in time order: tensors alive before the call
-    count as zero, what ``fn`` returns counts until the call ends. Exact, and independent
-    of the allocator returning memory to the system.
-    """
+    """Peak of the bytes torch allocated on the CPU while ``fn()`` ran, above the start (the
+    profiler's memory events summed in time order: exact, whatever the allocator keeps)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -145,26 +135,21 @@ def measure_step(
     isolated: bool = False,
     before_each: Callable[[], object] = lambda: None,
 ) -> Dict:
-    """Time ``warmup + iters`` calls of a training step, then measure its memory.
+    """Time ``warmup + iters`` calls of ``step``, then measure its memory.
 
     Args:
-        step: one training step (forward, loss, backward, ...).
         iters, warmup: timed calls, after untimed ones.
         cuda: synchronise the device around each call (:class:`Clock`).
-        memory: after the timed calls, one more measured call: ``"allocated"`` = the peak
-            of the bytes torch allocated during it (CUDA: ``max_memory_allocated``; CPU:
-            :func:`peak_allocated_bytes`), above what was allocated before;
-            ``"rss"`` (CPU) = ``mem_iters`` calls, each the growth of the peak resident
-            set above the resident set before it (:func:`trim_allocator` when
-            ``isolated``: a process of its own); None = time only.
+        memory: after the timed calls: ``"allocated"``: one call's peak of the bytes torch
+            allocated (CUDA: ``max_memory_allocated``; CPU: :func:`peak_allocated_bytes`);
+            ``"rss"`` (CPU): ``mem_iters`` calls' growth of the peak resident set
+            (:func:`trim_allocator` when ``isolated``); None: time only.
         before_each: called before every call (e.g. to free the previous gradients).
 
     Returns:
-        dict: ``times`` / ``cpu_times`` (seconds of the timed calls), ``seconds`` /
-        ``cpu_seconds`` (medians), ``fastest`` / ``fastest_cpu`` (minima); with memory
-        ``"allocated"``: ``peak_bytes`` and ``base_bytes`` (CUDA: allocated before);
-        with ``"rss"``: ``rss_mib_all``, ``rss_mib`` (the least: allocator and library
-        caches only add), ``rss_exact`` and ``peak_reset``.
+        dict: ``times`` / ``cpu_times``, their medians ``seconds`` / ``cpu_seconds`` and
+        minima ``fastest`` / ``fastest_cpu``; ``peak_bytes`` and ``base_bytes`` (CUDA) or
+        ``rss_mib_all``, ``rss_mib`` (the least), ``rss_exact`` and ``peak_reset``.
     """
     times, cpu_times = [], []
     for i in range(warmup + iters):
@@ -196,14 +181,8 @@ def measure_step(
 
 
 def parameter_counts(model: nn.Module) -> Dict[str, int]:
-    """Parameters of a Detectron2 model (every tool that reports parameters uses this).
-
-    Returns:
-        dict: ``total`` (all parameters), ``trainable`` (``requires_grad``: what the paper
-        counts; ``MODEL.BACKBONE.FREEZE_AT`` freezes the stem and res2), ``backbone``
-        (backbone + FPN, all), ``mask_head`` (all) and ``recurrent`` (inside
-        :class:`~crbp_panoptic.crbp.RecurrentRefiner` modules; 0 for a feedforward model).
-    """
+    """Parameters of a Detectron2 model: ``total``, ``trainable`` (``requires_grad``, what the
+    paper counts), ``backbone`` (+ FPN), ``mask_head`` and ``recurrent`` (in refiners)."""
 
     def count(module, trainable=False):
         return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
@@ -231,10 +210,9 @@ class _MaskLayers(nn.Module):
 
 
 def count_macs(module, inputs, kind: str = "flop") -> Tuple[float, Dict[str, float]]:
-    """Multiply-adds (``kind`` "flop": one per multiply-add of convolutions, linear layers and
-    matrix products) or activations ("activation") of ``module(*inputs)``, total and per
-    submodule, by fvcore on Detectron2's tracing adapter (as Detectron2's
-    ``FlopCountAnalysis``); a Detectron2 model's submodule names start with ``model.``."""
+    """Multiply-adds (``kind`` "flop": of convolutions, linear layers, matrix products) or
+    activations ("activation") of ``module(*inputs)``, total and per submodule (``model.``
+    prefixed), by fvcore on Detectron2's tracing adapter."""
     from fvcore.nn import ActivationCountAnalysis
 
     from detectron2.export import TracingAdapter
@@ -254,24 +232,15 @@ def count_macs(module, inputs, kind: str = "flop") -> Tuple[float, Dict[str, flo
 def refiner_macs(model, by_module: Dict[str, float], prefix: str = "") -> float:
     """The part of :func:`count_macs`'s ``by_module`` inside ``model``'s refiners (those
     whose name starts with ``prefix``)."""
-    names = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, RecurrentRefiner) and n.startswith(prefix)
-    ]
-    return sum(by_module.get(f"model.{n}", 0) for n in names)
+    names = [n for n, m in model.named_modules() if isinstance(m, RecurrentRefiner)]
+    return sum(by_module.get(f"model.{n}", 0) for n in names if n.startswith(prefix))
 
 
 def config_macs(model, cfg, size=(800, 1216), rois: Sequence[int] = (10, 100)) -> Dict:
-    """Multiply-adds per image of ``model`` (built from ``cfg``, eval mode, early stopping
-    off) on one ``size`` (H, W) input.
-
-    Returns:
-        dict: ``backbone`` (backbone + FPN without its refiners), ``recurrent`` (the
-        backbone's refiners), ``heads`` (the rest but the mask head, at no detections),
-        ``steps`` (recurrent test steps; 0 if none) and ``mask`` ({R: the mask head's
-        multiply-adds on R detections}: on random weights the detections mean nothing).
-    """
+    """Multiply-adds per ``size`` (H, W) image of ``model`` (from ``cfg``, eval mode, no early
+    stopping): ``backbone`` (+ FPN, less its refiners), ``recurrent`` (those refiners),
+    ``heads`` (the others at no detections), ``steps`` (0: feedforward) and ``mask`` ({R:
+    the mask head's on R detections})."""
     height, width = size
     image = torch.zeros(3, height, width)
     total, by_module = count_macs(model, ([{"image": image, "height": height, "width": width}],))
@@ -281,13 +250,9 @@ def config_macs(model, cfg, size=(800, 1216), rois: Sequence[int] = (10, 100)) -
     layers = _MaskLayers(model.roi_heads.mask_head)
     shape = (cfg.MODEL.FPN.OUT_CHANNELS, side, side)
     mask = {r: count_macs(layers, (torch.zeros(r, *shape),))[0] for r in rois}
-    c = cfg.MODEL.CRBP
-    return {
-        "backbone": by_module.get("model.backbone", 0) - recurrent,
-        "recurrent": recurrent,
-        "heads": total
-        - by_module.get("model.backbone", 0)
-        - by_module.get("model.roi_heads.mask_head", 0),
-        "steps": (c.TEST_STEPS or c.STEPS) if has_refiner else 0,
-        "mask": mask,
-    }
+    c, backbone = cfg.MODEL.CRBP, by_module.get("model.backbone", 0)
+    heads = total - backbone - by_module.get("model.roi_heads.mask_head", 0)
+    steps = (c.TEST_STEPS or c.STEPS) if has_refiner else 0
+    return dict(
+        backbone=backbone - recurrent, recurrent=recurrent, heads=heads, steps=steps, mask=mask
+    )

@@ -44,16 +44,9 @@ def markdown_table(head: Sequence[str], rows: Sequence[Sequence]) -> list:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
-def render(
-    title: str, command: str, machine: Dict, body: Sequence[str], notes: Sequence[str] = ()
-) -> str:
-    """Every report's skeleton: title, command, machine, the body's lines, then the notes.
-
-    Args:
-        machine: :func:`~.machine.machine_info`'s dict.
-        body: markdown lines (a legend, :func:`markdown_table`'s lines, sections).
-        notes: sentences, listed after the body.
-    """
+def render(title: str, command: str, machine: Dict, body: Sequence[str], notes=()) -> str:
+    """Every report's skeleton: title, command, ``machine`` (:func:`~.machine.machine_info`),
+    the ``body``'s markdown lines, then the ``notes`` (sentences) as a list."""
     lines = [f"# {title}", "", f"Command: `{command}`", "", f"Machine: {describe(machine)}.", ""]
     lines += list(body) + ([""] + [f"- {n}" for n in notes] if notes else [])
     return "\n".join(lines) + "\n"

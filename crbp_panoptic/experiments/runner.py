@@ -1,20 +1,15 @@
 """Train arms x seeds, evaluate each at several test-step counts (``tools/compare_configs.py``).
 
-An *arm* is a config with the overrides that make it one training rule: from a declared
-suite (:func:`plan_suite`), from configs as they are (:func:`config_arms`) or from rules on
-one recurrent config (:func:`rule_arms`: ``bptt:3``, ``crbp:10``). :func:`run_plan` trains
-the suite's warm-up once, if any (``<output>/warmup``; its checkpoint must fit every arm but
-the recurrent modules; a suite's ``fresh`` modules are dropped from it for every arm, into
-``<output>/warm_start.pth``), then every arm for every seed with ``tools/train_net.py`` in a
-child process (from the warm-up at iteration 0, when there is one) into
-``<output>/runs/<arm>/seed<seed>``, whose final evaluation is at T test steps; then every
-recurrent arm again at each other count t (``--eval-only``, ``TEST_STEPS`` t, ``TEST_TOL`` 0)
-into ``.../test_steps<t>``; and, with ``residual_images``, residual and drift curves
-(:func:`~.evaluation.residual_curves`). ``<output>/summary.json`` is rewritten after every
-child: one entry per (arm, seed, test steps) whose config, opts and weights reproduce its PQ
-with ``tools/train_net.py --eval-only``; a failed run is kept as ``"status": "failed"``. A
-rerun reuses finished runs; a run folder made with other settings is an error, never
-overwritten. At the end: ``summary.md`` and ``pq_vs_steps.png`` (:mod:`.runner_report`).
+An *arm* is a config plus the overrides of one training rule (:func:`plan_suite`,
+:func:`config_arms`, :func:`rule_arms`). :func:`run_plan` trains a suite's warm-up once
+(``<output>/warmup``; its ``fresh`` modules dropped into ``<output>/warm_start.pth``), then
+every arm and seed from it with ``tools/train_net.py`` in a child process
+(``<output>/runs/<arm>/seed<seed>``, evaluated at T test steps), re-evaluates recurrent arms
+at each other count t (``.../test_steps<t>``) and, with ``residual_images``, records residual
+curves. ``<output>/summary.json``, rewritten after every child, has one entry per (arm, seed,
+test steps) whose config, opts and weights reproduce its PQ with ``train_net.py --eval-only``
+(failed runs too). A rerun reuses finished runs; a run folder made with other settings is an
+error, never overwritten. At the end: ``summary.md`` and ``pq_vs_steps.png``.
 """
 
 import dataclasses
@@ -108,27 +103,18 @@ class Run:
 
 @dataclasses.dataclass
 class Plan:
-    """What :func:`run_plan` runs: ``arms`` x ``seeds``, resolved and checked when made
-    (nothing is trained or written then).
+    """What :func:`run_plan` runs: ``arms`` x ``seeds`` (``SEED`` values >= 0) into
+    ``output_dir``, resolved into ``runs`` and checked when made (nothing is written then).
 
     Attributes:
-        name, description: for the report (a suite's, or what the comparison is).
-        arms: from :func:`rule_arms`, :func:`config_arms` (or :func:`plan_suite`).
-        seeds: ``SEED`` of the runs, integers >= 0.
-        output_dir: where the runs and ``summary.json`` go.
-        iterations: training iterations of every run (decay points scaled); None: the
-            config's schedule.
-        multiples: test-step multiples m of T (1 among them: the end of training).
-        test_steps: further test-step counts for every recurrent arm.
+        iterations: of every run (decay points scaled); None: the config's schedule.
+        multiples, test_steps: test-step multiples m of T (1 among them) and further counts.
         opts: ``KEY VALUE`` overrides for every run, before the arm's own.
-        warmup: the warm-up every run starts from (:func:`plan_suite`), or None.
-        floors: names of the floors (:data:`~.suites.FLOORS`) of the test split.
-        residual_images: test images for the residual curves (0: none).
-        runs: filled from the above.
+        warmup: what every run starts from (:func:`plan_suite`), or None.
+        floors: names in :data:`~.suites.FLOORS`; residual_images: 0 for no curves.
 
     Raises:
-        ValueError: naming the value and what is allowed (bad seeds, counts or overrides,
-            runs in ``output_dir`` made with other settings).
+        ValueError: a bad seed, count or override, or a run in ``output_dir`` made otherwise.
     """
 
     name: str
@@ -207,9 +193,8 @@ def _check_opts(opts: Sequence[str], where: str):
         raise ValueError(f"{where}: config overrides come in KEY VALUE pairs, got {list(opts)}")
     for key in opts[::2]:
         if key in RESERVED_KEYS:
-            raise ValueError(
-                f"{where}: {key} is set by the runner, not by overrides; use {RESERVED_KEYS[key]}"
-            )
+            use = RESERVED_KEYS[key]
+            raise ValueError(f"{where}: {key} is set by the runner, not by overrides; use {use}")
 
 
 def _schedule_opts(cfg, iterations: int) -> List[str]:
@@ -217,10 +202,8 @@ def _schedule_opts(cfg, iterations: int) -> List[str]:
     checkpoint but ``model_final.pth``."""
     scale = iterations / cfg.SOLVER.MAX_ITER
     steps = tuple(s for s in (round(x * scale) for x in cfg.SOLVER.STEPS) if 0 < s < iterations)
-    return ["SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", str(steps)] + [
-        "SOLVER.CHECKPOINT_PERIOD",
-        str(iterations + 1),
-    ]
+    opts = ["SOLVER.MAX_ITER", iterations, "SOLVER.STEPS", steps]
+    return [str(v) for v in opts + ["SOLVER.CHECKPOINT_PERIOD", iterations + 1]]
 
 
 def _rule_opts(arm) -> Tuple[str, ...]:
@@ -230,11 +213,8 @@ def _rule_opts(arm) -> Tuple[str, ...]:
 
 
 def rule_arms(config: str, names: Sequence[str], opts: Sequence[str] = ()) -> List[ArmSpec]:
-    """Arms that train one recurrent ``config`` under the rules ``names`` (``crbp:10``, ...).
-
-    Raises:
-        ValueError: a malformed, feedforward or repeated arm, or a feedforward config.
-    """
+    """Arms that train one recurrent ``config`` under the rules ``names`` (``crbp:10``, ...);
+    ValueError for a malformed, feedforward or repeated arm, or a feedforward config."""
     config = _config_path(config)
     got = _placement(_cfg(config, opts))
     if got == "feedforward":
@@ -299,17 +279,16 @@ def plan_suite(
     opts: Sequence[str] = (),
     residual_images: int = 0,
 ) -> Plan:
-    """Resolve and check a suite (see :mod:`.suites`); nothing is trained and nothing written.
+    """Resolve and check a suite (:mod:`.suites`); nothing is trained and nothing written.
 
     Args:
-        suite: e.g. ``SUITES["quick"]`` (``dataclasses.replace`` it to change a config).
         iterations, warmup_iterations, multiples: override the suite's.
-        warmup_weights: an existing warm-up ``model_final.pth`` to start from instead of
-            training (or reusing) ``<output_dir>/warmup``.
+        warmup_weights: a warm-up ``model_final.pth`` to start from instead of training (or
+            reusing) ``<output_dir>/warmup``.
         opts: overrides for every run, after the suite's; the rest as :class:`Plan`.
 
     Raises:
-        ValueError / FileNotFoundError: as :class:`Plan`, and a missing config or
+        ValueError / FileNotFoundError: as :class:`Plan`, a missing config or
             ``warmup_weights``, or a config whose placement does not match the suite.
     """
     if warmup_iterations is None:
@@ -364,20 +343,12 @@ def plan_suite(
     warmup["start"] = os.path.join(output_dir, "warm_start.pth") if suite.fresh else None
     warmup["start"] = warmup["start"] or warmup["weights"]
     return Plan(
-        suite.name,
-        arms,
-        seeds,
-        output_dir,
-        description=suite.description,
+        suite.name, arms, seeds, output_dir, description=suite.description,
         iterations=suite.iterations if iterations is None else iterations,
-        multiples=suite.multiples if multiples is None else multiples,
-        test_steps=test_steps,
-        opts=common,
-        warmup=warmup,
-        floors=suite.floors,
-        residual_images=residual_images,
+        multiples=suite.multiples if multiples is None else multiples, test_steps=test_steps,
+        opts=common, warmup=warmup, floors=suite.floors, residual_images=residual_images,
         placement=suite.placement,
-    )
+    )  # fmt: skip
 
 
 # --- children -------------------------------------------------------------------------------
@@ -402,8 +373,7 @@ def _run_child(cmd: List[str], out_dir: str, spec: dict) -> Tuple[Optional[str],
     with open(log_path, "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
     seconds = time.time() - start
-    with open(os.path.join(out_dir, "wall_seconds.txt"), "w") as f:
-        f.write(f"{seconds:.1f}\n")
+    write_atomic(os.path.join(out_dir, "wall_seconds.txt"), f"{seconds:.1f}\n")
     if code:
         with open(log_path, errors="replace") as f:
             tail = f.read().splitlines()[-8:]
@@ -427,22 +397,19 @@ def _child(cmd, out_dir, spec, weights, log, what) -> Tuple[Optional[str], Optio
     return _run_child(cmd, out_dir, spec)
 
 
+#: summary.json's metric fields -> (Detectron2's result group, key).
+METRICS = {"pq": ("panoptic_seg", "PQ"), "pq_th": ("panoptic_seg", "PQ_th")}
+METRICS.update(pq_st=("panoptic_seg", "PQ_st"), box_ap=("bbox", "AP"), mask_ap=("segm", "AP"))
+
+
 def _metrics(out_dir: str) -> dict:
     r = read_results(out_dir)
-    pq, box, segm = (r.get(k, {}) for k in ("panoptic_seg", "bbox", "segm"))
-    return {
-        "pq": pq.get("PQ"),
-        "pq_th": pq.get("PQ_th"),
-        "pq_st": pq.get("PQ_st"),
-        "box_ap": box.get("AP"),
-        "mask_ap": segm.get("AP"),
-    }
+    return {k: r.get(group, {}).get(key) for k, (group, key) in METRICS.items()}
 
 
 def _training_log(run_dir: str) -> dict:
-    """From ``metrics.json``: the curves of :data:`CURVES` ([[iteration, value], ...], the
-    running medians Detectron2 logs) and the last value of each ``crbp/<module>/<name>``
-    telemetry, keyed by ``<name>`` (mean over modules)."""
+    """From ``metrics.json``: the curves of :data:`CURVES` ([[iteration, value], ...]) and the
+    last value of each ``crbp/<module>/<name>`` telemetry, by ``<name>`` (mean over modules)."""
     curves: Dict[str, list] = {k: [] for k in CURVES}
     last: Dict[str, Dict[str, float]] = {}
     try:
@@ -470,8 +437,7 @@ def _sha256(path: str) -> str:
 
 
 def _parameter_counts(model) -> dict:
-    """``total``, ``mask_head`` and ``recurrent`` (what the recurrent modules add to a stock
-    model) parameters of a built model."""
+    """``total``, ``mask_head`` and ``recurrent`` (added to a stock model) parameters."""
     added = set().union(*recurrent_key_groups(model).values())
     return {
         "total": sum(p.numel() for p in model.parameters()),
@@ -487,9 +453,9 @@ def _models(plan: Plan):
 
 
 def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log) -> str:
-    """Train or reuse the warm-up (or take the given weights); check that it fills every
-    weight of every arm's model but the recurrent modules'; write the arms' start without
-    the fresh modules. Returns its sha256."""
+    """Train or reuse the warm-up (or take the given weights), check that it fills every arm's
+    model but the recurrent modules, write the arms' start without the fresh modules.
+    Returns its sha256."""
     w = plan.warmup
     if w["dir"]:
         spec = _spec(w["config"], w["opts"], None)
@@ -528,21 +494,10 @@ def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log) -> str:
 
 
 def _entry(run: Run, t: Optional[int], params: dict, **fields) -> dict:
-    entry = {
-        "arm": run.arm,
-        "seed": run.seed,
-        "config": run.config,
-        "opts": run.eval_opts(t),
-        "weights": run.weights,
-        "params": params,
-        "steps_multiple": 1
-        if t is None
-        else (t // run.steps if t % run.steps == 0 else t / run.steps),
-        "test_steps": t,
-        **dict.fromkeys(("pq", "pq_th", "pq_st", "box_ap", "mask_ap")),
-    }
-    entry.update(fields)
-    return entry
+    m = 1 if t is None else (t // run.steps if t % run.steps == 0 else t / run.steps)
+    entry = dict(arm=run.arm, seed=run.seed, config=run.config, opts=run.eval_opts(t))
+    entry.update(weights=run.weights, params=params, steps_multiple=m, test_steps=t)
+    return {**entry, **dict.fromkeys(METRICS), **fields}
 
 
 def _residuals(plan: Plan, run: Run) -> dict:
@@ -557,36 +512,23 @@ def _residuals(plan: Plan, run: Run) -> dict:
 
 
 def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=print) -> dict:
-    """Run ``plan`` (see the module docstring) with children on ``python``; finished runs are
-    reused. Returns the summary (also ``<output_dir>/summary.json``), which records ``command``.
-
-    Raises:
-        RuntimeError: the warm-up failed (recorded in ``summary.json`` first).
-        ValueError: the warm-up weights do not fit an arm's model.
-    """
+    """Run ``plan`` (the module docstring) with children on ``python``, reusing finished runs.
+    Returns the summary (also ``<output_dir>/summary.json``). RuntimeError: the warm-up failed
+    (recorded first); ValueError: the warm-up weights do not fit an arm's model."""
     from .runner_report import markdown, plot
 
     start, out = time.time(), plan.output_dir
     os.makedirs(out, exist_ok=True)
     w = plan.warmup
+    warm_keys = ("config", "iterations", "weights", "opts", "fresh", "start")
     summary = {
-        "suite": plan.name,
-        "description": plan.description,
-        "placement": plan.placement,
-        "command": command,
-        "machine": machine_info(),
-        "seeds": plan.seeds,
-        "arms": [a.name for a in plan.arms],
-        "labels": {a.name: a.label for a in plan.arms},
-        "multiples": plan.multiples,
-        "iterations": plan.iterations,
-        "warmup": w
-        and {k: w[k] for k in ("config", "iterations", "weights", "opts", "fresh", "start")},
-        "residual_images": plan.residual_images,
-        "floors": {},
-        "seconds": {},
-        "runs": [],
-    }
+        "suite": plan.name, "description": plan.description, "placement": plan.placement,
+        "command": command, "machine": machine_info(), "seeds": plan.seeds,
+        "arms": [a.name for a in plan.arms], "labels": {a.name: a.label for a in plan.arms},
+        "multiples": plan.multiples, "iterations": plan.iterations,
+        "warmup": w and {k: w[k] for k in warm_keys}, "residual_images": plan.residual_images,
+        "floors": {}, "seconds": {}, "runs": [],
+    }  # fmt: skip
 
     def write():
         warm = (summary["warmup"] or {}).get("seconds") or 0.0

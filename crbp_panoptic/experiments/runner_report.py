@@ -9,12 +9,9 @@ __all__ = ["markdown", "plot"]
 
 DYNAMICS = "residual neumann_terms neumann_residual colsum_p50 colsum_p90 colsum_max".split()
 DYNAMICS += ["frac_above_tau", "contrast", "lcp"]
-_CURVE_LABELS = {
-    "loss_mask": "loss_mask",
-    "mask_rcnn/false_negative": "mask FN",
-    "loss_cls": "loss_cls",
-    "fast_rcnn/fg_cls_accuracy": "fg_cls_acc",
-}
+DRIFT = ("residual", "drift")
+_CURVE_LABELS = {"loss_mask": "loss_mask", "mask_rcnn/false_negative": "mask FN"}
+_CURVE_LABELS.update({"loss_cls": "loss_cls", "fast_rcnn/fg_cls_accuracy": "fg_cls_acc"})
 
 
 def _mean(values) -> Optional[float]:
@@ -22,12 +19,8 @@ def _mean(values) -> Optional[float]:
     return statistics.fmean(values) if values else None
 
 
-def _ok(summary, arm, t="any") -> List[dict]:
-    return [
-        r
-        for r in summary["runs"]
-        if r["arm"] == arm and r["status"] == "ok" and (t == "any" or r["test_steps"] == t)
-    ]
+def _ok(summary, arm) -> List[dict]:
+    return [r for r in summary["runs"] if r["arm"] == arm and r["status"] == "ok"]
 
 
 def _curve(summary, arm, key, which, t) -> Optional[float]:
@@ -58,18 +51,14 @@ def _main_table(summary) -> List[str]:
             ok = [r for r in at if r["status"] == "ok"]
             by_seed = {r["seed"]: r for r in ok}
             p, m = at[0]["params"], at[0]["steps_multiple"]
-            row = [summary["labels"].get(arm, arm), f"{p['total']:,} / {p['mask_head']:,} / "]
-            row[-1] += f"{p['recurrent']:,}"
-            row.append("-" if t is None else f"{t} ({m:g}T)")
+            params = " / ".join(f"{p[k]:,}" for k in ("total", "mask_head", "recurrent"))
+            row = [summary["labels"].get(arm, arm), params, "-" if t is None else f"{t} ({m:g}T)"]
             for k in ("pq", "pq_th", "pq_st"):
                 row.append(" / ".join(fmt(by_seed.get(s, {}).get(k)) for s in summary["seeds"]))
             row += [fmt(_mean(r[k] for r in ok)) for k in ("pq", "pq_th", "pq_st", "box_ap")]
             row.append(fmt(_mean(r.get("mask_ap") for r in ok)))
             if residual:
-                row += [
-                    fmt(_curve(summary, arm, k, "mean", t or 0), ".1e")
-                    for k in ("residual", "drift")
-                ]
+                row += [fmt(_curve(summary, arm, k, "mean", t or 0), ".1e") for k in DRIFT]
             rows.append(row + [str(len(at) - len(ok))])
     return markdown_table(head, rows)
 
@@ -101,14 +90,9 @@ def _curves_table(summary) -> List[str]:
     for arm in summary["arms"]:
         row = [summary["labels"].get(arm, arm)]
         for key in _CURVE_LABELS:
+            curves = [r.get("curves", {}).get(key, []) for r in _ok(summary, arm)]
             for p in points:
-                vals = [
-                    v
-                    for r in _ok(summary, arm)
-                    for it, v in r.get("curves", {}).get(key, [])
-                    if it == p
-                ]
-                row.append(fmt(_mean(vals), ".3f"))
+                row.append(fmt(_mean(v for c in curves for it, v in c if it == p), ".3f"))
         rows.append(row)
     return [
         "Training curves (Detectron2's running median over 20 iterations, mean over seeds): "
@@ -190,13 +174,9 @@ def markdown(summary: dict) -> str:
 
 
 def plot(summary: dict, path: str) -> Optional[str]:
-    """PQ against the test steps (as a multiple of T), one line per arm (mean over seeds,
-    dots: the seeds; a feedforward arm as a flat dashed line); beside it, with residual
-    curves, the mean residual against the step (log scale, dashed: T).
-
-    Returns:
-        str or None: ``path``, or None when no run finished (nothing is written).
-    """
+    """PQ against the test steps (multiples of T), one line per arm (mean over seeds, dots:
+    the seeds; feedforward: flat, dashed); beside it, if recorded, the mean residual against
+    the step. Returns ``path``, or None when no run finished (nothing is written)."""
     rows = [r for r in summary["runs"] if r.get("status") == "ok" and r.get("pq") is not None]
     if not rows:
         return None

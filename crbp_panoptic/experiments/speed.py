@@ -1,12 +1,10 @@
 """What a trained recurrent model costs, and what each speed lever buys.
 
-A *run* is a finished training run (``config.yaml`` and ``model_final.pth`` in one folder,
-as ``tools/train_net.py`` writes them). With its own weights and val split, under each
-:class:`Setting` of the levers: inference seconds per image, mean recurrent steps, PQ and,
-for fixed step counts, the multiply-adds per image (the cost floor however well the
-kernels run); seconds and peak allocated memory per training iteration on the same
-batches for every run. Every figure sits next to the feedforward run's, measured in the
-same process, so the ratios compare like with like.
+A *run* is a folder of ``tools/train_net.py`` (``config.yaml``, ``model_final.pth``). Under
+each :class:`Setting`: inference seconds per image, mean recurrent steps, PQ and, for fixed
+step counts, multiply-adds per image (the cost floor); seconds and peak allocated memory
+per training iteration on the same batches for every run; each next to the feedforward
+run's, measured in the same process.
 """
 
 from __future__ import annotations
@@ -40,12 +38,8 @@ _STEPS, _TOL = "MODEL.CRBP.TEST_STEPS", "MODEL.CRBP.TEST_TOL"
 
 
 def inference_settings(steps: int, tols: Sequence[float] = (1e-2, 3e-3, 1e-3)) -> List[Setting]:
-    """Test-time levers of a model trained with ``steps`` steps.
-
-    ``T`` and ``2T`` run exactly that many steps; ``tol X`` stops each call once the
-    relative residual is below X (at most ``T`` steps); ``anderson tol X`` does the same
-    with Anderson acceleration.
-    """
+    """Test-time levers of a model trained with ``steps`` steps: exactly ``T`` and ``2T`` steps,
+    early stopping at ``tol X`` (at most T steps), and the same with Anderson acceleration."""
     out = [
         Setting("T" if k == 1 else f"{k}T", (_STEPS, k * steps, _TOL, 0.0), flops=True)
         for k in (1, 2)
@@ -87,8 +81,7 @@ def check_run_dir(run_dir: str) -> str:
 
 def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, float]:
     """Median over images of the least of ``repeats`` timed calls: ``seconds`` (wall clock)
-    and ``cpu_seconds`` (process CPU time, all threads: the figure to compare where cores
-    are shared)."""
+    and ``cpu_seconds`` (process CPU time, all threads)."""
     wall, cpu = [], []
     with torch.no_grad():
         model([inputs[0]])  # warm-up
@@ -101,13 +94,7 @@ def time_per_image(model, inputs: List[dict], repeats: int = 2) -> Dict[str, flo
 
 def flops_per_image(model, inputs: List[dict]) -> Dict[str, float]:
     """Mean multiply-adds per image of ``model`` (eval mode) over ``inputs``
-    (:func:`~.measure.count_macs`; other elementwise operations are not counted, so on a CPU
-    they are part of what a time ratio adds to this floor).
-
-    Returns:
-        dict: ``total`` (the whole model) and ``recurrent`` (inside the
-        :class:`~crbp_panoptic.crbp.RecurrentRefiner` modules; 0 for a feedforward model).
-    """
+    (:func:`~.measure.count_macs`): ``total`` and ``recurrent`` (inside the refiners)."""
     total = recurrent = 0.0
     for item in inputs:
         count, by_module = count_macs(model, ([item],))
@@ -122,10 +109,9 @@ def measure_inference(
     """Inference cost and PQ of a trained run under each setting.
 
     Returns:
-        list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (per image),
-        ``mean_steps`` (per refiner call; None for a feedforward run), ``pq`` (dict PQ /
-        PQ_th / PQ_st, or None) and ``flops`` (:func:`flops_per_image` for the settings
-        with ``flops`` set, else None).
+        list of dicts: ``setting``, ``seconds``, ``cpu_seconds`` (per image), ``mean_steps``
+        (per refiner call; None: feedforward), ``pq`` (PQ / PQ_th / PQ_st, or None) and
+        ``flops`` (:func:`flops_per_image` where the setting asks, else None).
     """
     rows = []
     weights = check_run_dir(run_dir)
@@ -166,17 +152,14 @@ def measure_training(
     batches: Optional[List] = None,
 ) -> List[Dict]:  # fmt: skip
     """Seconds per training iteration (forward + backward, no optimiser step) of a trained
-    run under each setting, on ``batches`` (``warmup + iters`` of them; default: the first
-    of the run's own training loader, whose order is random). Give every run the same
-    batches to compare runs.
+    run under each setting, on ``batches`` (``warmup + iters``; default: the first of the
+    run's training loader; give every run the same ones to compare runs).
 
     Returns:
-        list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (medians over ``iters``
-        iterations), ``fg_rois``, the mean foreground ROIs per image the ROI heads
-        sampled (what the mask head trains on: it depends on the trained RPN, so two
-        models differ on the same batches), and ``peak_bytes``, the peak of the bytes
-        torch allocated during one more iteration (forward, losses and backward, the
-        parameter gradients included; :func:`~.measure.peak_allocated_bytes`).
+        list of dicts: ``setting``, ``seconds`` and ``cpu_seconds`` (medians), ``fg_rois``
+        (mean foreground ROIs per image the ROI heads sampled: the mask head's training
+        ROIs, which depend on the trained RPN) and ``peak_bytes`` (of one more iteration,
+        :func:`~.measure.peak_allocated_bytes`).
     """
     from detectron2.utils.events import EventStorage
 
@@ -210,8 +193,8 @@ def measure_runs(
     runs: Dict[str, str], feedforward: str, num_images: int = 12, train_iters: int = 6,
     with_pq: bool = True,
 ) -> Dict:  # fmt: skip
-    """Measure the feedforward run and each recurrent run (name -> output folder), all
-    timed in training on the same batches, drawn once from the feedforward run's loader.
+    """Measure the feedforward run and each recurrent run (name -> folder), all trained on the
+    same batches from the feedforward run's loader.
 
     Returns:
         dict: ``feedforward`` ({inference, training} rows of the feedforward run) and
@@ -226,20 +209,15 @@ def measure_runs(
             "training": measure_training(run_dir, training, train_iters, batches=batches),
         }
 
-    as_trained = Setting("as trained")
-    report = {
-        "feedforward": measure(feedforward, [Setting("as trained", flops=True)], [as_trained])
-    }
-    report["runs"] = {}
+    ff = measure(feedforward, [Setting("as trained", flops=True)], [Setting("as trained")])
+    report = {"feedforward": ff, "runs": {}}
     for name, run_dir in runs.items():
         cfg = run_cfg(run_dir)
         where, steps = placement(cfg), cfg.MODEL.CRBP.STEPS
         if where == "feedforward":
             raise ValueError(f"{run_dir}: the run {name!r} has no recurrent module")
-        report["runs"][name] = {"placement": where, "steps": steps}
-        report["runs"][name].update(
-            measure(run_dir, inference_settings(steps), training_settings(where))
-        )
+        figures = measure(run_dir, inference_settings(steps), training_settings(where))
+        report["runs"][name] = {"placement": where, "steps": steps, **figures}
     return report
 
 
@@ -247,14 +225,11 @@ def _x(row, base, key="seconds") -> str:
     return fmt(ratio(row.get(key), base.get(key)), ".2f")
 
 
-def _pq(row) -> str:
-    return fmt(row["pq"]["PQ"] if row.get("pq") else None)
-
-
 def _inference_row(name, setting, row, ff, delta=None) -> list:
     macs = [(r.get("flops") or {}).get("total") for r in (row, ff)]
     cells = [name, setting, f"{row['seconds']:.3f}", _x(row, ff), _x(row, ff, "cpu_seconds")]
-    cells += [fmt(row.get("mean_steps")), _pq(row), fmt(delta, "+.1f")]
+    pq = fmt(row["pq"]["PQ"] if row.get("pq") else None)
+    cells += [fmt(row.get("mean_steps")), pq, fmt(delta, "+.1f")]
     return cells + [fmt(macs[0] and macs[0] / 1e9, ".3f"), fmt(macs[0] and ratio(*macs), ".2f")]
 
 
@@ -265,8 +240,7 @@ def _training_row(name, setting, row, ff) -> list:
 
 
 def step_macs(run: Dict) -> Optional[float]:
-    """Multiply-adds per image of one recurrent step (all refiners): MACs inside the
-    refiners at ``T`` steps, over ``T``."""
+    """Multiply-adds per image of one recurrent step (all refiners): theirs at ``T``, over T."""
     at_t = run["inference"][0]
     if at_t["setting"] != "T" or at_t.get("flops") is None:
         return None

@@ -1,10 +1,9 @@
 """The declared comparisons (``tools/compare_configs.py --suite NAME``), in one place.
 
-A suite compares the recurrent refiner in one placement with the feedforward model: its
-configs, arms (``bptt:1``: the recurrent module run once, same parameters, no recurrence;
-``crbp:T``: T from the recurrent config), budgets and floors. The floors describe the test
-split without any model: the grouping-free mask ("every pixel of the class inside the true
-box") and how well it already scores. How a suite runs is :mod:`.runner`'s.
+A suite compares the recurrent refiner in one placement with the feedforward model: configs,
+arms (``bptt:1``: the recurrent module run once; ``crbp:T``: T from the recurrent config),
+budgets, and floors: model-free scores of the test split, such as the grouping-free mask
+("every pixel of the class inside the true box"). :mod:`.runner` runs them.
 """
 
 import dataclasses
@@ -55,12 +54,9 @@ FLOORS = {"grouping_free_mask_iou": _grouping_free_mask_iou}
 
 
 def suite_floors(dataset_name: str, names: Sequence[str] = tuple(FLOORS)) -> dict:
-    """Model-free floors of a test split (generated first if it is a missing synthetic split).
-
-    Returns:
-        dict: ``dataset`` and, per floor, its value under its name (None, with a ``reason``,
-        where it does not apply) plus the fields it explains itself with.
-    """
+    """Model-free floors of a test split (a missing synthetic split is generated first):
+    ``dataset`` and each floor's fields (its value under its name; None and a ``reason``
+    where it does not apply)."""
     out = {"dataset": dataset_name}
     for name in names:
         out.update(FLOORS[name](dataset_name))
@@ -74,12 +70,8 @@ def check_count(value, what: str):
 
 def check_multiples(multiples, where: str):
     ms = list(multiples)
-    if (
-        not ms
-        or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms)
-        or len(set(ms)) != len(ms)
-        or 1 not in ms
-    ):
+    bad = any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms)
+    if bad or 1 not in ms or len(set(ms)) != len(ms):
         raise ValueError(
             f"{where}: test-step multiples {ms}; expected distinct integers >= 1, 1 among them "
             "(1: the evaluation at the end of training)"
@@ -91,18 +83,13 @@ class Suite:
     """A declared comparison (see the module docstring).
 
     Attributes:
-        name: the ``--suite`` value; description: one line for reports.
         placement: ``"fpn"`` or ``"mask_head"``: where ``recurrent_config`` recurs.
-        feedforward_config: the ``ff`` arm's config and the warm-up's; recurrent_config: the
-            recurrent arms' (repository-relative or absolute paths).
-        warmup_iterations: of the warm-up; iterations: of every arm from the warm-up.
-        arms: arm names; ``crbp:T`` takes T from the recurrent config.
-        multiples: test-step multiples m (TEST_STEPS = m x steps); 1 is the end of training.
-        floors: keys of :data:`FLOORS`.
-        opts: config overrides for every run (``KEY VALUE ...``), e.g. tiny sizes in tests.
-        warmup_seed: ``SEED`` of the warm-up.
-        fresh: state-dict prefixes that every arm, the feedforward one included, learns from
-            its initialisation: the warm-up's weights under them are not loaded.
+        feedforward_config: the ``ff`` arm's and the warm-up's config (``SEED``
+            ``warmup_seed``, ``warmup_iterations``); every arm trains ``iterations`` from it.
+        arms: ``crbp:T`` takes T from the recurrent config; multiples: of T at test time.
+        floors: keys of :data:`FLOORS`; opts: ``KEY VALUE`` overrides of every run.
+        fresh: state-dict prefixes every arm (ff too) learns from its initialisation: the
+            warm-up's weights under them are not loaded.
     """
 
     name: str
@@ -129,11 +116,7 @@ class Suite:
         unknown = [f for f in self.floors if f not in FLOORS]
         if unknown:
             raise ValueError(f"{where}: floors {unknown}; allowed: {list(FLOORS)}")
-        if (
-            FEEDFORWARD not in self.arms
-            or len(self.arms) < 2
-            or len(set(self.arms)) < len(self.arms)
-        ):
+        if FEEDFORWARD not in self.arms or len(set(self.arms)) < max(2, len(self.arms)):
             raise ValueError(
                 f"{where}: arms={list(self.arms)}; expected distinct arms, 'ff' and at least "
                 "one recurrent arm"
@@ -175,14 +158,8 @@ SUITES: Dict[str, Suite] = {
         iterations=400,
         arms=("ff", "bptt:1", "crbp:T"),
         # the long-range suite's head: chronos gates over 1-3 steps, 20 steps
-        opts=(
-            "MODEL.CRBP.GATE_BIAS_INIT",
-            "chronos",
-            "MODEL.CRBP.GATE_BIAS_RANGE",
-            "[1.0, 3.0]",
-            "MODEL.CRBP.STEPS",
-            "20",
-        ),
+        opts=("MODEL.CRBP.GATE_BIAS_INIT", "chronos", "MODEL.CRBP.GATE_BIAS_RANGE", "[1.0, 3.0]")
+        + ("MODEL.CRBP.STEPS", "20"),
         fresh=("roi_heads.mask_head.",),
     ),
 }

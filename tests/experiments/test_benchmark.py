@@ -120,7 +120,7 @@ def _fake(placement, name, mib, s, infer_s, es_steps=None):
     }
 
 
-def test_ratios_table_and_target_verdicts():
+def test_ratios_and_table():
     results = [
         _fake("-", "ff", 1000.0, 0.1, 0.02),
         _fake("fpn", "bptt:1", 1200.0, 0.2, 0.03, 1.0),
@@ -179,14 +179,6 @@ def test_ratios_table_and_target_verdicts():
         "C-RBP-20",
         "C-RBP-40",
     ]
-    targets = "\n".join(bench.target_lines(results, ["fpn"]))
-    assert "C-RBP-40 / C-RBP-5 ≤ 1.05: 1.120 here (not met)" in targets
-    assert "C-RBP-20 training memory / BPTT-1 ≤ 1.10: 1.050 here (met)" in targets
-    assert "cheap LCP, training memory / BPTT-1 ≤ 1.10: not measured" in targets
-    assert "early stopping ≤ 1.20× FF: 1.25× here (not met; 4.0 steps" in targets
-    results.append(_fake("fpn", "crbp:20:crop16", 1100.0, 0.4, 0.05, 4.0))
-    targets = "\n".join(bench.target_lines(results, ["fpn"]))
-    assert "cheap LCP, training memory / BPTT-1 ≤ 1.10: 0.917 here (met)" in targets
 
 
 def _tiny_spec(placement, arm, *, batch, instances, detections, threads=0):

@@ -167,7 +167,8 @@ def _tool_error(capsys, argv):
 
 
 def test_unknown_suite_names_the_value_and_the_suites(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"suite 'nope'.*allowed: \['longrange', 'quick'\]"):
+    allowed = r"allowed: \['longrange', 'quick', 'quick_mask'\]"
+    with pytest.raises(ValueError, match=r"suite 'nope'.*" + allowed):
         get_suite("nope")
     err = _tool_error(capsys, ["--suite", "nope", "--output", str(tmp_path / "out")])
     assert "suite 'nope'" in err and "'longrange', 'quick'" in err
@@ -605,11 +606,11 @@ def test_rule_arms_train_one_recurrent_config_and_evaluate_on_a_grid(tmp_path):
 def test_config_arms_keep_each_configs_own_rule():
     ff, mask = config_arms([FF_LONG, MASK_LONG])
     assert (ff.name, ff.steps, ff.opts) == ("longrange_panoptic_fpn_R_18", None, ())
-    assert (mask.name, mask.steps, mask.opts) == ("longrange_panoptic_crbp_mask_R_18", 10, ())
+    assert (mask.name, mask.steps, mask.opts) == ("longrange_panoptic_crbp_mask_R_18", 20, ())
     plan = Plan("configs", [ff, mask], [1], "out")
-    assert [r.test_steps for r in plan.runs] == [[], [10, 30]]
-    assert "MODEL.CRBP.TEST_STEPS" not in plan.runs[1].eval_opts(10)  # the config's own rule
-    assert _opt(plan.runs[1].eval_opts(30), "MODEL.CRBP.TEST_TOL") == "0.0"
+    assert [r.test_steps for r in plan.runs] == [[], [20, 60]]
+    assert "MODEL.CRBP.TEST_STEPS" not in plan.runs[1].eval_opts(20)  # the config's own rule
+    assert _opt(plan.runs[1].eval_opts(60), "MODEL.CRBP.TEST_TOL") == "0.0"
     with pytest.raises(ValueError, match="share a file name"):
         config_arms([FF_LONG, FF_LONG])
 
