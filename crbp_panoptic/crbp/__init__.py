@@ -7,7 +7,7 @@
 * :mod:`.rbp` -- the RBP adjoint backward (Neumann series with a divergence guard).
 * :mod:`.lcp` -- the Lipschitz-coefficient penalty and its cheap variants (a random
   subset of batch rows: exact per row; a random spatial crop: approximate), and the
-  spectral penalty on the growth of ``J^T`` (a warm-started power iteration).
+  spectral penalty on the growth of ``J`` along the forward iteration's last difference.
 * :mod:`.arms` -- the one grammar for naming a training arm (``crbp:20``).
 * :mod:`.options` -- the engine's choices (modes, norms, cell variants), declared once,
   and the one place argument values are checked.

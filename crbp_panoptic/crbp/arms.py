@@ -7,7 +7,7 @@ Every command-line tool that compares training rules takes arms in this form::
     MODE:STEPS:OPTION... any of these options, each at most once, in any order:
         subF             LCP on a fraction F (or a count, if F >= 1) of the batch rows
         cropS            LCP on a random S x S window of positions
-        spectral         the spectral penalty (growth of J^T) instead of the column sums
+        spectral         the spectral penalty (growth of J per step) instead of the column sums
         kN               at most N >= 0 Neumann terms in the RBP backward; k0 is the
                          one-step ("Jacobian-free") gradient: same forward, g alone
                          enters the recorded step

@@ -9,8 +9,8 @@ rbp    ``steps - 1`` steps unrecorded, 1 recorded step      Neumann RBP  no
 crbp   same                                                 Neumann RBP  yes
 ====== ==================================================== ============ =====
 
-The penalty (:mod:`.lcp`; the paper's column sums, or with ``lcp_kind="spectral"`` a
-power-iteration estimate of the growth of ``J^T``) is taken at the last step
+The penalty (:mod:`.lcp`; the paper's column sums, or with ``lcp_kind="spectral"`` the
+growth of ``J`` along the forward's last difference) is taken at the last step
 ``h_T = f(h_{T-1})``. In the RBP
 modes it reuses that step's graph; in ``cbptt`` ``h_{T-1}`` lies inside the
 unrolled graph, so the penalty's gradient also flows back through it.
@@ -46,10 +46,8 @@ OPTIONS: Dict[str, Any] = {
     "lcp_subsample": None,
     # "mean" or "sum" of the penalty over the state's elements (see LCP_REDUCTIONS)
     "lcp_reduction": "mean",
-    # "colsum" (the paper's column sums) or "spectral" (growth of J^T, see LCP_KINDS)
+    # "colsum" (the paper's column sums) or "spectral" (growth of J, see LCP_KINDS)
     "lcp_kind": "colsum",
-    # spectral kind: the power iteration's vector from the last call (None = a fixed start)
-    "lcp_vector": None,
 }
 
 
@@ -75,11 +73,9 @@ class EquilibriumResult:
             accepted term relative to the sum) and ``neumann_stop`` (str, why the
             series stopped, one of :data:`~crbp_panoptic.crbp.rbp.NEUMANN_STOPS`). Empty
             otherwise.
-        lcp_growth: with ``lcp_kind="spectral"``, the estimated growth ``||J^T v||`` of the
-            penalised step (a float); None otherwise or when no penalty was computed.
-        lcp_vector: with ``lcp_kind="spectral"``, the power iteration's next vector
-            (detached, the penalised state's shape): pass it back as the ``lcp_vector``
-            option of the next call to warm-start the estimate. None otherwise.
+        lcp_growth: with ``lcp_kind="spectral"``, the largest row growth ``||(J v)_b||`` of
+            the penalised step (a float, see :func:`~crbp_panoptic.crbp.lcp.spectral_penalty`);
+            None otherwise or when no penalty was computed.
     """
 
     state: torch.Tensor
@@ -90,7 +86,6 @@ class EquilibriumResult:
     trace: List[float] = dataclasses.field(default_factory=list)
     backward_info: Dict[str, Any] = dataclasses.field(default_factory=dict)
     lcp_growth: Optional[float] = None
-    lcp_vector: Optional[torch.Tensor] = None
 
 
 def check_arguments(
@@ -131,12 +126,6 @@ def check_arguments(
         raise ValueError(
             f"lcp_subsample={sub!r}; must be None or a callable h_prev -> (f_sub, h_sub) "
             "(see crbp_panoptic.crbp.batch_subsample, crbp_panoptic.crbp.spatial_crop)"
-        )
-    vector = opts["lcp_vector"]
-    if vector is not None and not isinstance(vector, torch.Tensor):
-        raise ValueError(
-            f"lcp_vector={type(vector).__name__}; must be None or a tensor "
-            "(EquilibriumResult.lcp_vector of the last call)"
         )
     return opts
 
@@ -214,13 +203,11 @@ def equilibrium(
               number of elements of the state ``h_{T-1}``: the sum over every element for
               the exact penalty, an unbiased estimate of it for a row subsample (the
               authors' COCO model weighted such a sum). Column sums only.
-            * ``lcp_kind`` ("colsum"): ``"spectral"`` penalises ``relu(||J^T v|| - tau)^2``,
-              one warm-started power step with a unit vector ``v``
-              (:func:`~crbp_panoptic.crbp.lcp.spectral_penalty`): one VJP with a graph, as
-              the column sums. With ``lcp_subsample`` it is taken on the sample.
-            * ``lcp_vector`` (None): the spectral kind's start vector, normally the last
-              call's :attr:`EquilibriumResult.lcp_vector` (another shape is adapted, see
-              :func:`~crbp_panoptic.crbp.lcp.power_start`).
+            * ``lcp_kind`` ("colsum"): ``"spectral"`` penalises
+              ``mean_b relu(||(J v)_b|| - tau)^2`` with ``v_b`` the unit rows of
+              ``h_T - h_{T-1}`` (:func:`~crbp_panoptic.crbp.lcp.spectral_penalty`): one
+              Jacobian-vector product with a graph. With ``lcp_subsample`` it is taken on
+              the sample.
 
     Returns:
         :class:`EquilibriumResult`.
@@ -274,15 +261,16 @@ def equilibrium(
     if not tracked:
         return EquilibriumResult(h_next.detach(), zero, n_steps, residual, mode, trace)
 
-    lcp, growth, vector = zero, None, None
+    lcp, growth = zero, None
     if mode in PENALISED_MODES:
         sample = opts["lcp_subsample"]
         if opts["lcp_kind"] == "spectral":
-            out, inp = h_next, h_prev
+            step, inp, difference = f, h_prev, h_next.detach() - h_prev.detach()
             if sample is not None:
-                f_sub, inp = sample(h_prev)
-                out = f_sub(inp)
-            lcp, growth, vector = spectral_penalty(out, inp, lcp_tau, opts["lcp_vector"])
+                step, inp = sample(h_prev)
+                with torch.no_grad():
+                    difference = step(inp) - inp
+            lcp, growth = spectral_penalty(step, inp, difference, lcp_tau)
         elif sample is None:
             lcp = step_penalty(h_next, h_prev, lcp_tau)
         else:
@@ -292,7 +280,7 @@ def equilibrium(
             lcp = lcp * h_prev.numel()
 
     result = EquilibriumResult(h_next, lcp, n_steps, residual, mode, trace)
-    result.lcp_growth, result.lcp_vector = growth, vector
+    result.lcp_growth = growth
     if mode not in UNROLLED_MODES:
         result.state = rbp_adjoint(
             h_next, h_prev, neumann_steps, opts["neumann_tol"], result.backward_info

@@ -74,32 +74,36 @@ ROIs.
 
 Spectral penalty (``lcp_kind="spectral"``, :func:`spectral_penalty`). The RBP backward's
 Neumann series ``sum_k (J^T)^k g`` converges when its terms shrink, i.e. when the growth
-of ``J^T`` per term -- the spectral radius of ``J`` -- is below 1. The column sums do not
-bound it: they add signed entries, and a cell with inhibition can keep them under ``tau``
-while the radius exceeds 1. This penalty acts on the growth itself, estimated by power
-iteration with a vector ``v`` that persists across training iterations::
+of ``J^T`` per term -- the spectral radius of ``J``, which ``J^T`` shares -- is below 1.
+The column sums do not bound it: they add signed entries, and a cell with inhibition can
+keep them under ``tau`` while the radius exceeds 1. This penalty acts on the growth itself,
+along the direction the forward iteration has already found::
 
-    v       = start / ||start||                # warm start: last iteration's direction
-    w       = J^T v                            # one VJP, create_graph=True
-    growth  = ||w||                            # = ||J^T v|| / ||v||
-    penalty = relu(growth - tau) ** 2          # a scalar, differentiable in theta
-    next v  = w / ||w||                        # detached, kept for the next iteration
+    d_b     = h_T - h_{T-1}, row b            # the forward's last difference, per image
+    v_b     = d_b / ||d_b||                    # (a row with d_b = 0 gets v_b = 0)
+    g_b     = ||(J v)_b||                      # one Jacobian-vector product (forward-mode AD)
+    penalty = mean_b relu(g_b - tau) ** 2      # differentiable in theta through J v
+    growth  = max_b g_b                        # reported (telemetry)
 
-Each training iteration adds one power step, so while the weights move slowly the
-vector tracks the dominant direction of ``J^T`` and ``growth`` tends to the spectral
-radius (:func:`~crbp_panoptic.crbp.cell_diagnostics`'s ``adjoint_growth`` runs the same
-iteration to convergence at fixed weights; ``tests/crbp/test_lcp.py`` checks both
-against a dense Jacobian's eigenvalues). Cost: one VJP through the recorded step and its
-double backward, the same as the column-sum penalty's. The growth is one number for the
-whole state, so ``lcp_reduction`` has nothing to reduce: only ``"mean"`` (the penalty as
-is) is accepted with this kind. When the state's row count changes between calls (the
-mask head's ROI count), :func:`power_start` reuses the stored rows cyclically; when the
-per-row shape changes (another image size), it starts from a fixed random vector. Rows
-hold different images from one iteration to the next, so a carried-over row is a warm
-start only in so far as the dominant direction depends more on the weights than on the
-input. Until the vector is aligned, ``||J^T v||`` is only somewhere between 0 and the
-largest singular value of ``J``: it may understate the spectral radius (a random start
-spreads over many directions) or, for a non-normal ``J``, overstate it.
+Why this direction: near a fixed point the differences obey ``d_{t+1} ~ J d_t``, so the
+forward iteration *is* a power iteration on ``J``, run for ``T - 1`` steps on this very
+batch. Its last difference leans towards the slowest-decaying (or fastest-growing) mode,
+and ``||J v||`` along it tends to the spectral radius, the same number the Neumann terms'
+growth tends to. On trained Pathfinder cells that mode sits in one or two images of a
+batch, so a vector carried over from other images (one power step per training iteration)
+reads far below the radius; per-row directions and per-row growths penalise every image
+whose iteration does not contract. When the forward has not converged (a cycle, an
+expanding mode) the difference is the direction that keeps it from converging, and the
+penalty pushes exactly that. ``tests/crbp/test_lcp.py`` checks ``g`` against a dense
+Jacobian (value, gradient, and the spectral radius after enough steps).
+
+Cost: the step evaluated once more with dual numbers, and the backward of that, in place of
+the column-sum penalty's VJP with a graph (the Pathfinder report gives the per-iteration
+training time of both arms). Forward-mode AD is used because a second backward through
+batch norm's double backward is not available (BN supports two orders of derivatives,
+not three). ``lcp_reduction`` is ``"mean"`` only with this kind. With ``lcp_subsample``
+the penalty is taken on the sample, whose direction comes from one more step of the
+sample without a graph.
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ import math
 from typing import Callable, Optional, Tuple, Union
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from .options import check_refiner_args
@@ -120,7 +125,7 @@ __all__ = [
     "crop",
     "lipschitz_penalty",
     "penalty_from_sums",
-    "power_start",
+    "row_directions",
     "spatial_crop",
     "spectral_penalty",
     "step_penalty",
@@ -172,87 +177,52 @@ def step_penalty(h_next: torch.Tensor, h_prev: torch.Tensor, tau: float) -> torc
     return penalty_from_sums(column_sums(h_next, h_prev), tau)
 
 
-def power_start(previous: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """The start vector of the spectral penalty's power step: unit norm, shaped like ``like``.
-
-    Args:
-        previous: the vector kept from the last call (any shape), or None.
-        like: the state the step starts from, shape (B, ...).
-
-    Returns:
-        A detached tensor with ``like``'s shape, dtype and device and norm 1: ``previous``
-        itself when the shapes agree; its rows reused cyclically (row ``b`` from row
-        ``b mod B_previous``) when only the row count differs; else a fixed random vector
-        (seed 0, so runs are reproducible and torch's global RNG is left alone). A
-        ``previous`` that is zero or not finite also gives the random vector.
-    """
-    v = None
-    if (
-        previous is not None
-        and previous.dim() == like.dim()
-        and previous.shape[1:] == like.shape[1:]
-        and previous.shape[0] > 0
-    ):
-        v = previous.detach()
-        if v.shape[0] != like.shape[0]:
-            rows = torch.arange(like.shape[0], device=v.device) % v.shape[0]
-            v = v.index_select(0, rows)
-        v = v.to(device=like.device, dtype=like.dtype)
-        wide = v if v.dtype in (torch.float32, torch.float64) else v.float()
-        norm = float(torch.linalg.vector_norm(wide))
-        v = v / norm if norm > 0 and math.isfinite(norm) else None
-    if v is None:
-        gen = torch.Generator().manual_seed(0)
-        v = torch.randn(like.shape, generator=gen, dtype=torch.float64)
-        v = (v / torch.linalg.vector_norm(v).clamp_min(1e-300)).to(like.device, like.dtype)
-    return v
+def row_directions(difference: torch.Tensor) -> torch.Tensor:
+    """Each row of ``difference`` (shape (B, ...)) scaled to unit norm; zero rows stay zero."""
+    wide = difference if difference.dtype in (torch.float32, torch.float64) else difference.float()
+    norms = torch.linalg.vector_norm(wide.flatten(1), dim=1)
+    scale = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.zeros_like(norms))
+    scale = scale.view(-1, *([1] * (difference.dim() - 1)))
+    return (wide * scale).to(difference.dtype)
 
 
 def spectral_penalty(
-    h_next: torch.Tensor,
+    f: Callable[[torch.Tensor], torch.Tensor],
     h_prev: torch.Tensor,
+    difference: torch.Tensor,
     tau: float,
-    start: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, float, torch.Tensor]:
-    """One warm-started power step on ``J^T`` of a recorded step, and its penalty.
+) -> Tuple[torch.Tensor, float]:
+    """The growth of ``J = df/dh`` at ``h_prev`` along the forward's last difference, penalised.
 
     Args:
-        h_next: output of the step, shape S, with history back to ``h_prev``.
-        h_prev: the step's input state, shape S (must require grad).
+        f: the step, shape (B, ...) -> (B, ...), separable over rows or nearly so (batch norm
+            couples the rows through its statistics; the product below is still the exact
+            ``J v`` of the coupled step).
+        h_prev: the state to linearise at, ``h_{T-1}``, shape (B, ...). Its history (if
+            any) is kept, so the penalty's gradient also reaches it.
+        difference: ``h_T - h_{T-1}`` (any history is ignored), shape of ``h_prev``.
         tau: bound on the growth.
-        start: the vector kept from the last call (see :func:`power_start`), or None.
 
     Returns:
-        ``(penalty, growth, vector)``: the 0-dim penalty ``relu(||J^T v|| - tau)^2`` (float32
-        or float64) with a graph to whatever ``h_next`` depends on (``create_graph=True``),
-        ``growth = ||J^T v||`` with ``||v|| = 1`` as a float, and the next start vector
-        ``J^T v / ||J^T v||`` (detached; ``v`` itself if ``J^T v`` is zero or not finite).
-        An empty state gives a zero penalty, growth 0 and ``start`` unchanged.
+        ``(penalty, growth)``: the 0-dim penalty ``mean_b relu(||(J v)_b|| - tau)^2`` with
+        ``v_b`` the unit-norm rows of ``difference`` (float32 or float64; a graph to whatever
+        ``f`` depends on), and the largest row growth ``max_b ||(J v)_b||`` as a float. An
+        empty state, a zero difference or a step that does not depend on ``h`` give a zero
+        penalty (growth 0).
     """
     if h_prev.numel() == 0:
-        zero = h_next.new_zeros((), dtype=torch.float32)
-        return zero, 0.0, start
-    v = power_start(start, h_prev)
-    (w,) = torch.autograd.grad(
-        h_next,
-        h_prev,
-        v.to(h_next.dtype),
-        create_graph=True,
-        retain_graph=True,
-        allow_unused=True,
-    )
-    if w is None:  # h_next does not depend on h_prev: J = 0
-        return h_next.new_zeros((), dtype=torch.float32), 0.0, v
-    if w.dtype not in (torch.float32, torch.float64):
-        w = w.float()
-    growth = torch.linalg.vector_norm(w)
-    value = float(growth.detach())
-    penalty = F.relu(growth - tau).pow(2)
-    if value > 0 and math.isfinite(value):
-        vector = (w.detach() / value).to(h_prev.dtype)
-    else:
-        vector = v
-    return penalty, value, vector
+        return h_prev.new_zeros((), dtype=torch.float32), 0.0
+    v = row_directions(difference.detach())
+    with fwAD.dual_level():
+        out = f(fwAD.make_dual(h_prev, v))
+        jv = fwAD.unpack_dual(out).tangent
+    if jv is None:  # f does not depend on h: J = 0
+        return h_prev.new_zeros((), dtype=torch.float32), 0.0
+    if jv.dtype not in (torch.float32, torch.float64):
+        jv = jv.float()
+    growths = torch.linalg.vector_norm(jv.flatten(1), dim=1)
+    penalty = F.relu(growths - tau).pow(2).mean()
+    return penalty, float(growths.detach().max())
 
 
 def lipschitz_penalty(

@@ -1,6 +1,6 @@
 """Counting the memory autograd keeps for the backward pass (benchmarks and tests)."""
 
-from typing import Dict
+from typing import Dict, Hashable
 
 import torch
 from torch.autograd.graph import saved_tensors_hooks
@@ -23,13 +23,16 @@ class SavedTensorBytes(saved_tensors_hooks):
     """
 
     def __init__(self):
-        self._sizes: Dict[int, int] = {}
+        self._sizes: Dict[Hashable, int] = {}
         super().__init__(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        self._sizes[ptr] = max(self._sizes.get(ptr, 0), storage.nbytes())
+        try:
+            storage = t.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+        except RuntimeError:  # some tensors saved under forward-mode AD expose no storage
+            key, size = ("tensor", id(t)), t.numel() * t.element_size()
+        self._sizes[key] = max(self._sizes.get(key, 0), size)
         return t
 
     def __enter__(self):

@@ -44,8 +44,9 @@ VARIANTS: Tuple[str, ...] = ("less_softplus", "pathfinder", "kappa_omega")
 GATE_BIAS_INITS: Tuple[str, ...] = ("chronos", "raw")
 #: LCP reductions over the state's elements: the mean, or the sum (the authors' COCO model).
 LCP_REDUCTIONS: Tuple[str, ...] = ("mean", "sum")
-#: Penalty kinds: the paper's signed Jacobian column sums (``colsum``), or a power-iteration
-#: estimate of the growth of ``J^T`` per Neumann term (``spectral``, see :mod:`.lcp`).
+#: Penalty kinds: the paper's signed Jacobian column sums (``colsum``), or the growth of ``J``
+#: along the forward's last difference, an estimate of the growth per Neumann term
+#: (``spectral``, see :mod:`.lcp`).
 LCP_KINDS: Tuple[str, ...] = ("colsum", "spectral")
 
 
@@ -162,8 +163,8 @@ def check_refiner_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any
             check.fail(
                 "lcp_reduction",
                 kwargs["lcp_reduction"],
-                f"with {kind}='spectral' the penalty is one scalar per module, so there is "
-                "nothing to sum over: use 'mean'",
+                f"with {kind}='spectral' the penalty is a mean of per-row growths, not a "
+                "sum over elements: use 'mean'",
             )
     for name in ("solver", "test_solver"):
         if get(name) is not None:

@@ -47,10 +47,10 @@ class RecurrentRefiner(nn.Module):
         lcp_tau: penalty threshold tau in (0, 1] on the Jacobian column sums.
         lcp_reduction: ``"mean"`` or ``"sum"`` of the penalty over the state's elements
             (:data:`~crbp_panoptic.crbp.LCP_REDUCTIONS`; ``"mean"`` only with the spectral
-            kind, whose penalty is one scalar).
-        lcp_kind: ``"colsum"`` (the paper's column sums) or ``"spectral"``: one power step
-            on ``J^T`` per training call, warm-started from :attr:`lcp_vector`, penalising
-            ``relu(||J^T v|| - tau)^2`` (:func:`~crbp_panoptic.crbp.lcp.spectral_penalty`).
+            kind, whose penalty is a mean over rows).
+        lcp_kind: ``"colsum"`` (the paper's column sums) or ``"spectral"``: the growth
+            ``||(J v)_b||`` of each row along the forward's last difference, penalised above
+            tau (:func:`~crbp_panoptic.crbp.lcp.spectral_penalty`).
         lcp_subsample: None (exact penalty), a float fraction in (0, 1] or an int
             count of batch rows (ROIs, images) on which the penalty is evaluated
             (see :class:`~crbp_panoptic.crbp.lcp.BatchSubsample`; exact per-row
@@ -88,12 +88,6 @@ class RecurrentRefiner(nn.Module):
             the equilibrium of each call (one extra step and VJP) into
             :attr:`last_diagnostics`; the training loop turns it on periodically.
         last_diagnostics: dict of the last diagnosed call, else None.
-        lcp_vector: the spectral penalty's power-iteration vector (a non-persistent buffer:
-            it follows ``.to(device)`` but is not saved in checkpoints, since its shape
-            follows the state's), None until the first penalised training call. A call
-            whose state has another shape adapts it (rows reused cyclically when only the
-            row count differs, e.g. the mask head's ROIs; a fixed random start otherwise,
-            see :func:`~crbp_panoptic.crbp.lcp.power_start`).
     """
 
     def __init__(
@@ -155,7 +149,6 @@ class RecurrentRefiner(nn.Module):
         self.neumann_steps, self.neumann_tol = neumann_steps, float(neumann_tol)
         self.lcp_tau, self.lcp_reduction = float(lcp_tau), lcp_reduction
         self.lcp_kind = lcp_kind
-        self.register_buffer("lcp_vector", None, persistent=False)
         self.lcp_subsample, self.lcp_crop = lcp_subsample, lcp_crop
         self.forward_tol, self.test_tol = float(forward_tol), float(test_tol)
         self.solver, self.test_solver = solver, test_solver or solver
@@ -193,7 +186,6 @@ class RecurrentRefiner(nn.Module):
             "neumann_tol": self.neumann_tol,
             "lcp_reduction": self.lcp_reduction,
             "lcp_kind": self.lcp_kind,
-            "lcp_vector": self.lcp_vector,
         }
         if solver == "anderson":
             options["anderson_m"] = self.anderson_m
@@ -213,8 +205,6 @@ class RecurrentRefiner(nn.Module):
         # Keep diagnostics and the penalty; drop the state's graph reference so a
         # stored result never holds the forward graph alive.
         self.last_result = dataclasses.replace(result, state=result.state.detach())
-        if result.lcp_vector is not None:
-            self.lcp_vector = result.lcp_vector
         # The sampler's closure holds the drive: keep only what it chose.
         self.last_lcp_sample = None
         if isinstance(sampler, BatchSubsample):

@@ -189,7 +189,7 @@ class PathfinderNet(nn.Module):
         lcp_tau: LCP threshold.
         lcp_subsample: rows for a subsampled LCP (None = exact).
         lcp_crop: side of a cropped LCP (0 = off).
-        lcp_kind: ``"colsum"`` (the paper's LCP) or ``"spectral"`` (growth of ``J^T``).
+        lcp_kind: ``"colsum"`` (the paper's LCP) or ``"spectral"`` (growth of ``J`` per step).
         wavelength, line_width, dot_radius: Gabor bank tuning (match the generator).
         drive_gain: scale of the Gabor energy (see :class:`GaborEnergy`).
         prior: initial foreground probability of the readout (bias init), for the sparse target.

@@ -368,7 +368,7 @@ def test_bad_config_values_fail_at_build_time(key, value, message):
 
 
 def test_spectral_penalty_trains_and_logs_its_growth():
-    # The authors' COCO head sums its penalty; the spectral kind is one scalar per module.
+    # The authors' COCO head sums its penalty; the spectral kind is a mean over rows (ROIs).
     with pytest.raises(
         ValueError,
         match=r"MODEL.CRBP.LCP_REDUCTION='sum'; with MODEL.CRBP.LCP_KIND='spectral'.*'mean'",
@@ -388,7 +388,7 @@ def test_spectral_penalty_trains_and_logs_its_growth():
         keys = set(storage.histories())
     assert losses["loss_lcp"] > 0
     assert "crbp/roi_heads.mask_head.mask_recurrent/lcp_growth" in keys
-    assert refiner.lcp_vector is not None and refiner.lcp_vector.shape[1:] == (32, 14, 14)
+    assert refiner.last_result.lcp_growth > 0.05
 
 
 def test_two_cheap_penalties_are_rejected():
