@@ -36,7 +36,7 @@ def add_crbp_config(cfg):
     # tau in (0, 1]: bound on the column sums 1^T J of the step's Jacobian (relu(u - tau)^2).
     crbp.LCP_TAU = 0.9
     # Penalty kind: "colsum" = the paper's LCP on the signed column sums 1^T J (the default);
-    # "spectral" = mean over rows of relu(||J v|| - LCP_TAU)^2, v the forward's last difference
+    # "spectral" = relu(max over rows of ||J v|| - LCP_TAU)^2, v the forward's last difference
     # (one JVP): the growth per Neumann term (needs LCP_REDUCTION "mean").
     crbp.LCP_KIND = "colsum"
     # Cheap penalty: fraction (0, 1) or count (>= 1) of batch rows (ROIs / images) the

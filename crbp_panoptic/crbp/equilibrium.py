@@ -204,7 +204,7 @@ def equilibrium(
               the exact penalty, an unbiased estimate of it for a row subsample (the
               authors' COCO model weighted such a sum). Column sums only.
             * ``lcp_kind`` ("colsum"): ``"spectral"`` penalises
-              ``mean_b relu(||(J v)_b|| - tau)^2`` with ``v_b`` the unit rows of
+              ``relu(max_b ||(J v)_b|| - tau)^2`` with ``v_b`` the unit rows of
               ``h_T - h_{T-1}`` (:func:`~crbp_panoptic.crbp.lcp.spectral_penalty`): one
               Jacobian-vector product with a graph. With ``lcp_subsample`` it is taken on
               the sample.

@@ -82,8 +82,8 @@ along the direction the forward iteration has already found::
     d_b     = h_T - h_{T-1}, row b            # the forward's last difference, per image
     v_b     = d_b / ||d_b||                    # (a row with d_b = 0 gets v_b = 0)
     g_b     = ||(J v)_b||                      # one Jacobian-vector product (forward-mode AD)
-    penalty = mean_b relu(g_b - tau) ** 2      # differentiable in theta through J v
-    growth  = max_b g_b                        # reported (telemetry)
+    growth  = max_b g_b                        # the batch's series needs every row below 1
+    penalty = relu(growth - tau) ** 2          # differentiable in theta through J v
 
 Why this direction: near a fixed point the differences obey ``d_{t+1} ~ J d_t``, so the
 forward iteration *is* a power iteration on ``J``, run for ``T - 1`` steps on this very
@@ -91,10 +91,11 @@ batch. Its last difference leans towards the slowest-decaying (or fastest-growin
 and ``||J v||`` along it tends to the spectral radius, the same number the Neumann terms'
 growth tends to. On trained Pathfinder cells that mode sits in one or two images of a
 batch, so a vector carried over from other images (one power step per training iteration)
-reads far below the radius; per-row directions and per-row growths penalise every image
-whose iteration does not contract. When the forward has not converged (a cycle, an
-expanding mode) the difference is the direction that keeps it from converging, and the
-penalty pushes exactly that. ``tests/crbp/test_lcp.py`` checks ``g`` against a dense
+reads far below the radius. Per-row directions find each image's own mode, and the penalty
+acts on the largest row growth because the batch's Neumann series grows if any row's does
+(a mean over rows would dilute one expanding image by the batch size). When the forward has
+not converged (a cycle, an expanding mode) the difference is the direction that keeps it
+from converging, and the penalty pushes exactly that. ``tests/crbp/test_lcp.py`` checks ``g`` against a dense
 Jacobian (value, gradient, and the spectral radius after enough steps).
 
 Cost: the step evaluated once more with dual numbers, and the backward of that, in place of
@@ -204,7 +205,7 @@ def spectral_penalty(
         tau: bound on the growth.
 
     Returns:
-        ``(penalty, growth)``: the 0-dim penalty ``mean_b relu(||(J v)_b|| - tau)^2`` with
+        ``(penalty, growth)``: the 0-dim penalty ``relu(max_b ||(J v)_b|| - tau)^2`` with
         ``v_b`` the unit-norm rows of ``difference`` (float32 or float64; a graph to whatever
         ``f`` depends on), and the largest row growth ``max_b ||(J v)_b||`` as a float. An
         empty state, a zero difference or a step that does not depend on ``h`` give a zero
@@ -220,9 +221,8 @@ def spectral_penalty(
         return h_prev.new_zeros((), dtype=torch.float32), 0.0
     if jv.dtype not in (torch.float32, torch.float64):
         jv = jv.float()
-    growths = torch.linalg.vector_norm(jv.flatten(1), dim=1)
-    penalty = F.relu(growths - tau).pow(2).mean()
-    return penalty, float(growths.detach().max())
+    growth = torch.linalg.vector_norm(jv.flatten(1), dim=1).max()
+    return F.relu(growth - tau).pow(2), float(growth.detach())
 
 
 def lipschitz_penalty(

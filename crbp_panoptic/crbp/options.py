@@ -163,7 +163,7 @@ def check_refiner_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any
             check.fail(
                 "lcp_reduction",
                 kwargs["lcp_reduction"],
-                f"with {kind}='spectral' the penalty is a mean of per-row growths, not a "
+                f"with {kind}='spectral' the penalty acts on the largest row growth, not a "
                 "sum over elements: use 'mean'",
             )
     for name in ("solver", "test_solver"):

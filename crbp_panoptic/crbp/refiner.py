@@ -47,7 +47,7 @@ class RecurrentRefiner(nn.Module):
         lcp_tau: penalty threshold tau in (0, 1] on the Jacobian column sums.
         lcp_reduction: ``"mean"`` or ``"sum"`` of the penalty over the state's elements
             (:data:`~crbp_panoptic.crbp.LCP_REDUCTIONS`; ``"mean"`` only with the spectral
-            kind, whose penalty is a mean over rows).
+            kind, whose penalty acts on the largest row growth).
         lcp_kind: ``"colsum"`` (the paper's column sums) or ``"spectral"``: the growth
             ``||(J v)_b||`` of each row along the forward's last difference, penalised above
             tau (:func:`~crbp_panoptic.crbp.lcp.spectral_penalty`).

@@ -368,7 +368,7 @@ def test_bad_config_values_fail_at_build_time(key, value, message):
 
 
 def test_spectral_penalty_trains_and_logs_its_growth():
-    # The authors' COCO head sums its penalty; the spectral kind is a mean over rows (ROIs).
+    # The authors' COCO head sums its penalty; the spectral kind acts on the largest growth.
     with pytest.raises(
         ValueError,
         match=r"MODEL.CRBP.LCP_REDUCTION='sum'; with MODEL.CRBP.LCP_KIND='spectral'.*'mean'",
