@@ -95,8 +95,8 @@ reads far below the radius. Per-row directions find each image's own mode, and t
 acts on the largest row growth because the batch's Neumann series grows if any row's does
 (a mean over rows would dilute one expanding image by the batch size). When the forward has
 not converged (a cycle, an expanding mode) the difference is the direction that keeps it
-from converging, and the penalty pushes exactly that. ``tests/crbp/test_lcp.py`` checks ``g`` against a dense
-Jacobian (value, gradient, and the spectral radius after enough steps).
+from converging, and the penalty pushes exactly that. ``tests/crbp/test_lcp.py`` checks
+``g`` against a dense Jacobian (value, gradient, and the spectral radius after enough steps).
 
 Cost: the step evaluated once more with dual numbers, and the backward of that, in place of
 the column-sum penalty's VJP with a graph (the Pathfinder report gives the per-iteration
