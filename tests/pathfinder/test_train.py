@@ -121,7 +121,7 @@ def test_length_sweep_cli_writes_the_contract_and_the_curve(tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["lengths"]) == {"3", "5"}
     assert m["arms"] == arms and m["penalty_arm"] == "crbp:3:spectral"
-    assert m["wall_time_s"] > 0 and m["paper"]["lengths"] == [9, 14, 25]
+    assert m["wall_time_s"] > 0 and m["paper"]["lengths"] == [14, 20, 25]
     for length, per in m["lengths"].items():
         check_length_contract(per, arms, "crbp:3:spectral")
         assert per["settings"]["path_length"] == int(length)
