@@ -10,6 +10,8 @@ What to compare (crbp_panoptic/experiments/runner.py), one of:
                                   --iterations further from it
   --configs A.yaml B.yaml ...     each config trained as it says
   --config-file C --arms A B ...  one recurrent config under several training rules
+  --merge DIR DIR ...             join the summaries of several calls of one comparison
+                                  (e.g. seeds run side by side from one warm-up) into --output
 
 Every arm trains for every --seeds value (tools/train_net.py in a child process) and is
 evaluated at T test steps, and if recurrent at m x T (--test-steps-multiples) and at every
@@ -27,7 +29,14 @@ import dataclasses
 import shlex
 import sys
 
-from crbp_panoptic.experiments.runner import Plan, config_arms, plan_suite, rule_arms, run_plan
+from crbp_panoptic.experiments.runner import (
+    Plan,
+    config_arms,
+    merge_summaries,
+    plan_suite,
+    rule_arms,
+    run_plan,
+)
 from crbp_panoptic.experiments.suites import SUITES, get_suite
 
 _SUITE_ONLY = ("warmup_iterations", "warmup_weights", "feedforward_config", "recurrent_config")
@@ -43,6 +52,7 @@ def parse_args(argv=None):
     what.add_argument("--suite", help=f"a declared comparison: {', '.join(sorted(SUITES))}")
     what.add_argument("--configs", nargs="+", metavar="FILE", help="config files, as they are")
     what.add_argument("--config-file", metavar="FILE", help="one recurrent config, with --arms")
+    what.add_argument("--merge", nargs="+", metavar="DIR", help="output folders to join")
     p.add_argument("--arms", nargs="+", help="training rules of --config-file: bptt:3 crbp:10")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="SEED values")
     m_help = "evaluate recurrent arms at TEST_STEPS = m x T (default: the suite's, or 1 3)"
@@ -63,6 +73,8 @@ def parse_args(argv=None):
         used = ["--" + k.replace("_", "-") for k in _SUITE_ONLY if getattr(args, k) is not None]
         if used:
             p.error(f"{', '.join(used)} can only be used with --suite")
+    if args.merge and not args.output:
+        p.error("--merge needs --output, the folder of the joined summary")
     if bool(args.arms) != bool(args.config_file):
         p.error("--arms and --config-file go together (one recurrent config, several rules)")
     return p, args
@@ -73,6 +85,14 @@ def main(argv=None):
     command = "python tools/compare_configs.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
+    if args.merge:
+        try:
+            summary = merge_summaries(args.merge, args.output, command)
+        except ValueError as e:
+            p.error(str(e))
+        with open(f"{args.output}/summary.md") as f:
+            print(f.read())
+        return summary
     common = dict(test_steps=args.test_steps, residual_images=args.residual_images)
     common.update(iterations=args.iterations, opts=args.opts)
     try:

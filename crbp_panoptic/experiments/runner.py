@@ -41,7 +41,15 @@ from .machine import machine_info
 from .report import write_atomic
 from .suites import PLACEMENTS, Suite, check_count, check_multiples, suite_floors
 
-__all__ = ["ArmSpec", "Plan", "config_arms", "plan_suite", "rule_arms", "run_plan"]
+__all__ = [
+    "ArmSpec",
+    "Plan",
+    "config_arms",
+    "merge_summaries",
+    "plan_suite",
+    "rule_arms",
+    "run_plan",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -591,3 +599,74 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
     write()
     write_atomic(os.path.join(out, "summary.md"), markdown(summary))
     return summary
+
+
+#: Fields that summaries must share to be merged (:func:`merge_summaries`).
+MERGE_KEYS = ("suite", "placement", "arms", "multiples", "iterations", "residual_images")
+
+
+def merge_summaries(dirs: Sequence[str], output_dir: str, command: str = "") -> dict:
+    """Join the ``summary.json`` of several calls of one comparison (e.g. seeds run on
+    separate cores from the same warm-up) into ``output_dir``: runs and seeds joined, times
+    summed, ``summary.md`` and ``pq_vs_steps.png`` drawn again. The runs stay where they are.
+
+    Raises:
+        ValueError: a folder without ``summary.json``, summaries of different comparisons
+            (a field of :data:`MERGE_KEYS`, the warm-up checkpoint's sha256 or the floors'
+            dataset differ), or a run (arm, seed, test steps) in two of them.
+    """
+    from .runner_report import markdown, plot
+
+    if len(dirs) < 2:
+        raise ValueError(f"merge: {list(dirs)}; expected two or more output folders")
+    summaries = []
+    for d in dirs:
+        try:
+            with open(os.path.join(d, "summary.json")) as f:
+                summaries.append(json.load(f))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"merge: {d}/summary.json cannot be read ({e})") from None
+    first = summaries[0]
+
+    def fingerprint(s):
+        w = s.get("warmup") or {}
+        return dict(
+            {k: s.get(k) for k in MERGE_KEYS},
+            warmup_sha256=w.get("sha256"),
+            floors_dataset=(s.get("floors") or {}).get("dataset"),
+        )
+
+    for d, s in zip(dirs[1:], summaries[1:]):
+        a, b = fingerprint(first), fingerprint(s)
+        diff = [k for k in a if a[k] != b[k]]
+        if diff:
+            raise ValueError(
+                f"merge: {dirs[0]} and {d} are not one comparison ({', '.join(diff)}: "
+                f"{[a[k] for k in diff]} against {[b[k] for k in diff]})"
+            )
+    runs, seen = [], {}
+    for d, s in zip(dirs, summaries):
+        for r in s["runs"]:
+            key = (r["arm"], r["seed"], r.get("test_steps"))
+            if key in seen:
+                raise ValueError(f"merge: run {key} (arm, seed, test steps) in {seen[key]} and {d}")
+            seen[key] = d
+            runs.append(r)
+    order = {a: i for i, a in enumerate(first["arms"])}
+    runs.sort(key=lambda r: (r["seed"], order.get(r["arm"], len(order))))
+    # the warm-up as trained (not as given to a later call), counted once
+    warm = next((s["warmup"] for s in summaries if (s.get("warmup") or {}).get("status") == "ok"),
+                first.get("warmup"))  # fmt: skip
+    merged = dict(first, runs=runs, warmup=warm, merged_from=[os.path.abspath(d) for d in dirs])
+    merged["seeds"] = sorted({seed for s in summaries for seed in s["seeds"]})
+    commands = [s.get("command") or "?" for s in summaries] + [command] * bool(command)
+    merged["command"] = "; then ".join(commands)
+    merged["machine"] = first["machine"]
+    warm_s = (warm or {}).get("seconds") or 0.0
+    run_s = sum(r.get("seconds") or 0.0 for r in runs)
+    merged["seconds"] = {"warmup": warm_s, "runs": run_s, "total": warm_s + run_s}
+    os.makedirs(output_dir, exist_ok=True)
+    merged["plot"] = plot(merged, os.path.join(output_dir, "pq_vs_steps.png"))
+    write_atomic(os.path.join(output_dir, "summary.json"), json.dumps(merged, indent=1))
+    write_atomic(os.path.join(output_dir, "summary.md"), markdown(merged))
+    return merged

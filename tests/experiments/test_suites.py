@@ -474,6 +474,53 @@ def test_given_warmup_weights_that_do_not_fit_fail_before_any_arm_trains(fake, t
     assert not (tmp_path / "tool" / "runs").exists()
 
 
+def test_merge_joins_seeds_run_side_by_side_from_one_warm_up(fake, capsys):
+    python, calls_path, out = fake
+    suite = _tiny_suite(arms=("ff", "crbp:T"))
+    first = run_plan(plan_suite(suite, [0], out), python=python, log=lambda m: None)
+    warm = os.path.join(out, "warmup", "model_final.pth")
+    second_dir = out + "_s1"
+    plan = plan_suite(suite, [1], second_dir, warmup_weights=warm)
+    second = run_plan(plan, python=python, log=lambda m: None)
+    trained = len(_calls(calls_path))
+
+    tool = load_tool("compare_configs")
+    merged_dir = out + "_merged"
+    merged = tool.main(["--merge", out, second_dir, "--output", merged_dir])
+    assert len(_calls(calls_path)) == trained  # nothing trains again
+    assert merged["seeds"] == [0, 1] and merged["suite"] == "tiny"
+    assert sorted(map(json.dumps, merged["runs"])) == sorted(
+        map(json.dumps, first["runs"] + second["runs"])
+    )
+    assert [(r["seed"], r["arm"]) for r in merged["runs"]] == [
+        (0, "ff"), (0, "crbp:3"), (0, "crbp:3"), (1, "ff"), (1, "crbp:3"), (1, "crbp:3")
+    ]  # fmt: skip
+    assert merged["warmup"]["status"] == "ok" and merged["warmup"]["weights"] == warm
+    runs_s = sum(r["seconds"] for r in merged["runs"])
+    assert merged["seconds"]["total"] == pytest.approx(first["warmup"]["seconds"] + runs_s)
+    assert merged["merged_from"] == [out, second_dir]
+    with open(os.path.join(merged_dir, "summary.json")) as f:
+        assert json.load(f) == merged
+    table = open(os.path.join(merged_dir, "summary.md")).read()
+    pq = {s: _expected_pq("crbp:3", s, 3) for s in (0, 1)}
+    assert f"| {pq[0]:.1f} / {pq[1]:.1f} |" in table
+    assert os.path.isfile(os.path.join(merged_dir, "pq_vs_steps.png"))
+    assert "| C-RBP-3 |" in capsys.readouterr().out
+
+    # Not one comparison, the same run twice, a folder without a summary: errors that say so.
+    err = _tool_error(capsys, ["--merge", out, out, "--output", merged_dir + "2"])
+    assert "run ('ff', 0, None) (arm, seed, test steps) in" in err
+    other = plan_suite(_tiny_suite(arms=("ff", "crbp:T"), iterations=3), [2], out + "_it3",
+                       warmup_weights=warm)  # fmt: skip
+    run_plan(other, python=python, log=lambda m: None)
+    err = _tool_error(capsys, ["--merge", out, out + "_it3", "--output", merged_dir + "3"])
+    assert "are not one comparison (iterations: [2] against [3])" in err
+    err = _tool_error(capsys, ["--merge", out, out + "_none", "--output", merged_dir + "4"])
+    assert "_none/summary.json cannot be read" in err
+    assert "--merge needs --output" in _tool_error(capsys, ["--merge", out, second_dir])
+    assert not any(os.path.exists(merged_dir + x) for x in "234")
+
+
 # --- end to end: real tools/train_net.py children ----------------------------------------------
 
 
