@@ -6,10 +6,12 @@ An *arm* is a config plus the overrides of one training rule (:func:`plan_suite`
 every arm and seed from it with ``tools/train_net.py`` in a child process
 (``<output>/runs/<arm>/seed<seed>``, evaluated at T test steps), re-evaluates recurrent arms
 at each other count t (``.../test_steps<t>``) and, with ``residual_images``, records residual
-curves. ``<output>/summary.json``, rewritten after every child, has one entry per (arm, seed,
-test steps) whose config, opts and weights reproduce its PQ with ``train_net.py --eval-only``
-(failed runs too). A rerun reuses finished runs; a run folder made with other settings is an
-error, never overwritten. At the end: ``summary.md`` and ``pq_vs_steps.png``.
+curves and, with ``true_box_masks``, scores each mask head on the true boxes
+(:mod:`.true_boxes`). ``<output>/summary.json``, rewritten after every child, has one entry
+per (arm, seed, test steps) whose config, opts and weights reproduce its PQ with
+``train_net.py --eval-only`` (failed runs too). A rerun reuses finished runs; a run folder
+made with other settings is an error, never overwritten. At the end: ``summary.md`` and
+``pq_vs_steps.png``.
 """
 
 import dataclasses
@@ -120,6 +122,7 @@ class Plan:
         opts: ``KEY VALUE`` overrides for every run, before the arm's own.
         warmup: what every run starts from (:func:`plan_suite`), or None.
         floors: names in :data:`~.suites.FLOORS`; residual_images: 0 for no curves.
+        true_box_masks: score every evaluated model's mask head on the true boxes.
 
     Raises:
         ValueError: a bad seed, count or override, or a run in ``output_dir`` made otherwise.
@@ -137,6 +140,7 @@ class Plan:
     warmup: Optional[dict] = None
     floors: Sequence[str] = ()
     residual_images: int = 0
+    true_box_masks: bool = False
     placement: Optional[str] = None
     runs: List[Run] = dataclasses.field(default_factory=list)
 
@@ -355,7 +359,7 @@ def plan_suite(
         iterations=suite.iterations if iterations is None else iterations,
         multiples=suite.multiples if multiples is None else multiples, test_steps=test_steps,
         opts=common, warmup=warmup, floors=suite.floors, residual_images=residual_images,
-        placement=suite.placement,
+        true_box_masks=suite.true_box_masks, placement=suite.placement,
     )  # fmt: skip
 
 
@@ -519,6 +523,26 @@ def _residuals(plan: Plan, run: Run) -> dict:
     return residual_curves(load_model(cfg, run.weights), inputs, steps, run.steps)
 
 
+def _true_box_masks(run: Run, t: Optional[int], where: str) -> dict:
+    """:func:`.true_boxes.true_box_masks` of ``run``'s model at ``t`` test steps, kept in
+    ``<where>/true_box_masks.json`` (a retrained run empties ``where``); an error is recorded."""
+    from .evaluation import load_model
+    from .true_boxes import true_box_masks
+
+    path = os.path.join(where, "true_box_masks.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    try:
+        cfg = _cfg(run.config, run.eval_opts(t))
+        cfg.freeze()
+        result = true_box_masks(cfg, load_model(cfg, run.weights))
+    except (ValueError, RuntimeError, OSError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    write_atomic(path, json.dumps(result, indent=1))
+    return result
+
+
 def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=print) -> dict:
     """Run ``plan`` (the module docstring) with children on ``python``, reusing finished runs.
     Returns the summary (also ``<output_dir>/summary.json``). RuntimeError: the warm-up failed
@@ -535,6 +559,7 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
         "arms": [a.name for a in plan.arms], "labels": {a.name: a.label for a in plan.arms},
         "multiples": plan.multiples, "iterations": plan.iterations,
         "warmup": w and {k: w[k] for k in warm_keys}, "residual_images": plan.residual_images,
+        "true_box_masks": plan.true_box_masks,
         "floors": {}, "seconds": {}, "runs": [],
     }  # fmt: skip
 
@@ -576,6 +601,8 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
             write()
             continue
         fields = dict(status="ok", seconds=seconds, log=log_path, **_metrics(run.run_dir))
+        if plan.true_box_masks:
+            fields["true_box_masks"] = _true_box_masks(run, first, run.run_dir)
         summary["runs"].append(_entry(run, first, p, **fields, **_training_log(run.run_dir)))
         write()
         for t in run.test_steps[1:]:
@@ -587,6 +614,8 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
             fields.update(status="failed", error=error) if error else fields.update(
                 status="ok", **_metrics(eval_dir)
             )
+            if plan.true_box_masks and not error:
+                fields["true_box_masks"] = _true_box_masks(run, t, eval_dir)
             summary["runs"].append(_entry(run, t, p, **fields))
             write()
         if plan.residual_images and run.steps:

@@ -90,6 +90,8 @@ class Suite:
         floors: keys of :data:`FLOORS`; opts: ``KEY VALUE`` overrides of every run.
         fresh: state-dict prefixes every arm (ff too) learns from its initialisation: the
             warm-up's weights under them are not loaded.
+        true_box_masks: score every run's mask head on the test split's true boxes
+            (:mod:`.true_boxes`), beside the grouping-free mask.
     """
 
     name: str
@@ -105,6 +107,7 @@ class Suite:
     opts: Tuple[str, ...] = ()
     warmup_seed: int = 0
     fresh: Tuple[str, ...] = ()
+    true_box_masks: bool = False
 
     def __post_init__(self):
         where = f"suite {self.name!r}"
@@ -149,6 +152,7 @@ SUITES: Dict[str, Suite] = {
         # in the paper (every head trained on an ImageNet backbone): a warm stock head would
         # have had 1000 iterations more than the recurrent one.
         fresh=("roi_heads.mask_head.",),
+        true_box_masks=True,
     ),
     "quick_mask": Suite(
         name="quick_mask",
@@ -163,6 +167,7 @@ SUITES: Dict[str, Suite] = {
         opts=("MODEL.CRBP.GATE_BIAS_INIT", "chronos", "MODEL.CRBP.GATE_BIAS_RANGE", "[1.0, 3.0]")
         + ("MODEL.CRBP.STEPS", "20"),
         fresh=("roi_heads.mask_head.",),
+        true_box_masks=True,
     ),
 }
 

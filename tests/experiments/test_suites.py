@@ -413,6 +413,37 @@ def test_fresh_modules_start_every_arm_from_their_initialisation(fake):
     assert summary["warmup"]["start"] == start and summary["warmup"]["fresh_keys"] == len(mask)
 
 
+def test_mask_head_suites_score_every_model_on_the_true_boxes(fake, monkeypatch):
+    import crbp_panoptic.experiments.true_boxes as true_boxes
+
+    assert get_suite("longrange").true_box_masks and get_suite("quick_mask").true_box_masks
+    assert not get_suite("quick").true_box_masks
+    python, calls_path, out = fake
+    suite = _tiny_suite(arms=("ff", "crbp:T"), true_box_masks=True)
+    summary = run_plan(plan_suite(suite, [0], out), python=python, log=lambda m: None)
+    assert summary["true_box_masks"] is True
+    assert [(r["arm"], r["test_steps"]) for r in summary["runs"]] == [
+        ("ff", None), ("crbp:3", 3), ("crbp:3", 9)
+    ]  # fmt: skip
+    dirs = [os.path.join(out, "runs", "ff", "seed0"), os.path.join(out, "runs", "crbp_3", "seed0")]
+    dirs.append(os.path.join(dirs[1], "test_steps9"))
+    for r, d in zip(summary["runs"], dirs):
+        probe = r["true_box_masks"]
+        assert probe["things"] > 0 and 0.0 <= probe["iou_median"] <= 1.0, probe
+        with open(os.path.join(d, "true_box_masks.json")) as f:
+            assert json.load(f) == probe
+    assert "true-box mask IoU, seeds 0" in open(os.path.join(out, "summary.md")).read()
+
+    def fail(*args):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(true_boxes, "true_box_masks", fail)  # a rerun reads what was kept
+    again = run_plan(plan_suite(suite, [0], out), python=python, log=lambda m: None)
+    assert [r["true_box_masks"] for r in again["runs"]] == [
+        r["true_box_masks"] for r in summary["runs"]
+    ]
+
+
 def test_a_failed_run_is_recorded_not_dropped_and_retried_on_rerun(fake, monkeypatch):
     python, calls_path, out = fake
     suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"))
