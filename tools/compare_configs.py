@@ -21,7 +21,7 @@ pq_vs_steps.png. Trailing KEY VALUE pairs override every config.
 
     python tools/compare_configs.py --suite quick --seeds 0 1 2 --output output/suite_quick
 
-Time, summed run times on a 2-core CPU (docs/results/suite_*.md): quick 82 min, longrange 109 min.
+Time, summed run times on a 2-core CPU (docs/results/suite_*.md): quick 82 min, longrange 297 min.
 """
 
 import argparse
