@@ -11,13 +11,14 @@ grouping-free mask ("every pixel of the class inside the true box", as
 """
 
 import copy
+import os
 import statistics
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["SCORES", "score_masks", "summarize", "true_box_masks"]
+__all__ = ["SCORES", "score_masks", "score_summary", "summarize", "true_box_masks"]
 
 #: Per-thing scores of :func:`score_masks`, in order.
 SCORES = ("iou", "miss", "leak", "grouping_free_iou")
@@ -88,10 +89,13 @@ def _gt_masks(annotations: Sequence[dict], height: int, width: int) -> np.ndarra
     return np.stack(masks)
 
 
-def true_box_masks(cfg, model) -> Dict[str, float]:
+def true_box_masks(cfg, model, mask_threshold: float = 0.5) -> Dict[str, float]:
     """:func:`summarize` of the scores of every thing of ``cfg.DATASETS.TEST[0]`` (crowd
     regions left out), ``model`` in eval mode. Images are resized as at test time; the
-    masks are compared at the image's own size."""
+    masks are compared at the image's own size, a pixel in the mask where the head's
+    probability is at least ``mask_threshold`` (Detectron2's default 0.5)."""
+    if not 0.0 < mask_threshold < 1.0:
+        raise ValueError(f"mask_threshold={mask_threshold}; expected a probability in (0, 1)")
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling.postprocessing import detector_postprocess
     from detectron2.structures import Boxes, BoxMode, Instances
@@ -117,10 +121,46 @@ def true_box_masks(cfg, model) -> Dict[str, float]:
             images = model.preprocess_image([inp])
             features = model.backbone(images.tensor)
             (out,) = model.roi_heads.forward_with_given_boxes(features, [inst])
-            out = detector_postprocess(out, h, w)
+            out = detector_postprocess(out, h, w, mask_threshold=mask_threshold)
         if len(out) != len(annos):
             raise ValueError(f"{d['file_name']}: a true box is empty after clipping to the image")
         pred = out.pred_masks.cpu().numpy().astype(bool)
         classes = [a["category_id"] for a in annos]
         scores += score_masks(pred, _gt_masks(annos, h, w), classes, boxes)
     return summarize(scores)
+
+
+def score_summary(
+    summary: dict,
+    seeds: Optional[Sequence[int]] = None,
+    multiples: Sequence[float] = (1,),
+    thresholds: Sequence[float] = (0.5,),
+) -> List[dict]:
+    """:func:`true_box_masks` of the finished runs of a comparison's ``summary.json``
+    (``tools/compare_configs.py``) at each mask threshold: one row per (run entry,
+    threshold) with ``arm``, ``seed``, ``test_steps``, ``mask_threshold`` and the scores.
+
+    Args:
+        seeds: the seeds to score (None: all); multiples: the test-step multiples of T.
+    """
+    from ..engine import setup_cfg
+    from .evaluation import load_model
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    for t in thresholds:
+        if not 0.0 < t < 1.0:
+            raise ValueError(f"mask threshold {t}; expected a probability in (0, 1)")
+    rows = []
+    for r in summary["runs"]:
+        if r.get("status") != "ok" or r["steps_multiple"] not in multiples:
+            continue
+        if seeds is not None and r["seed"] not in seeds:
+            continue
+        cfg = setup_cfg(os.path.join(repo, r["config"]), list(r["opts"]) + ["MODEL.DEVICE", "cpu"])
+        cfg.freeze()
+        model = load_model(cfg, r["weights"])
+        for t in thresholds:
+            row = dict(arm=r["arm"], seed=r["seed"], test_steps=r["test_steps"], mask_threshold=t)
+            rows.append({**row, **true_box_masks(cfg, model, t)})
+    return rows

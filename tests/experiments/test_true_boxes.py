@@ -1,5 +1,7 @@
 """The mask head on true boxes (crbp_panoptic/experiments/true_boxes.py)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,79 @@ def test_grouping_free_scores_are_the_split_statistics_floor():
     assert out["grouping_free_iou_median"] == pytest.approx(stats["box_class_iou_median"])
     assert out["grouping_free_found"] == pytest.approx(stats["box_class_iou_above_half"])
     assert 0.0 <= out["iou_median"] <= 1.0 and 0.0 <= out["found"] <= 1.0
+
+
+def _constant_head(model, logit):
+    num_classes = model.roi_heads.num_classes
+    model.roi_heads.mask_head.layers = lambda x: torch.full(
+        (x.shape[0], num_classes, 28, 28), float(logit)
+    )
+
+
+def test_mask_threshold_decides_which_probabilities_count_and_is_checked():
+    from detectron2.modeling import build_model
+
+    from crbp_panoptic.data import ensure_generated
+
+    ensure_generated(VAL)
+    cfg = tiny_cfg(
+        "Synthetic-PanopticSegmentation/panoptic_fpn_R_18_quick.yaml",
+        "DATASETS.TEST",
+        f"('{VAL}',)",
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    _constant_head(model, math.log(0.6 / 0.4))  # probability 0.6 in every box
+    below = true_box_masks(cfg, model, mask_threshold=0.5)
+    assert below["iou_median"] > 0.3 and below["miss_mean"] < 0.1
+    above = true_box_masks(cfg, model, mask_threshold=0.7)
+    assert above["iou_median"] == 0.0 and above["miss_mean"] == pytest.approx(1.0)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="mask_threshold=.*expected a probability in"):
+            true_box_masks(cfg, model, mask_threshold=bad)
+
+
+def test_score_summary_scores_the_chosen_runs_at_each_threshold(tmp_path, capsys):
+    from detectron2.modeling import build_model
+
+    from crbp_panoptic.data import ensure_generated
+    from crbp_panoptic.experiments.true_boxes import score_summary
+
+    from tests.tiny import TINY, load_tool
+
+    ensure_generated(VAL)
+    config = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_quick.yaml"
+    opts = [str(v) for v in TINY] + ["DATASETS.TEST", f"('{VAL}',)"]
+    cfg = tiny_cfg(config[len("configs/") :], "DATASETS.TEST", f"('{VAL}',)")
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "m.pth")
+    entry = dict(arm="ff", config=config, opts=opts, weights=str(tmp_path / "m.pth"))
+    entry.update(status="ok", steps_multiple=1, test_steps=None)
+    summary = {"runs": [dict(entry, seed=0), dict(entry, seed=1), dict(entry, seed=2)]}
+    summary["runs"].append(dict(entry, seed=0, status="failed"))
+    rows = score_summary(summary, seeds=[0, 2], thresholds=[0.3, 0.5])
+    assert [(r["seed"], r["mask_threshold"]) for r in rows] == [
+        (0, 0.3),
+        (0, 0.5),
+        (2, 0.3),
+        (2, 0.5),
+    ]
+    cfg.freeze()
+    from crbp_panoptic.experiments.evaluation import load_model
+
+    model = load_model(cfg, str(tmp_path / "m.pth"))
+    for r in rows:
+        expected = true_box_masks(cfg, model, r["mask_threshold"])
+        assert {k: r[k] for k in expected} == pytest.approx(expected)
+    with pytest.raises(ValueError, match="mask threshold 1.0"):
+        score_summary(summary, thresholds=[1.0])
+
+    (tmp_path / "summary.json").write_text(__import__("json").dumps(summary))
+    tool = load_tool("score_true_boxes")
+    out = tool.main(
+        [str(tmp_path / "summary.json"), "--seeds", "1", "--output", str(tmp_path / "r.json")]
+    )
+    assert [(r["seed"], r["mask_threshold"]) for r in out] == [(1, 0.5)]
+    printed = capsys.readouterr().out
+    assert "| ff | 1 | - | 0.5 |" in printed and "grouping-free mask on the same" in printed
+    assert (tmp_path / "r.json").is_file()
