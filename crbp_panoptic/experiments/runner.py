@@ -632,6 +632,7 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
 
 #: Fields that summaries must share to be merged (:func:`merge_summaries`).
 MERGE_KEYS = ("suite", "placement", "arms", "multiples", "iterations", "residual_images")
+MERGE_KEYS += ("true_box_masks",)
 
 
 def merge_summaries(dirs: Sequence[str], output_dir: str, command: str = "") -> dict:
@@ -690,7 +691,6 @@ def merge_summaries(dirs: Sequence[str], output_dir: str, command: str = "") -> 
     merged["seeds"] = sorted({seed for s in summaries for seed in s["seeds"]})
     commands = [s.get("command") or "?" for s in summaries] + [command] * bool(command)
     merged["command"] = "; then ".join(commands)
-    merged["machine"] = first["machine"]
     warm_s = (warm or {}).get("seconds") or 0.0
     run_s = sum(r.get("seconds") or 0.0 for r in runs)
     merged["seconds"] = {"warmup": warm_s, "runs": run_s, "total": warm_s + run_s}
