@@ -1,0 +1,407 @@
+"""How fast a mask head learns, on its own: trained on a frozen detector's ROI features.
+
+A Panoptic FPN run mixes the mask head's learning with the backbone's and the RPN's. Here a
+trained detector (a comparison's feedforward warm-up) is frozen; every thing of a split gets
+the ROIAlign features at its *true* box (the model's own mask pooler) and its M x M mask
+target (cropped as Detectron2's ``mask_rcnn_loss`` crops it). Mask heads built from configs
+are trained on those features alone, with the config's optimizer, LR schedule, gradient
+clipping and mask loss (plus ``loss_lcp`` for a recurrent head, as
+:class:`~crbp_panoptic.modeling.CRBPPanopticFPN` adds it), and scored on the test split's
+features at fixed iterations (:func:`score_logits`). The grouping-free mask ("every pixel of
+the class inside the true box", cropped the same way) is scored on the same targets.
+
+Every head sees the same features, targets, batches (one seeded order of the training ROIs)
+and schedule; only the head and its initialisation (``SEED``) differ.
+"""
+
+import copy
+import json
+import os
+import statistics
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "RoiSet",
+    "grouping_free_scores",
+    "markdown",
+    "plot",
+    "probe_plan",
+    "roi_set",
+    "score_logits",
+    "train_head",
+]
+
+
+class RoiSet:
+    """ROI features, mask targets and grouping-free masks of the things of one split.
+
+    Attributes:
+        features: (N, C, S, S) float, the mask pooler's output at each true box.
+        classes: (N,) int64 contiguous class ids.
+        targets: (N, M, M) float in {0, 1}: each thing's own mask, cropped to its box.
+        grouping_free: (N, M, M) float in {0, 1}: every instance of its class, cropped alike.
+    """
+
+    def __init__(self, features, classes, targets, grouping_free):
+        n = len(features)
+        if not (len(classes) == len(targets) == len(grouping_free) == n):
+            raise ValueError(
+                f"RoiSet: {n} features, {len(classes)} classes, {len(targets)} targets, "
+                f"{len(grouping_free)} grouping-free masks; expected one of each per ROI"
+            )
+        self.features, self.classes = features, classes
+        self.targets, self.grouping_free = targets, grouping_free
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@torch.no_grad()
+def roi_set(cfg, model, dataset_name: str, mask_size: int = 28) -> RoiSet:
+    """The :class:`RoiSet` of every non-crowd thing of ``dataset_name``, from ``model`` (in
+    eval mode) at the test-time input size of ``cfg``; ValueError if there is none."""
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.structures import BitMasks, Boxes, BoxMode
+
+    from .true_boxes import _gt_masks
+
+    mapper = DatasetMapper(cfg, is_train=False)
+    roi_heads = model.roi_heads
+    feats, classes_all, targets, free = [], [], [], []
+    for d in DatasetCatalog.get(dataset_name):
+        annos = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not annos:
+            continue
+        inp = mapper(copy.deepcopy(d))
+        in_h, in_w = inp["image"].shape[1:]
+        h, w = d["height"], d["width"]
+        scale = np.array([in_w / w, in_h / h, in_w / w, in_h / h], dtype=np.float32)
+        boxes = torch.from_numpy(
+            np.array(
+                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos],
+                dtype=np.float32,
+            )
+            * scale
+        )
+        classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.int64)
+        masks = torch.from_numpy(_gt_masks(annos, h, w))
+        if (in_h, in_w) != (h, w):
+            masks = torch.nn.functional.interpolate(masks[None].float(), (in_h, in_w))[0] > 0.5
+        union = torch.stack([masks[row].any(0) for row in classes[:, None] == classes[None, :]])
+        features = model.backbone(model.preprocess_image([inp]).tensor)
+        x = [features[f] for f in roi_heads.mask_in_features]
+        feats.append(roi_heads.mask_pooler(x, [Boxes(boxes)]))
+        targets.append(BitMasks(masks).crop_and_resize(boxes, mask_size).float())
+        free.append(BitMasks(union).crop_and_resize(boxes, mask_size).float())
+        classes_all.append(classes)
+    if not feats:
+        raise ValueError(f"{dataset_name}: no non-crowd thing to train or score a mask head on")
+    return RoiSet(torch.cat(feats), torch.cat(classes_all), torch.cat(targets), torch.cat(free))
+
+
+def _own_class(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(N, M, M) logits of each ROI's own class from (N, K, M, M); K = 1: class-agnostic."""
+    if logits.shape[1] == 1:
+        return logits[:, 0]
+    return logits[torch.arange(len(logits)), classes]
+
+
+def score_logits(logits: torch.Tensor, rois: RoiSet, threshold: float = 0.5) -> Dict[str, float]:
+    """Scores of (N, M, M) own-class mask logits against ``rois.targets``: ``iou_median`` and
+    ``iou_mean`` (of each ROI's mask, probability >= ``threshold``), ``miss_mean`` (share of
+    each target left out), ``p_fg`` / ``p_bg`` (mean probability on target / other pixels)
+    and ``loss`` (mean binary cross-entropy: the head's mask loss)."""
+    prob = logits.sigmoid()
+    pred, target = prob >= threshold, rois.targets > 0.5
+    inter = (pred & target).flatten(1).sum(1).double()
+    union = (pred | target).flatten(1).sum(1).double().clamp(min=1)
+    fg = target.flatten(1).sum(1).double().clamp(min=1)
+    iou = (inter / union).tolist()
+    miss = ((target & ~pred).flatten(1).sum(1).double() / fg).tolist()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, rois.targets)
+    return {
+        "iou_median": statistics.median(iou),
+        "iou_mean": statistics.fmean(iou),
+        "miss_mean": statistics.fmean(miss),
+        "p_fg": float(prob[target].mean()) if target.any() else None,
+        "p_bg": float(prob[~target].mean()) if (~target).any() else None,
+        "loss": float(loss),
+    }
+
+
+def grouping_free_scores(rois: RoiSet) -> Dict[str, float]:
+    """:func:`score_logits` of the grouping-free mask (logits +-20: in or out)."""
+    return score_logits((rois.grouping_free * 2 - 1) * 20.0, rois)
+
+
+def _recurrent(head) -> list:
+    from crbp_panoptic.crbp import RecurrentRefiner
+
+    return [m for m in head.modules() if isinstance(m, RecurrentRefiner)]
+
+
+@torch.no_grad()
+def _score(head, rois: RoiSet, chunk: int = 256) -> Dict[str, float]:
+    was_training = head.training
+    head.eval()
+    logits = torch.cat([head.layers(x) for x in rois.features.split(chunk)])
+    head.train(was_training)
+    return score_logits(_own_class(logits, rois.classes), rois)
+
+
+def train_head(
+    cfg,
+    head: torch.nn.Module,
+    train: RoiSet,
+    test: RoiSet,
+    *,
+    batch_rois: int,
+    eval_at: Sequence[int],
+    lcp_weight: float = 0.0,
+    order_seed: int = 0,
+) -> List[Dict[str, float]]:
+    """Train ``head`` (a :class:`BaseMaskRCNNHead`) on ``train`` for ``cfg.SOLVER.MAX_ITER``
+    iterations of ``batch_rois`` ROIs, with ``cfg``'s optimizer, LR schedule and clipping
+    (Detectron2's ``build_optimizer`` / ``build_lr_scheduler``), and score it on ``test``
+    before training and after each iteration in ``eval_at``.
+
+    The loss is the head's mask loss (binary cross-entropy of each ROI's own-class logits,
+    times ``head.loss_weight``) plus ``lcp_weight`` times the summed penalty of its
+    recurrent modules. The ROIs come in one random order drawn from ``order_seed``.
+
+    Returns:
+        one dict per scored iteration: ``iter``, ``train_loss`` (mean mask loss of the
+        iterations since the previous row; None at iteration 0) and :func:`score_logits`.
+    """
+    from detectron2.solver import build_lr_scheduler, build_optimizer
+
+    iterations = int(cfg.SOLVER.MAX_ITER)
+    if batch_rois < 1 or batch_rois > len(train):
+        raise ValueError(f"batch_rois={batch_rois}; expected 1 to {len(train)} (the train ROIs)")
+    refiners = _recurrent(head)
+    gen = torch.Generator().manual_seed(order_seed)
+    epochs = iterations * batch_rois // len(train) + 1
+    order = torch.cat([torch.randperm(len(train), generator=gen) for _ in range(epochs)])
+    optimizer = build_optimizer(cfg, head)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    rows, losses = [{"iter": 0, "train_loss": None, **_score(head, test)}], []
+    head.train()
+    for it in range(1, iterations + 1):
+        idx = order[(it - 1) * batch_rois : it * batch_rois]
+        for m in refiners:
+            m.last_result = None
+        logits = _own_class(head.layers(train.features[idx]), train.classes[idx])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, train.targets[idx])
+        total = loss * head.loss_weight
+        results = [m.last_result for m in refiners if m.last_result is not None]
+        if lcp_weight and results:
+            total = total + lcp_weight * sum(r.lcp for r in results)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if it in eval_at:
+            rows.append({"iter": it, "train_loss": statistics.fmean(losses), **_score(head, test)})
+            losses = []
+    return rows
+
+
+# --- a suite's heads on its warm-up -----------------------------------------------------------
+
+
+def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, log=print) -> dict:
+    """Train the mask head of every run of ``plan`` (a mask-head suite's
+    :class:`~.runner.Plan`, from :func:`~.runner.plan_suite` with its warm-up weights) on
+    the warm-up's frozen ROI features, and score it (:func:`train_head`).
+
+    Each run's config and overrides are the suite's (iterations, LR and every other
+    override included), so a probe and the suite train the same heads. Finished runs are
+    kept in ``<plan.output_dir>/probe_runs/<arm>_seed<s>.json`` and reused when their
+    settings match; a file made with other settings is an error.
+
+    Returns:
+        ``{"suite", "warmup_weights", "warmup_sha256", "batch_rois", "iterations",
+        "train_rois", "test_rois", "floor": grouping-free scores, "runs": [{"arm", "seed",
+        "config", "opts", "params", "seconds", "curve": [...], "at_steps": {t: scores}}]}``
+        (``at_steps``: the trained head at each of the run's test-step counts, recurrent
+        arms only).
+    """
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.roi_heads.mask_head import build_mask_head
+
+    from crbp_panoptic.modeling.config_args import lcp_weight
+
+    from .evaluation import load_model
+    from .report import write_atomic
+    from .runner import _cfg, _sha256
+
+    if plan.placement != "mask_head":
+        raise ValueError(
+            f"suite {plan.name!r} puts its recurrence in {plan.placement!r}; the head probe "
+            "trains mask heads: allowed, a suite with placement 'mask_head'"
+        )
+    if batch_rois < 1 or evals < 1:
+        raise ValueError(f"batch_rois={batch_rois}, evals={evals}; expected integers >= 1")
+    weights = plan.warmup["weights"]
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"warm-up weights {weights!r}: no such file; the probe needs a finished warm-up "
+            "(train it with tools/compare_configs.py --suite, or pass --warmup-weights)"
+        )
+    settings = {
+        "warmup_sha256": _sha256(weights),
+        "batch_rois": batch_rois,
+        "evals": evals,
+    }
+    ff_cfg = _cfg(plan.warmup["config"], plan.warmup["opts"])
+    ff_cfg.freeze()
+    model = load_model(ff_cfg, weights)
+    log(f"ROI features of {ff_cfg.DATASETS.TRAIN[0]} and {ff_cfg.DATASETS.TEST[0]} ...")
+    train = roi_set(ff_cfg, model, ff_cfg.DATASETS.TRAIN[0])
+    test = roi_set(ff_cfg, model, ff_cfg.DATASETS.TEST[0])
+    shape = ShapeSpec(channels=train.features.shape[1], height=train.features.shape[2],
+                      width=train.features.shape[3])  # fmt: skip
+    out = {
+        "suite": plan.name,
+        "warmup_weights": weights,
+        **settings,
+        "iterations": plan.iterations,
+        "train_rois": len(train),
+        "test_rois": len(test),
+        "floor": grouping_free_scores(test),
+        "runs": [],
+    }
+    cache = os.path.join(plan.output_dir, "probe_runs")
+    os.makedirs(cache, exist_ok=True)
+    for run in plan.runs:
+        path = os.path.join(cache, f"{run.arm.replace(':', '_')}_seed{run.seed}.json")
+        spec = {"config": run.config, "opts": list(run.opts), **settings}
+        if os.path.isfile(path):
+            with open(path) as f:
+                old = json.load(f)
+            diff = [k for k in spec if old.get(k) != spec[k]]
+            if diff:
+                raise ValueError(
+                    f"{path} holds a probe run made with other settings ({', '.join(diff)}); "
+                    "use another output directory, or delete that file to train it again"
+                )
+            log(f"{run.arm} seed {run.seed}: reused {path}")
+            out["runs"].append(old)
+            continue
+        cfg = _cfg(run.config, run.opts)
+        cfg.freeze()
+        torch.manual_seed(run.seed)
+        head = build_mask_head(cfg, shape)
+        iterations = int(cfg.SOLVER.MAX_ITER)
+        eval_at = {round(iterations * k / evals) for k in range(1, evals + 1)}
+        weight = lcp_weight(cfg) if _recurrent(head) else 0.0
+        log(f"{run.arm} seed {run.seed}: {iterations} iterations ...")
+        start = time.perf_counter()
+        curve = train_head(cfg, head, train, test, batch_rois=batch_rois, eval_at=eval_at,
+                           lcp_weight=weight, order_seed=run.seed)  # fmt: skip
+        seconds = time.perf_counter() - start
+        at_steps = {}
+        for t in run.test_steps:
+            for m in _recurrent(head):
+                m.test_steps, m.test_tol = t, 0.0
+            at_steps[str(t)] = _score(head, test)
+        entry = {
+            "arm": run.arm,
+            "seed": run.seed,
+            **spec,
+            "params": sum(p.numel() for p in head.parameters()),
+            "seconds": round(seconds, 1),
+            "curve": curve,
+            "at_steps": at_steps,
+        }
+        write_atomic(path, json.dumps(entry, indent=1))
+        out["runs"].append(entry)
+        log(f"{run.arm} seed {run.seed}: IoU (median) {curve[-1]['iou_median']:.3f}, "
+            f"{seconds:.0f} s")  # fmt: skip
+    return out
+
+
+def _mean(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _arms(probe: dict) -> List[str]:
+    return list(dict.fromkeys(r["arm"] for r in probe["runs"]))
+
+
+def _at_multiple(run: dict, m: int) -> Optional[dict]:
+    """A recurrent run's scores at m x T test steps (T: its smallest count); None if none."""
+    if not run["at_steps"]:
+        return None
+    return run["at_steps"].get(str(m * min(int(t) for t in run["at_steps"])))
+
+
+def _first_above(curve: Sequence[dict], floor: float) -> Optional[int]:
+    return next((row["iter"] for row in curve if row["iou_median"] > floor), None)
+
+
+def markdown(probe: dict) -> List[str]:
+    """The probe's table (one row per arm: the mean over seeds and each seed), markdown lines."""
+    from .report import fmt, markdown_table
+
+    floor = probe["floor"]["iou_median"]
+    head = [
+        "arm", "head parameters", "IoU (median) at the end, mean", "per seed",
+        "IoU at 3T, mean", "first iteration above the floor, per seed", "mask loss (test)",
+        "miss", "seconds per run",
+    ]  # fmt: skip
+    rows = []
+    for arm in _arms(probe):
+        runs = sorted((r for r in probe["runs"] if r["arm"] == arm), key=lambda r: r["seed"])
+        last = [r["curve"][-1] for r in runs]
+        three = [_at_multiple(r, 3) for r in runs]
+        rows.append(
+            [arm, runs[0]["params"], fmt(_mean(x["iou_median"] for x in last), ".3f")]
+            + [" / ".join(fmt(x["iou_median"], ".3f") for x in last)]
+            + [fmt(_mean(x["iou_median"] for x in three if x), ".3f")]
+            + [" / ".join(str(_first_above(r["curve"], floor) or "-") for r in runs)]
+            + [fmt(_mean(x[k] for x in last), ".3f") for k in ("loss", "miss_mean")]
+            + [fmt(_mean(r["seconds"] for r in runs), ".0f")]
+        )
+    lines = markdown_table(head, rows)
+    f = probe["floor"]
+    lines += [
+        "",
+        f"Grouping-free mask on the same {probe['test_rois']} test ROIs: IoU (median) "
+        f"{fmt(floor, '.3f')}, mean {fmt(f['iou_mean'], '.3f')}. {probe['train_rois']} training "
+        f"ROIs, {probe['batch_rois']} per iteration, {probe['iterations']} iterations.",
+    ]
+    return lines
+
+
+def plot(probe: dict, path: str) -> str:
+    """Test IoU (median) against the iteration, one line per arm (mean over seeds; dots:
+    each seed), the grouping-free mask dashed; written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arm in _arms(probe):
+        curves = [r["curve"] for r in probe["runs"] if r["arm"] == arm]
+        xs = [row["iter"] for row in curves[0]]
+        ys = [statistics.fmean(c[i]["iou_median"] for c in curves) for i in range(len(xs))]
+        (line,) = ax.plot(xs, ys, marker="o", ms=3, label=arm)
+        for c in curves:
+            ax.scatter(xs, [row["iou_median"] for row in c], color=line.get_color(), s=8, alpha=0.4)
+    ax.axhline(probe["floor"]["iou_median"], color="k", ls="--", lw=1, label="grouping-free mask")
+    ax.set(xlabel="iteration", ylabel="IoU with the true mask (median over test ROIs)")
+    ax.set_title(f"{probe['suite']}: mask heads on frozen warm-up features", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
