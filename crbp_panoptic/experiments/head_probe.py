@@ -388,6 +388,8 @@ def plot(probe: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .report import save_figure
+
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for arm in _arms(probe):
         curves = [r["curve"] for r in probe["runs"] if r["arm"] == arm]
@@ -399,9 +401,4 @@ def plot(probe: dict, path: str) -> str:
     ax.axhline(probe["floor"]["iou_median"], color="k", ls="--", lw=1, label="grouping-free mask")
     ax.set(xlabel="iteration", ylabel="IoU with the true mask (median over test ROIs)")
     ax.set_title(f"{probe['suite']}: mask heads on frozen warm-up features", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, [ax], path)

@@ -1,4 +1,5 @@
-"""Writing reports: number formats, the markdown table, the report skeleton, atomic writes."""
+"""Writing reports: number formats, the markdown table, the report skeleton, atomic writes,
+finished figures."""
 
 import json
 import math
@@ -75,3 +76,17 @@ def publish(text: str, path=None, data: Optional[Dict] = None, echo: bool = True
     if path:
         write_atomic(str(path), text)
     return text
+
+
+def save_figure(fig, axes, path: str, dpi: int = 100) -> str:
+    """Grid and legend on each of ``axes``, then ``fig`` laid out, written to ``path`` and
+    closed; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -3,7 +3,7 @@
 import statistics
 from typing import List, Optional
 
-from .report import fmt, markdown_table
+from .report import fmt, markdown_table, save_figure
 
 __all__ = ["markdown", "plot"]
 
@@ -235,10 +235,4 @@ def plot(summary: dict, path: str) -> Optional[str]:
     if curves:
         axes[0][1].set(xlabel="step t (dashed: T)", ylabel="||h_t - h_{t-1}|| / ||h_t||")
         axes[0][1].set_title("relative residual, mean over modules and images", fontsize=10)
-    for a in axes[0]:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, axes[0], path)
