@@ -14,14 +14,12 @@ Every head sees the same features, targets, batches (one seeded order of the tra
 and schedule; only the head and its initialisation (``SEED``) differ.
 """
 
-import copy
 import json
 import os
 import statistics
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 __all__ = [
@@ -64,29 +62,16 @@ class RoiSet:
 def roi_set(cfg, model, dataset_name: str, mask_size: int = 28) -> RoiSet:
     """The :class:`RoiSet` of every non-crowd thing of ``dataset_name``, from ``model`` (in
     eval mode) at the test-time input size of ``cfg``; ValueError if there is none."""
-    from detectron2.data import DatasetCatalog, DatasetMapper
-    from detectron2.structures import BitMasks, Boxes, BoxMode
+    from detectron2.structures import BitMasks, Boxes
 
-    from .true_boxes import _gt_masks
+    from .true_boxes import _gt_masks, true_things
 
-    mapper = DatasetMapper(cfg, is_train=False)
     roi_heads = model.roi_heads
     feats, classes_all, targets, free = [], [], [], []
-    for d in DatasetCatalog.get(dataset_name):
-        annos = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
-        if not annos:
-            continue
-        inp = mapper(copy.deepcopy(d))
+    for d, inp, annos, boxes, scale in true_things(cfg, dataset_name):
         in_h, in_w = inp["image"].shape[1:]
         h, w = d["height"], d["width"]
-        scale = np.array([in_w / w, in_h / h, in_w / w, in_h / h], dtype=np.float32)
-        boxes = torch.from_numpy(
-            np.array(
-                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos],
-                dtype=np.float32,
-            )
-            * scale
-        )
+        boxes = torch.from_numpy(boxes * scale)
         classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.int64)
         masks = torch.from_numpy(_gt_masks(annos, h, w))
         if (in_h, in_w) != (h, w):
@@ -139,9 +124,9 @@ def grouping_free_scores(rois: RoiSet) -> Dict[str, float]:
 
 
 def _recurrent(head) -> list:
-    from crbp_panoptic.crbp import RecurrentRefiner
+    from crbp_panoptic.modeling.meta_arch import recurrent_modules
 
-    return [m for m in head.modules() if isinstance(m, RecurrentRefiner)]
+    return [m for _, m in recurrent_modules(head)]
 
 
 @torch.no_grad()
@@ -326,11 +311,6 @@ def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, log=print) -> dict
     return out
 
 
-def _mean(values) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
-
-
 def _arms(probe: dict) -> List[str]:
     return list(dict.fromkeys(r["arm"] for r in probe["runs"]))
 
@@ -349,6 +329,7 @@ def _first_above(curve: Sequence[dict], floor: float) -> Optional[int]:
 def markdown(probe: dict) -> List[str]:
     """The probe's table (one row per arm: the mean over seeds and each seed), markdown lines."""
     from .report import fmt, markdown_table
+    from .runner_report import _mean
 
     floor = probe["floor"]["iou_median"]
     head = [

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["SCORES", "score_masks", "score_summary", "summarize", "true_box_masks"]
+__all__ = ["SCORES", "score_masks", "score_summary", "summarize", "true_box_masks", "true_things"]
 
 #: Per-thing scores of :func:`score_masks`, in order.
 SCORES = ("iou", "miss", "leak", "grouping_free_iou")
@@ -89,6 +89,27 @@ def _gt_masks(annotations: Sequence[dict], height: int, width: int) -> np.ndarra
     return np.stack(masks)
 
 
+def true_things(cfg, dataset_name: str):
+    """Per image of ``dataset_name`` with a non-crowd thing: ``(dataset dict, mapped input as
+    at test time, its non-crowd annotations, their boxes XYXY at the image's size (N, 4)
+    float32, the (4,) scale from the image's size to the input's)``."""
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.structures import BoxMode
+
+    mapper = DatasetMapper(cfg, is_train=False)
+    for d in DatasetCatalog.get(dataset_name):
+        annos = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not annos:
+            continue
+        inp = mapper(copy.deepcopy(d))
+        (in_h, in_w), h, w = inp["image"].shape[1:], d["height"], d["width"]
+        boxes = np.array(
+            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos],
+            dtype=np.float32,
+        )
+        yield d, inp, annos, boxes, np.array([in_w / w, in_h / h] * 2, dtype=np.float32)
+
+
 def true_box_masks(cfg, model, mask_threshold: float = 0.5) -> Dict[str, float]:
     """:func:`summarize` of the scores of every thing of ``cfg.DATASETS.TEST[0]`` (crowd
     regions left out), ``model`` in eval mode. Images are resized as at test time; the
@@ -96,24 +117,13 @@ def true_box_masks(cfg, model, mask_threshold: float = 0.5) -> Dict[str, float]:
     probability is at least ``mask_threshold`` (Detectron2's default 0.5)."""
     if not 0.0 < mask_threshold < 1.0:
         raise ValueError(f"mask_threshold={mask_threshold}; expected a probability in (0, 1)")
-    from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling.postprocessing import detector_postprocess
-    from detectron2.structures import Boxes, BoxMode, Instances
+    from detectron2.structures import Boxes, Instances
 
-    mapper = DatasetMapper(cfg, is_train=False)
     scores: List[Dict[str, float]] = []
-    for d in DatasetCatalog.get(cfg.DATASETS.TEST[0]):
-        annos = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
-        if not annos:
-            continue
+    for d, inp, annos, boxes, scale in true_things(cfg, cfg.DATASETS.TEST[0]):
         h, w = d["height"], d["width"]
-        inp = mapper(copy.deepcopy(d))
         in_h, in_w = inp["image"].shape[1:]
-        boxes = np.array(
-            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos],
-            dtype=np.float32,
-        )
-        scale = np.array([in_w / w, in_h / h, in_w / w, in_h / h], dtype=np.float32)
         inst = Instances((in_h, in_w))
         inst.pred_boxes = Boxes(torch.from_numpy(boxes * scale))
         inst.pred_classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.int64)
