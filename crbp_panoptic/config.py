@@ -81,6 +81,9 @@ def add_crbp_config(cfg):
     # Recurrent mask head: normalisation of the equilibrium state before the deconv: "GN",
     # "BN", "SyncBN" (the authors' COCO model) or "" (none).
     crbp.MASK_OUTPUT_NORM = "GN"
+    # Learning-rate factor of the ROI mask head's parameters, stock or recurrent
+    # (SOLVER.BASE_LR x this); 1 = the mask head learns at the model's rate.
+    crbp.MASK_HEAD_LR_FACTOR = 1.0
     # Recurrent mask head, training: at most this many foreground ROIs per image (a random
     # subset) go through the hGRU and the mask loss; 0 = all. Inference sees every detection.
     crbp.MASK_TRAIN_ROIS = 0

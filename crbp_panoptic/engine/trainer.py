@@ -1,5 +1,6 @@
-"""``DefaultTrainer`` with the evaluators of a panoptic dataset and a resume that continues
-exactly (random-number streams and the position in the training data are checkpointed)."""
+"""``DefaultTrainer`` with the evaluators of a panoptic dataset, a mask-head learning-rate
+factor, and a resume that continues exactly (random-number streams and the position in the
+training data are checkpointed)."""
 
 import contextlib
 import functools
@@ -20,6 +21,7 @@ from detectron2.utils import comm
 from crbp_panoptic.data import prepare_dataset
 from crbp_panoptic.evaluation import CRBPCOCOEvaluator
 
+from .optimizer import build_optimizer
 from .train_loader import ResumableTrainLoader, build_resumable_train_loader
 
 __all__ = ["CheckpointReadError", "RNGStateHook", "Trainer", "build_evaluator", "preserved_rng"]
@@ -200,7 +202,8 @@ def _read_error(checkpointer, path: str) -> Optional[str]:
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's ``DefaultTrainer`` with :func:`build_evaluator` and an exact resume.
+    """Detectron2's ``DefaultTrainer`` with :func:`build_evaluator`, the mask-head learning-rate
+    factor of :meth:`build_optimizer`, and an exact resume.
 
     ``resume_or_load(resume=True)`` continues an interrupted run as if it had not
     stopped: besides what Detectron2 restores (model, optimizer, scheduler, iteration), the
@@ -259,6 +262,12 @@ class Trainer(DefaultTrainer):
         loader = self._trainer.data_loader
         if isinstance(loader, ResumableTrainLoader):
             loader.start_at(self.start_iter)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's SGD; the ROI mask head learns at ``MODEL.CRBP.MASK_HEAD_LR_FACTOR``
+        times the rate (:func:`~crbp_panoptic.engine.optimizer.build_optimizer`)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -125,8 +125,8 @@ def _build(spec: Dict):
     """The config, model, optimizer and batch of a spec, and the result's identifying fields."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
-    from detectron2.solver import build_optimizer
 
+    from ..engine.optimizer import build_optimizer
     from ..modeling import recurrent_modules
     from .batches import random_batch
 

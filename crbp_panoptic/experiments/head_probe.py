@@ -151,7 +151,8 @@ def train_head(
 ) -> List[Dict[str, float]]:
     """Train ``head`` (a :class:`BaseMaskRCNNHead`) on ``train`` for ``cfg.SOLVER.MAX_ITER``
     iterations of ``batch_rois`` ROIs, with ``cfg``'s optimizer, LR schedule and clipping
-    (Detectron2's ``build_optimizer`` / ``build_lr_scheduler``), and score it on ``test``
+    (the trainer's ``build_optimizer``, ``MODEL.CRBP.MASK_HEAD_LR_FACTOR`` included, and
+    Detectron2's ``build_lr_scheduler``), and score it on ``test``
     before training and after each iteration in ``eval_at``.
 
     The loss is the head's mask loss (binary cross-entropy of each ROI's own-class logits,
@@ -162,7 +163,9 @@ def train_head(
         one dict per scored iteration: ``iter``, ``train_loss`` (mean mask loss of the
         iterations since the previous row; None at iteration 0) and :func:`score_logits`.
     """
-    from detectron2.solver import build_lr_scheduler, build_optimizer
+    from detectron2.solver import build_lr_scheduler
+
+    from crbp_panoptic.engine.optimizer import build_optimizer
 
     iterations = int(cfg.SOLVER.MAX_ITER)
     if batch_rois < 1 or batch_rois > len(train):
@@ -171,7 +174,7 @@ def train_head(
     gen = torch.Generator().manual_seed(order_seed)
     epochs = iterations * batch_rois // len(train) + 1
     order = torch.cat([torch.randperm(len(train), generator=gen) for _ in range(epochs)])
-    optimizer = build_optimizer(cfg, head)
+    optimizer = build_optimizer(cfg, head, mask_head=head)
     scheduler = build_lr_scheduler(cfg, optimizer)
     rows, losses = [{"iter": 0, "train_loss": None, **_score(head, test)}], []
     head.train()

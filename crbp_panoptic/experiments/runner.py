@@ -307,11 +307,13 @@ def plan_suite(
         warmup_iterations = suite.warmup_iterations
     check_count(warmup_iterations, "warmup_iterations")
     _check_opts(suite.opts, f"suite {suite.name!r} opts")
+    _check_opts(suite.arm_opts, f"suite {suite.name!r} arm_opts")
     _check_opts(opts, "config overrides")
     common = [str(o) for o in suite.opts] + [str(o) for o in opts]
+    arm_common = [str(o) for o in suite.opts + suite.arm_opts] + [str(o) for o in opts]
     ff_config = _config_path(suite.feedforward_config)
     rec_config = _config_path(suite.recurrent_config)
-    ff_cfg, rec_cfg = _cfg(ff_config, common), _cfg(rec_config, common)
+    ff_cfg, rec_cfg = _cfg(ff_config, arm_common), _cfg(rec_config, arm_common)
     for config, cfg, expected, role in (
         (ff_config, ff_cfg, "feedforward", "feedforward"),
         (rec_config, rec_cfg, suite.placement, "recurrent"),
@@ -335,7 +337,7 @@ def plan_suite(
             arms.append(ArmSpec(arm.name, arm.label, ff_config, (), None))
     output_dir = os.path.abspath(output_dir)
     warmup = {"config": ff_config, "iterations": warmup_iterations}
-    warmup["opts"] = common + _schedule_opts(ff_cfg, warmup_iterations)
+    warmup["opts"] = common + _schedule_opts(_cfg(ff_config, common), warmup_iterations)
     warmup["opts"] += ["SEED", str(suite.warmup_seed)]
     if warmup_weights is not None:
         if not os.path.isfile(warmup_weights):
@@ -358,7 +360,7 @@ def plan_suite(
         suite.name, arms, seeds, output_dir, description=suite.description,
         iterations=suite.iterations if iterations is None else iterations,
         multiples=suite.multiples if multiples is None else multiples, test_steps=test_steps,
-        opts=common, warmup=warmup, floors=suite.floors, residual_images=residual_images,
+        opts=arm_common, warmup=warmup, floors=suite.floors, residual_images=residual_images,
         true_box_masks=suite.true_box_masks, placement=suite.placement,
     )  # fmt: skip
 

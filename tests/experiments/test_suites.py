@@ -81,11 +81,14 @@ def _tiny_suite(**changes):
 
 
 @pytest.mark.parametrize(
-    "name, ff, recurrent, where, T",
-    [("quick", FF_QUICK, FPN_QUICK, "fpn", 10), ("longrange", FF_LONG, MASK_LONG, "mask_head", 20)],
+    "name, ff, recurrent, where, T, head_lr",
+    [
+        ("quick", FF_QUICK, FPN_QUICK, "fpn", 10, None),
+        ("longrange", FF_LONG, MASK_LONG, "mask_head", 20, "5.0"),
+    ],
 )
 def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
-    tmp_path, name, ff, recurrent, where, T
+    tmp_path, name, ff, recurrent, where, T, head_lr
 ):
     suite = get_suite(name)
     assert sorted(SUITES) == ["longrange", "quick", "quick_mask"] and SUITES[name] is suite
@@ -102,9 +105,13 @@ def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
         assert _opt(run.opts, "SEED") == str(seed)
         assert _opt(run.opts, "SOLVER.MAX_ITER") == str(suite.iterations)
         assert "MODEL.WEIGHTS" not in run.opts and "OUTPUT_DIR" not in run.opts
+    # the arms' mask-head learning-rate factor (arm_opts), in every arm and not in the warm-up
+    factor = "MODEL.CRBP.MASK_HEAD_LR_FACTOR"
+    assert factor not in plan.warmup["opts"]
+    assert {_opt(r.opts, factor) if factor in r.opts else None for r in plan.runs} == {head_lr}
     ff_run = runs[("ff", 1)]
     assert ff_run.config == ff and ff_run.test_steps == []
-    assert not [k for k in ff_run.opts[::2] if k.startswith("MODEL.CRBP")]
+    assert not [k for k in ff_run.opts[::2] if k.startswith("MODEL.CRBP") and k != factor]
     rules = (("bptt:1", "bptt", 1), ("bptt:3", "bptt", 3), (f"crbp:{T}", "crbp", T))
     for arm, grad, steps in rules:
         run = runs[(arm, 2)]
