@@ -61,6 +61,9 @@ def add_crbp_config(cfg):
     crbp.CELL = "kappa_omega"
     # hGRU cell: kernel size of the inhibition / excitation convolutions.
     crbp.KERNEL_SIZE = 3
+    # hGRU cell: dilation of the inhibition / excitation convolutions (reach per step
+    # DILATION x (KERNEL_SIZE - 1) / 2 pixels, same parameters); 1 = the authors' cells.
+    crbp.DILATION = 1
     # hGRU cell normalisation: "GN" (GroupNorm, the paper's COCO cell), "BN" (batch
     # statistics) or "none".
     crbp.NORM = "GN"

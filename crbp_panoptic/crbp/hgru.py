@@ -135,6 +135,8 @@ class HGRUCell(nn.Module):
     Args:
         channels: C, channels of both the drive ``x`` and the state ``h``.
         kernel_size: odd spatial size k of ``W_inh``, ``W_exc`` (and GALA's spatial gate).
+        dilation: d of ``W_inh`` and ``W_exc``: their taps are d pixels apart, so one step
+            reaches d (k - 1) / 2 pixels with the k x k parameters (1: the authors' cells).
         norm: one of :data:`NORMS`.
         num_groups: GroupNorm groups (``norm="GN"``); must divide ``channels``.
         gala: the authors' GALA gate for ``g1`` instead of ``U1``.
@@ -154,6 +156,7 @@ class HGRUCell(nn.Module):
         channels: int,
         kernel_size: int = 3,
         *,
+        dilation: int = 1,
         norm: str = "GN",
         num_groups: int = 32,
         gala: bool = False,
@@ -166,6 +169,7 @@ class HGRUCell(nn.Module):
         check_cell_args(
             channels=channels,
             kernel_size=kernel_size,
+            dilation=dilation,
             norm=norm,
             num_groups=num_groups,
             variant=variant,
@@ -174,6 +178,7 @@ class HGRUCell(nn.Module):
             gate_bias_init=gate_bias_init,
         )
         self.channels, self.kernel_size, self.norm = channels, kernel_size, norm
+        self.dilation = dilation
         self.gala, self.variant, self.norm_gain = bool(gala), variant, float(norm_gain)
         self.gate_bias_range = (float(gate_bias_range[0]), float(gate_bias_range[1]))
         self.gate_bias_init = gate_bias_init
@@ -183,8 +188,9 @@ class HGRUCell(nn.Module):
             self.att_bias = nn.Parameter(torch.zeros(1, c, 1, 1))  # b1
         else:
             self.attention = nn.Conv2d(c, c, 1)  # U1 and b1
-        self.w_inh = nn.Conv2d(c, c, k, padding=k // 2, bias=False)
-        self.w_exc = nn.Conv2d(c, c, k, padding=k // 2, bias=False)
+        d = dilation
+        self.w_inh = nn.Conv2d(c, c, k, padding=d * (k // 2), dilation=d, bias=False)
+        self.w_exc = nn.Conv2d(c, c, k, padding=d * (k // 2), dilation=d, bias=False)
         self.gate = nn.Conv2d(c, c, 1)  # U2 and b2
         self.norm_inh = _norm_layer(norm, c, num_groups)
         self.norm_exc = _norm_layer(norm, c, num_groups)
@@ -267,7 +273,8 @@ class HGRUCell(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"channels={self.channels}, kernel_size={self.kernel_size}, norm={self.norm!r}, "
+            f"channels={self.channels}, kernel_size={self.kernel_size}, "
+            f"dilation={self.dilation}, norm={self.norm!r}, "
             f"gala={self.gala}, variant={self.variant!r}, norm_gain={self.norm_gain}, "
             f"gate_bias_range={self.gate_bias_range}, gate_bias_init={self.gate_bias_init!r}"
         )

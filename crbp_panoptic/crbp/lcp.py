@@ -362,7 +362,7 @@ class SpatialCrop:
         ``2 R`` with ``R = convs * (kernel_size - 1) // 2`` the step's receptive
         radius (hGRU: ``convs = 2``, ``W_inh`` then ``W_exc``; 4 with GALA), for
         steps without global couplings (``norm="none"``). Sides shared with the map
-        need no margin.
+        need no margin. For a dilated cell pass the taps' span ``d (k - 1) + 1``.
         """
         return 2 * convs * ((kernel_size - 1) // 2)
 

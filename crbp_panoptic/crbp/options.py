@@ -76,7 +76,7 @@ def check_cell_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any) -
 
     Args:
         labels: display names of the arguments in error messages (default: their names).
-        **kwargs: ``channels``, ``kernel_size``, ``norm``, ``num_groups``, ``gala``,
+        **kwargs: ``channels``, ``kernel_size``, ``dilation``, ``norm``, ``num_groups``, ``gala``,
             ``variant``, ``norm_gain``, ``gate_bias_range``, ``gate_bias_init``.
 
     Raises:
@@ -90,6 +90,8 @@ def check_cell_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any) -
         check.integer("kernel_size", k, 1)
         if k % 2 == 0:
             check.fail("kernel_size", k, "expected an odd integer (same-size padding)")
+    if "dilation" in kwargs:
+        check.integer("dilation", kwargs["dilation"], 1)
     if "norm" in kwargs:
         check.choice("norm", kwargs["norm"], NORMS)
     if "variant" in kwargs:
@@ -115,6 +117,7 @@ def check_cell_args(labels: Optional[Mapping[str, str]] = None, **kwargs: Any) -
 _CELL_ARGS = (
     "channels",
     "kernel_size",
+    "dilation",
     "norm",
     "num_groups",
     "gala",

@@ -68,7 +68,7 @@ class RecurrentRefiner(nn.Module):
         solver: forward solver in training (``"anderson"`` only with rbp/crbp).
         test_solver: forward solver in eval (None = same as ``solver``).
         anderson_m: Anderson history size (used when a solver is ``"anderson"``).
-        **cell_kwargs: passed to :class:`HGRUCell` (``kernel_size``, ``norm``,
+        **cell_kwargs: passed to :class:`HGRUCell` (``kernel_size``, ``dilation``, ``norm``,
             ``num_groups``, ``gala``, ``variant``, ``norm_gain``, ``gate_bias_range``,
             ``gate_bias_init``)
             when ``channels`` is given; ``gate_bias_range`` defaults to

@@ -21,6 +21,7 @@ __all__ = [
 #: Refiner / cell keyword argument -> the MODEL.CRBP key it comes from.
 KEYS = {
     "kernel_size": "KERNEL_SIZE",
+    "dilation": "DILATION",
     "norm": "NORM",
     "num_groups": "NUM_GROUPS",
     "norm_gain": "NORM_GAIN",

@@ -18,15 +18,15 @@ def _sp(t):
     return torch.log1p(torch.exp(-t.abs())) + t.clamp_min(0)  # softplus, written out
 
 
-def _conv(h, w):
-    """k x k same-padded convolution by explicit shifts (no conv2d)."""
-    k = w.shape[-1]
-    padded = F.pad(h, (k // 2,) * 4)
+def _conv(h, w, dilation=1):
+    """k x k same-padded convolution, taps ``dilation`` apart, by explicit shifts (no conv2d)."""
+    k, d = w.shape[-1], dilation
+    padded = F.pad(h, (d * (k // 2),) * 4)
     height, width = h.shape[-2:]
     out = h.new_zeros(h.shape[0], w.shape[0], height, width)
     for dy in range(k):
         for dx in range(k):
-            window = padded[:, :, dy : dy + height, dx : dx + width]
+            window = padded[:, :, d * dy : d * dy + height, d * dx : d * dx + width]
             out = out + torch.einsum("oc,bchw->bohw", w[:, :, dy, dx], window)
     return out
 
@@ -69,11 +69,11 @@ def reference_step(cell, x, h, groups):
         g1 = torch.sigmoid(channel * spatial + cell.att_bias)
     else:
         g1 = torch.sigmoid(one_by_one(h, cell.attention))
-    c1 = norm(_conv(h * g1, cell.w_inh.weight), cell.norm_inh)
+    c1 = norm(_conv(h * g1, cell.w_inh.weight, cell.dilation), cell.norm_inh)
     if cell.variant == "less_softplus":
         i = _sp(x - c1 * (cell.alpha * h + cell.mu))
         g2 = torch.sigmoid(one_by_one(i, cell.gate))
-        h_tilde = _sp(norm(_conv(i, cell.w_exc.weight), cell.norm_exc))
+        h_tilde = _sp(norm(_conv(i, cell.w_exc.weight, cell.dilation), cell.norm_exc))
         return (1 - g2) * h + g2 * h_tilde
     inhibition = _sp(c1 * (cell.alpha * h + cell.mu))
     if cell.variant == "pathfinder":
@@ -81,7 +81,7 @@ def reference_step(cell, x, h, groups):
     else:
         i = _sp(_sp(x) - inhibition)
     g2 = torch.sigmoid(one_by_one(i, cell.gate))
-    e = norm(_conv(i, cell.w_exc.weight), cell.norm_exc)
+    e = norm(_conv(i, cell.w_exc.weight, cell.dilation), cell.norm_exc)
     if cell.variant == "pathfinder":
         h_tilde = _sp(cell.kappa * i + cell.gamma * e + cell.omega * i * e)
     else:
@@ -105,6 +105,34 @@ def test_step_matches_the_equations(variant, norm, gala):
             p.add_(0.3 * torch.randn_like(p))
     x, h = torch.randn(2, 8, 6, 7, dtype=f64), torch.rand(2, 8, 6, 7, dtype=f64)
     torch.testing.assert_close(cell(x, h), reference_step(cell, x, h, groups=4))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dilated_step_matches_the_equations(variant):
+    torch.manual_seed(0)
+    cell = HGRUCell(8, kernel_size=3, dilation=2, num_groups=4, variant=variant, gala=True)
+    cell = cell.double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x, h = torch.randn(2, 8, 9, 10, dtype=f64), torch.rand(2, 8, 9, 10, dtype=f64)
+    torch.testing.assert_close(cell(x, h), reference_step(cell, x, h, groups=4))
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_dilation_widens_one_steps_reach_with_the_same_parameters(dilation):
+    # Without a normalisation's global statistics, h' at p sees the drive x at p (the gate)
+    # and, through W_exc, at the k x k taps dilation apart: exactly those positions.
+    torch.manual_seed(0)
+    cell = HGRUCell(4, dilation=dilation, norm="none", variant="less_softplus").double()
+    x, h = torch.randn(1, 4, 15, 15, dtype=f64), torch.rand(1, 4, 15, 15, dtype=f64)
+    grad = torch.autograd.functional.jacobian(lambda x_: cell(x_, h)[0, :, 7, 7].sum(), x)
+    reached = grad[0].abs().sum(0) > 0
+    expected = torch.zeros(15, 15, dtype=torch.bool)
+    expected[7 - dilation : 8 + dilation : dilation, 7 - dilation : 8 + dilation : dilation] = True
+    assert torch.equal(reached, expected)
+    same = HGRUCell(4, norm="none", variant="less_softplus")
+    assert [p.shape for p in cell.parameters()] == [p.shape for p in same.parameters()]
 
 
 def test_initialisation_took_effect():
@@ -296,6 +324,8 @@ def test_validation_errors():
         HGRUCell(8, kernel_size=4, num_groups=4)
     with pytest.raises(ValueError, match="channels=0"):
         HGRUCell(0)
+    with pytest.raises(ValueError, match="dilation=0; expected an integer >= 1"):
+        HGRUCell(8, dilation=0, num_groups=4)
     allowed = r"\['kappa_omega', 'less_softplus', 'pathfinder'\]"
     with pytest.raises(ValueError, match=rf"variant='hgru'; choose from {allowed}"):
         HGRUCell(8, num_groups=4, variant="hgru")

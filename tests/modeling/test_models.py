@@ -338,6 +338,13 @@ def test_test_steps_used_at_inference():
     assert refiner.last_result.steps == 7
 
 
+def test_dilation_reaches_the_cells_convolutions():
+    model = _build(MASK_YAML, "MODEL.CRBP.DILATION", 2)
+    (refiner,) = [m for _, m in recurrent_modules(model)]
+    assert refiner.cell.w_inh.dilation == refiner.cell.w_exc.dilation == (2, 2)
+    assert refiner.cell.w_exc.padding == (2, 2)
+
+
 @pytest.mark.parametrize(
     "key,value,message",
     [
@@ -350,6 +357,7 @@ def test_test_steps_used_at_inference():
         ("MODEL.CRBP.TEST_SOLVER", "newton", "MODEL.CRBP.TEST_SOLVER='newton'"),
         ("MODEL.CRBP.NORM", "LN", "MODEL.CRBP.NORM='LN'"),
         ("MODEL.CRBP.NORM_GAIN", 0.0, "MODEL.CRBP.NORM_GAIN=0.0"),
+        ("MODEL.CRBP.DILATION", 0, "MODEL.CRBP.DILATION=0; expected an integer >= 1"),
         ("MODEL.CRBP.GATE_BIAS_RANGE", "[3.0, 2.0]", "MODEL.CRBP.GATE_BIAS_RANGE=[3.0, 2.0]"),
         ("MODEL.CRBP.DIAGNOSTICS_PERIOD", -1, "MODEL.CRBP.DIAGNOSTICS_PERIOD=-1"),
         ("MODEL.CRBP.LCP_TAU", 0.0, "MODEL.CRBP.LCP_TAU=0.0"),
