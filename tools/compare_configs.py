@@ -21,7 +21,8 @@ pq_vs_steps.png. Trailing KEY VALUE pairs override every config.
 
     python tools/compare_configs.py --suite quick --seeds 0 1 2 --output output/suite_quick
 
-Time, summed run times on a 2-core CPU (docs/results/suite_*.md): quick 82 min, longrange 297 min.
+Time, summed run times on a 2-core CPU (docs/results/suite_*.md): quick 82 min, longrange 152 min
+(three calls side by side: 51 min each), plus the warm-up's (longrange: 11 min).
 """
 
 import argparse
