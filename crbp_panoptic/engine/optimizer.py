@@ -1,6 +1,5 @@
 """Detectron2's SGD, with the ROI mask head's learning rate scaled by one config key."""
 
-import math
 from typing import Optional
 
 import torch
@@ -8,18 +7,9 @@ from torch import nn
 
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-__all__ = ["build_optimizer", "mask_head_lr_factor"]
+from crbp_panoptic.modeling.config_args import mask_head_lr_factor
 
-
-def mask_head_lr_factor(cfg) -> float:
-    """``MODEL.CRBP.MASK_HEAD_LR_FACTOR`` as a float, validated (a finite number > 0)."""
-    value = cfg.MODEL.CRBP.MASK_HEAD_LR_FACTOR
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(
-            f"MODEL.CRBP.MASK_HEAD_LR_FACTOR={value!r}; expected a finite number > 0 (1 = the "
-            "mask head learns at SOLVER.BASE_LR like the rest of the model)"
-        )
-    return float(value)
+__all__ = ["build_optimizer"]
 
 
 def _roi_mask_head(model: nn.Module) -> Optional[nn.Module]:

@@ -6,6 +6,8 @@ by its config key, so an error names ``MODEL.CRBP.<KEY>`` and what is allowed, w
 model is built.
 """
 
+import math
+
 from crbp_panoptic.crbp.options import check_refiner_args
 
 __all__ = [
@@ -13,6 +15,7 @@ __all__ = [
     "fpn_channels",
     "fpn_levels",
     "lcp_weight",
+    "mask_head_lr_factor",
     "mask_output_norm",
     "mask_train_rois",
     "refiner_args",
@@ -56,6 +59,19 @@ def lcp_weight(cfg):
     value = cfg.MODEL.CRBP.LCP_WEIGHT
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         _fail("LCP_WEIGHT", value, "expected a finite number >= 0")
+    return float(value)
+
+
+def mask_head_lr_factor(cfg):
+    """``MODEL.CRBP.MASK_HEAD_LR_FACTOR`` as a float, validated (a finite number > 0)."""
+    value = cfg.MODEL.CRBP.MASK_HEAD_LR_FACTOR
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        _fail(
+            "MASK_HEAD_LR_FACTOR",
+            value,
+            "expected a finite number > 0 (1 = the mask head learns at SOLVER.BASE_LR like the "
+            "rest of the model)",
+        )
     return float(value)
 
 

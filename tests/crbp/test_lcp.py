@@ -366,6 +366,23 @@ def test_spatial_crop_sums_exact_beyond_margin_without_norm(gala):
     assert any(b[0] == 0 or b[1] == 0 or b[0] + b[2] == 24 or b[1] + b[3] == 24 for b in boxes)
 
 
+def test_spatial_crop_sums_of_a_dilated_cell_exact_beyond_the_margin_of_its_span():
+    """A dilated cell (d = 2, k = 3): the margin of the taps' span d (k - 1) + 1 = 5 (R = 4)."""
+    cell, x, h = hgru_state("none", dilation=2)
+    margin = SpatialCrop.margin(cell.dilation * (cell.kernel_size - 1) + 1)
+    assert margin == 8
+    for seed in range(4):
+        box, u_crop, u_exact = crop_and_exact_sums(cell, x, h, seed, size=20)
+        inside = side_distance(box, (24, 24)) >= margin
+        assert inside.sum() >= 16
+        torch.testing.assert_close(
+            u_crop[..., inside], u_exact[..., inside], rtol=1e-12, atol=1e-14
+        )
+        # the undilated margin (4) is not enough: the crop differs inside it
+        near = (side_distance(box, (24, 24)) >= 4) & ~inside
+        assert (u_crop[..., near] - u_exact[..., near]).abs().max() > 1e-9
+
+
 def test_spatial_crop_sums_with_groupnorm_are_approximate():
     """norm='GN': crop statistics replace the map's, so no position is exact, but interior
     ones are close."""

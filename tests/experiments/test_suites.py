@@ -221,6 +221,9 @@ def test_overrides_of_what_the_runner_sets_and_bad_values_are_rejected(tmp_path)
             plan_suite(quick, [0], str(tmp_path), opts=[key, "5"])
     with pytest.raises(ValueError, match="MODEL.CRBP.GRAD is set by the runner.*arms"):
         plan_suite(quick, [0], str(tmp_path), opts=["MODEL.CRBP.GRAD", "rbp"])
+    odd = dataclasses.replace(quick, arm_opts=("MODEL.CRBP.MASK_HEAD_LR_FACTOR",))
+    with pytest.raises(ValueError, match="suite 'quick' arm_opts: config overrides come in KEY"):
+        plan_suite(odd, [0], str(tmp_path))
     with pytest.raises(ValueError, match="iterations=0"):
         plan_suite(quick, [0], str(tmp_path), iterations=0)
     with pytest.raises(ValueError, match=r"seeds=\[-1\]; expected .* >= 0"):
