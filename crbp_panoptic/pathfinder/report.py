@@ -84,6 +84,11 @@ def load_arms(out: str) -> List[dict]:
     return runs
 
 
+def _dilated(settings: dict) -> str:
+    d = settings.get("dilation", 1)  # runs from before the key: undilated
+    return f" dilated {d}" if d != 1 else ""
+
+
 def table(summary: dict) -> str:
     """Markdown: floors and arms, IoU and pooled F1 at T / 2T / 3T, cost columns."""
     head = (
@@ -116,7 +121,7 @@ def table(summary: dict) -> str:
         f"dashes ({s['dash_length']:g} px, gap {s['gap']:g} px, width {s['thickness']:g} px), "
         f"{s['distractors']} distractors kept >= {s['min_separation']:g} px from every other path "
         f"and >= {s['dot_clearance']:g} px from the dot. hGRU: C={s['channels']}, kernel "
-        f"{s['kernel_size']}, variant {s['variant']}, norm {s['norm']} (gain {s['norm_gain']:g}), "
+        f"{s['kernel_size']}{_dilated(s)}, variant {s['variant']}, norm {s['norm']} (gain {s['norm_gain']:g}), "
         f"drive gain {s['drive_gain']:g}; {s['iters']} iterations x batch {s['batch']}, "
         f"{s['n_test']} test images. T = training steps. IoU: mean over images; F1: pooled over "
         "all test pixels. Floors are scored on the same images. Best IoU (step): the highest "

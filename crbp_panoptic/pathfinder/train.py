@@ -106,6 +106,8 @@ class Settings(_GeneratorSettings):
     # model
     channels: int = 10
     kernel_size: int = 5
+    #: taps of W_inh / W_exc this many pixels apart (1: the authors' cell)
+    dilation: int = 1
     gabor_size: int = 7
     drive_gain: float = 10.0
     variant: str = "pathfinder"
@@ -150,7 +152,12 @@ class Settings(_GeneratorSettings):
 
     def cell_kwargs(self) -> dict:
         """Keyword arguments for the hGRU cell (through the refiner)."""
-        kw = {"variant": self.variant, "norm": self.norm, "norm_gain": self.norm_gain}
+        kw = {
+            "variant": self.variant,
+            "dilation": self.dilation,
+            "norm": self.norm,
+            "norm_gain": self.norm_gain,
+        }
         if self.norm == "GN":
             kw["num_groups"] = self.num_groups
         if self.gate_bias_hi > 0:  # else the refiner's default, (1, T - 1)

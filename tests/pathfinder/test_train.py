@@ -13,6 +13,7 @@ from crbp_panoptic.pathfinder.train import (
     GENERATOR_DEFAULTS,
     SCALES,
     Settings,
+    build_model,
     check_settings,
     floors,
     geodesic_distance,
@@ -151,6 +152,7 @@ def test_length_sweep_cli_writes_the_contract_and_the_curve(tmp_path, capsys):
         (["--arms", "crbp:3:power"], "unknown option 'power'"),
         (["--arms", "bptt:3:spectral"], "needs a penalised mode"),
         (["--loss", "l2"], "--loss='l2'; choose from"),
+        (["--dilation", "0"], "--dilation=0; expected an integer >= 1"),
         (["--path-length", "4", "--lengths", "3"], "give one"),
     ],
 )
@@ -257,5 +259,18 @@ def test_settings_take_the_generator_fields_from_the_generator_and_keep_its_cach
     assert wider.margin == 5.0 and wider.digest() == "aeb52389027e"
     # metrics.json's settings: the same flat keys, read back to the same settings
     flat = dataclasses.asdict(SCALES["gpu"])
-    assert list(flat)[:3] == ["size", "path_length", "dash_length"] and len(flat) == 37
+    assert list(flat)[:3] == ["size", "path_length", "dash_length"] and len(flat) == 38
     assert Settings.from_dict({**flat, "unknown": 1}) == SCALES["gpu"]
+
+
+def test_dilation_reaches_the_cell_and_the_report(tmp_path):
+    plain = build_model(SCALES["smoke"], "crbp:2").refiner.cell
+    assert plain.w_inh.dilation == plain.w_exc.dilation == (1, 1)
+    s = _tiny(tmp_path, dilation=2)
+    cell = build_model(s, "crbp:2").refiner.cell
+    assert cell.w_inh.dilation == cell.w_exc.dilation == (2, 2)
+    assert cell.w_inh.weight.shape == plain.w_inh.weight.shape  # same parameters
+    run_experiment(s, ["crbp:2"], str(tmp_path / "o"), log=lambda m: None)
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["settings"]["dilation"] == 2
+    assert "kernel 3 dilated 2," in (tmp_path / "o" / "table.md").read_text()
