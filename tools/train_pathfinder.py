@@ -25,6 +25,8 @@ Examples::
 
     python tools/train_pathfinder.py --scale cpu --output output/pathfinder
     python tools/train_pathfinder.py --scale cpu --size 72 --lengths 5 9 14 --output out/lengths
+    python tools/train_pathfinder.py --scale cpu --arms crbp:20:spectral --dilation 2 \
+        --output output/pathfinder_dilated
     python tools/train_pathfinder.py --scale smoke --lengths 3 4 5 --arms bptt:2 crbp:3 \
         --output /tmp/pf_smoke
     python tools/train_pathfinder.py --scale gpu --path-length 25 --device cuda --output out/L25
