@@ -5,7 +5,9 @@ Isolates the mask head (crbp_panoptic/experiments/head_probe.py): the suite's wa
 is frozen; each arm's head (the stock head for ff, the recurrent head under each training
 rule) learns on the ROIAlign features of every training thing at its true box, with the
 suite's schedule, optimizer and loss, and is scored on the test split's things (IoU of the
-28 x 28 mask with the cropped true mask, beside the grouping-free mask). Writes
+28 x 28 mask with the cropped true mask, beside the grouping-free mask). With
+--train-boxes proposals the heads train, as in a Panoptic FPN run, on RPN proposals matched
+to the things rather than on their true boxes. Writes
 <output>/probe.{md,json} and probe_iou.png; finished runs are kept in <output>/probe_runs/
 and reused, so calls with other --arms / --seeds can share one --output and a last call
 with all of them writes the joint table. Trailing KEY VALUE pairs override every config.
@@ -22,7 +24,7 @@ import os
 import shlex
 import sys
 
-from crbp_panoptic.experiments.head_probe import markdown, plot, probe_plan
+from crbp_panoptic.experiments.head_probe import BOXES, markdown, plot, probe_plan
 from crbp_panoptic.experiments.machine import machine_info
 from crbp_panoptic.experiments.report import publish, render
 from crbp_panoptic.experiments.runner import plan_suite
@@ -43,6 +45,9 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, help="per head (default: the suite's)")
     p.add_argument("--batch-rois", type=int, default=64, help="training ROIs per iteration")
     p.add_argument("--evals", type=int, default=8, help="scored points along training")
+    p.add_argument("--train-boxes", choices=BOXES, default="true",
+                   help="where the training ROIs lie: each thing's true box, or one RPN "
+                   "proposal matched to it (the test ROIs: true boxes)")  # fmt: skip
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
@@ -58,7 +63,8 @@ def main(argv=None):
                     f"--arms {unknown}: not arms of suite {suite.name!r}; allowed: {names}"
                 )
             plan.runs = [r for r in plan.runs if r.arm in args.arms]
-        probe = probe_plan(plan, batch_rois=args.batch_rois, evals=args.evals)
+        probe = probe_plan(plan, batch_rois=args.batch_rois, evals=args.evals,
+                           train_boxes=args.train_boxes)  # fmt: skip
     except (OSError, ValueError) as e:
         p.error(str(e))
     command = "python tools/probe_mask_heads.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])

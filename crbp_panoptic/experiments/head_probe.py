@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 __all__ = [
+    "BOXES",
     "RoiSet",
     "grouping_free_scores",
     "markdown",
@@ -38,54 +39,102 @@ class RoiSet:
     """ROI features, mask targets and grouping-free masks of the things of one split.
 
     Attributes:
-        features: (N, C, S, S) float, the mask pooler's output at each true box.
+        features: (N, C, S, S) float, the mask pooler's output at each ROI's box.
         classes: (N,) int64 contiguous class ids.
-        targets: (N, M, M) float in {0, 1}: each thing's own mask, cropped to its box.
+        targets: (N, M, M) float in {0, 1}: each thing's own mask, cropped to the ROI's box.
         grouping_free: (N, M, M) float in {0, 1}: every instance of its class, cropped alike.
+        box_iou: (N,) float, the IoU of each ROI's box with its thing's true box (1 where the
+            ROI is the true box).
     """
 
-    def __init__(self, features, classes, targets, grouping_free):
+    def __init__(self, features, classes, targets, grouping_free, box_iou=None):
         n = len(features)
-        if not (len(classes) == len(targets) == len(grouping_free) == n):
+        box_iou = torch.ones(n) if box_iou is None else box_iou
+        if not (len(classes) == len(targets) == len(grouping_free) == len(box_iou) == n):
             raise ValueError(
                 f"RoiSet: {n} features, {len(classes)} classes, {len(targets)} targets, "
-                f"{len(grouping_free)} grouping-free masks; expected one of each per ROI"
+                f"{len(grouping_free)} grouping-free masks, {len(box_iou)} box IoUs; expected "
+                "one of each per ROI"
             )
         self.features, self.classes = features, classes
         self.targets, self.grouping_free = targets, grouping_free
+        self.box_iou = box_iou
 
     def __len__(self) -> int:
         return len(self.features)
 
 
+#: Where :func:`roi_set` puts each thing's ROI.
+BOXES = ("true", "proposals")
+
+
+def _proposal_per_thing(model, images, features, gt_boxes, gen: torch.Generator):
+    """One box per true box: drawn uniformly from the RPN's proposals that the ROI heads'
+    matcher assigns to that thing as foreground, with the true box itself among them (as
+    Detectron2 appends the true boxes to the proposals in training). Returns the (G, 4)
+    boxes and their (G,) IoU with the true boxes."""
+    from detectron2.structures import Boxes, pairwise_iou
+
+    (proposals,), _ = model.proposal_generator(images, features, None)
+    candidates = Boxes.cat([Boxes(gt_boxes), proposals.proposal_boxes])
+    iou = pairwise_iou(Boxes(gt_boxes), candidates)
+    owner, label = model.roi_heads.proposal_matcher(iou)
+    chosen = []
+    for k in range(len(gt_boxes)):
+        mine = torch.nonzero((owner == k) & (label == 1)).flatten()
+        # the true box is its own candidate, unless another thing has the same box
+        mine = mine if len(mine) else torch.tensor([k])
+        chosen.append(mine[torch.randint(len(mine), (1,), generator=gen)])
+    chosen = torch.cat(chosen)
+    return candidates.tensor[chosen], iou[torch.arange(len(gt_boxes)), chosen]
+
+
 @torch.no_grad()
-def roi_set(cfg, model, dataset_name: str, mask_size: int = 28) -> RoiSet:
+def roi_set(cfg, model, dataset_name: str, mask_size: int = 28, boxes: str = "true",
+            seed: int = 0) -> RoiSet:  # fmt: skip
     """The :class:`RoiSet` of every non-crowd thing of ``dataset_name``, from ``model`` (in
-    eval mode) at the test-time input size of ``cfg``; ValueError if there is none."""
+    eval mode) at the test-time input size of ``cfg``; ValueError if there is none.
+
+    Args:
+        boxes: where each thing's ROI lies (:data:`BOXES`): ``"true"``, its true box;
+            ``"proposals"``, one of the boxes the mask head would train on for it in a
+            Panoptic FPN run (the RPN's test-time proposals that the ROI heads' matcher
+            assigns to it as foreground, or the true box), drawn with ``seed``. The target
+            is the thing's mask cropped to that box, as ``mask_rcnn_loss`` crops it.
+    """
     from detectron2.structures import BitMasks, Boxes
 
     from .true_boxes import _gt_masks, true_things
 
+    if boxes not in BOXES:
+        raise ValueError(f"boxes={boxes!r}; allowed: {', '.join(map(repr, BOXES))}")
+    gen = torch.Generator().manual_seed(seed)
     roi_heads = model.roi_heads
-    feats, classes_all, targets, free = [], [], [], []
-    for d, inp, annos, boxes, scale in true_things(cfg, dataset_name):
+    feats, classes_all, targets, free, box_iou = [], [], [], [], []
+    for d, inp, annos, true, scale in true_things(cfg, dataset_name):
         in_h, in_w = inp["image"].shape[1:]
         h, w = d["height"], d["width"]
-        boxes = torch.from_numpy(boxes * scale)
+        true = torch.from_numpy(true * scale)
         classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.int64)
         masks = torch.from_numpy(_gt_masks(annos, h, w))
         if (in_h, in_w) != (h, w):
             masks = torch.nn.functional.interpolate(masks[None].float(), (in_h, in_w))[0] > 0.5
         union = torch.stack([masks[row].any(0) for row in classes[:, None] == classes[None, :]])
-        features = model.backbone(model.preprocess_image([inp]).tensor)
+        images = model.preprocess_image([inp])
+        features = model.backbone(images.tensor)
+        rois, iou = true, torch.ones(len(true))
+        if boxes == "proposals":
+            rois, iou = _proposal_per_thing(model, images, features, true, gen)
         x = [features[f] for f in roi_heads.mask_in_features]
-        feats.append(roi_heads.mask_pooler(x, [Boxes(boxes)]))
-        targets.append(BitMasks(masks).crop_and_resize(boxes, mask_size).float())
-        free.append(BitMasks(union).crop_and_resize(boxes, mask_size).float())
+        feats.append(roi_heads.mask_pooler(x, [Boxes(rois)]))
+        targets.append(BitMasks(masks).crop_and_resize(rois, mask_size).float())
+        free.append(BitMasks(union).crop_and_resize(rois, mask_size).float())
         classes_all.append(classes)
+        box_iou.append(iou)
     if not feats:
         raise ValueError(f"{dataset_name}: no non-crowd thing to train or score a mask head on")
-    return RoiSet(torch.cat(feats), torch.cat(classes_all), torch.cat(targets), torch.cat(free))
+    return RoiSet(torch.cat(feats), torch.cat(classes_all), torch.cat(targets), torch.cat(free),
+                  torch.cat(box_iou))  # fmt: skip
 
 
 def _own_class(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -202,10 +251,13 @@ def train_head(
 # --- a suite's heads on its warm-up -----------------------------------------------------------
 
 
-def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, log=print) -> dict:
+def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, train_boxes: str = "true",
+               log=print) -> dict:  # fmt: skip
     """Train the mask head of every run of ``plan`` (a mask-head suite's
     :class:`~.runner.Plan`, from :func:`~.runner.plan_suite` with its warm-up weights) on
-    the warm-up's frozen ROI features, and score it (:func:`train_head`).
+    the warm-up's frozen ROI features, and score it (:func:`train_head`). The training ROIs
+    lie at ``train_boxes`` (:func:`roi_set`'s ``boxes``, drawn once with seed 0 and shared by
+    every run); the test ROIs at the true boxes.
 
     Each run's config and overrides are the suite's (iterations, LR and every other
     override included), so a probe and the suite train the same heads. Finished runs are
@@ -213,9 +265,10 @@ def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, log=print) -> dict
     settings match; a file made with other settings is an error.
 
     Returns:
-        ``{"suite", "warmup_weights", "warmup_sha256", "batch_rois", "iterations",
-        "train_rois", "test_rois", "floor": grouping-free scores, "runs": [{"arm", "seed",
-        "config", "opts", "params", "seconds", "curve": [...], "at_steps": {t: scores}}]}``
+        ``{"suite", "warmup_weights", "warmup_sha256", "batch_rois", "evals", "train_boxes",
+        "iterations", "train_rois", "train_box_iou": mean IoU of the training ROIs' boxes with
+        their things' true boxes, "test_rois", "floor": grouping-free scores, "runs": [{"arm",
+        "seed", "config", "opts", "params", "seconds", "curve": [...], "at_steps": {t: scores}}]}``
         (``at_steps``: the trained head at each of the run's test-step counts, recurrent
         arms only).
     """
@@ -235,6 +288,8 @@ def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, log=print) -> dict
         )
     if batch_rois < 1 or evals < 1:
         raise ValueError(f"batch_rois={batch_rois}, evals={evals}; expected integers >= 1")
+    if train_boxes not in BOXES:
+        raise ValueError(f"train_boxes={train_boxes!r}; allowed: {', '.join(map(repr, BOXES))}")
     weights = plan.warmup["weights"]
     if not os.path.isfile(weights):
         raise FileNotFoundError(
@@ -245,12 +300,13 @@ def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, log=print) -> dict
         "warmup_sha256": _sha256(weights),
         "batch_rois": batch_rois,
         "evals": evals,
+        "train_boxes": train_boxes,
     }
     ff_cfg = _cfg(plan.warmup["config"], plan.warmup["opts"])
     ff_cfg.freeze()
     model = load_model(ff_cfg, weights)
     log(f"ROI features of {ff_cfg.DATASETS.TRAIN[0]} and {ff_cfg.DATASETS.TEST[0]} ...")
-    train = roi_set(ff_cfg, model, ff_cfg.DATASETS.TRAIN[0])
+    train = roi_set(ff_cfg, model, ff_cfg.DATASETS.TRAIN[0], boxes=train_boxes)
     test = roi_set(ff_cfg, model, ff_cfg.DATASETS.TEST[0])
     shape = ShapeSpec(channels=train.features.shape[1], height=train.features.shape[2],
                       width=train.features.shape[3])  # fmt: skip
@@ -260,6 +316,7 @@ def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, log=print) -> dict
         **settings,
         "iterations": plan.iterations,
         "train_rois": len(train),
+        "train_box_iou": float(train.box_iou.mean()),
         "test_rois": len(test),
         "floor": grouping_free_scores(test),
         "runs": [],
@@ -272,7 +329,7 @@ def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, log=print) -> dict
         if os.path.isfile(path):
             with open(path) as f:
                 old = json.load(f)
-            diff = [k for k in spec if old.get(k) != spec[k]]
+            diff = [k for k in spec if old.get(k, _EARLIER.get(k)) != spec[k]]
             if diff:
                 raise ValueError(
                     f"{path} holds a probe run made with other settings ({', '.join(diff)}); "
@@ -312,6 +369,10 @@ def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, log=print) -> dict
         log(f"{run.arm} seed {run.seed}: IoU (median) {curve[-1]['iou_median']:.3f}, "
             f"{seconds:.0f} s")  # fmt: skip
     return out
+
+
+#: Settings that runs written before the setting existed were made with.
+_EARLIER = {"train_boxes": "true"}
 
 
 def _arms(probe: dict) -> List[str]:
@@ -355,11 +416,16 @@ def markdown(probe: dict) -> List[str]:
         )
     lines = markdown_table(head, rows)
     f = probe["floor"]
+    where = "at their true boxes"
+    if probe.get("train_boxes", "true") == "proposals":
+        where = (f"at RPN proposals (one per thing; mean IoU {probe['train_box_iou']:.3f} with "
+                 "its true box)")  # fmt: skip
     lines += [
         "",
-        f"Grouping-free mask on the same {probe['test_rois']} test ROIs: IoU (median) "
-        f"{fmt(floor, '.3f')}, mean {fmt(f['iou_mean'], '.3f')}. {probe['train_rois']} training "
-        f"ROIs, {probe['batch_rois']} per iteration, {probe['iterations']} iterations.",
+        f"Grouping-free mask on the same {probe['test_rois']} test ROIs (true boxes): IoU "
+        f"(median) {fmt(floor, '.3f')}, mean {fmt(f['iou_mean'], '.3f')}. "
+        f"{probe['train_rois']} training ROIs {where}, {probe['batch_rois']} per iteration, "
+        f"{probe['iterations']} iterations.",
     ]
     return lines
 

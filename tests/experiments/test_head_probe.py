@@ -97,6 +97,49 @@ def test_roi_set_crops_each_things_mask_and_the_union_of_its_class(tiny_model, e
         roi_set(cfg, model, empty_split)
 
 
+def test_roi_set_at_proposals_trains_on_a_matched_box_per_thing(tiny_model, monkeypatch):
+    from detectron2.structures import Boxes, Instances
+
+    from crbp_panoptic.experiments.true_boxes import true_things
+
+    cfg, model = tiny_model
+    true = [torch.from_numpy(b * s) for _, _, _, b, s in true_things(cfg, VAL)]
+    calls = iter(true)
+
+    def fake_rpn(images, features, gt_instances):
+        # per thing: its box 2 px to the right (IoU high) and moved by 80% of its width (low)
+        b = next(calls)
+        w = (b[:, 2] - b[:, 0])[:, None]
+        near, far = b + torch.tensor([2.0, 0, 2, 0]), b + w * torch.tensor([0.8, 0, 0.8, 0])
+        inst = Instances(images.image_sizes[0])
+        inst.proposal_boxes = Boxes(torch.cat([near, far]))
+        inst.objectness_logits = torch.zeros(2 * len(b))
+        return [inst], {}
+
+    monkeypatch.setattr(model.proposal_generator, "forward", fake_rpn)
+    at_true = roi_set(cfg, model, VAL)
+    rois = roi_set(cfg, model, VAL, boxes="proposals")
+    b = torch.cat(true)
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    near_iou = (w - 2) * h / ((w + 2) * h)
+    # Each thing's ROI is its true box or the near proposal: the far one is below the
+    # matcher's foreground threshold (0.5), both candidates are drawn.
+    is_true = rois.box_iou == 1
+    assert torch.allclose(rois.box_iou[~is_true], near_iou[~is_true], atol=1e-5)
+    assert 0 < int(is_true.sum()) < len(rois) and bool((near_iou > 0.5).all())
+    assert rois.classes.tolist() == at_true.classes.tolist()
+    assert torch.equal(rois.features[is_true], at_true.features[is_true])
+    assert torch.equal(rois.targets[is_true], at_true.targets[is_true])
+    assert not torch.equal(rois.features[~is_true], at_true.features[~is_true])
+    # The same seed draws the same boxes; the targets follow the box.
+    calls = iter(true)
+    again = roi_set(cfg, model, VAL, boxes="proposals")
+    assert torch.equal(again.box_iou, rois.box_iou) and torch.equal(again.targets, rois.targets)
+    assert not torch.equal(rois.targets[~is_true], at_true.targets[~is_true])
+    with pytest.raises(ValueError, match="boxes='gt'; allowed: 'true', 'proposals'"):
+        roi_set(cfg, model, VAL, boxes="gt")
+
+
 @pytest.fixture
 def empty_split():
     from detectron2.data import DatasetCatalog
@@ -211,10 +254,23 @@ def test_probe_plan_trains_every_runs_head_once_and_reuses_it(tmp_path, tiny_war
     assert again["runs"] == probe["runs"]
     with pytest.raises(ValueError, match="other settings.*batch_rois"):
         probe_plan(plan, batch_rois=8, evals=2, log=lambda m: None)
+    with pytest.raises(ValueError, match="other settings.*train_boxes"):
+        probe_plan(plan, batch_rois=4, evals=2, train_boxes="proposals", log=lambda m: None)
+    # a run file written before train_boxes existed was trained at the true boxes
+    path = tmp_path / "probe" / "probe_runs" / "ff_seed0.json"
+    old = json.loads(path.read_text())
+    del old["train_boxes"]
+    path.write_text(json.dumps(old))
+    reused = probe_plan(plan, batch_rois=4, evals=2, log=lambda m: None)
+    assert reused["runs"][0]["curve"] == probe["runs"][0]["curve"]
+    assert probe["train_boxes"] == "true" and probe["train_box_iou"] == 1.0
 
     lines = markdown(probe)
     assert sum(line.startswith(f"| {arm} |") for arm in by_arm for line in lines) == 3
     assert "Grouping-free mask on the same" in "\n".join(lines)
+    assert "training ROIs at their true boxes" in "\n".join(lines)
+    moved = markdown({**probe, "train_boxes": "proposals", "train_box_iou": 0.8})
+    assert "at RPN proposals (one per thing; mean IoU 0.800 with its true box)" in "\n".join(moved)
     assert plot(probe, str(tmp_path / "p.png")) and (tmp_path / "p.png").stat().st_size > 0
 
 
@@ -227,6 +283,8 @@ def test_probe_plan_needs_a_mask_head_suite_and_its_warmup(tmp_path):
         probe_plan(plan)
     with pytest.raises(ValueError, match="batch_rois=0"):
         probe_plan(plan, batch_rois=0)
+    with pytest.raises(ValueError, match="train_boxes='gt'; allowed: 'true', 'proposals'"):
+        probe_plan(plan, train_boxes="gt")
 
 
 def test_tool_writes_the_report_and_names_the_allowed_arms(
