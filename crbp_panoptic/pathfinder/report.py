@@ -513,9 +513,9 @@ def length_table(report: dict) -> str:
     paper = report["paper"]
     lines += [
         "",
-        f"Device: {first['device']}. {s['size']}x{s['size']} px, {s['distractors']} "
-        f"distractors, {s['iters']} iterations x batch {s['batch']}, {s['n_test']} test images "
-        f"per length, seed {s['seed']}."
+        f"Device: {first['device']}. {s['size']}x{s['size']} px, kernel {s['kernel_size']}"
+        f"{_dilated(s)}, {s['distractors']} distractors, {s['iters']} iterations x batch "
+        f"{s['batch']}, {s['n_test']} test images per length, seed {s['seed']}."
         + (f" Sweep wall time {wall / 60:.1f} min." if wall is not None else "")
         + f" For reference, the paper's F1 at {paper['size']} px and "
         f"{'/'.join(map(str, paper['lengths']))} dashes: "
@@ -560,8 +560,9 @@ def _plot_lengths(out: str, report: dict, fname: str = "length_curve.png") -> No
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("path length (dashes)")
     ax.set_ylabel("pooled F1 at T (held-out images)")
-    size = summaries[0]["settings"]["size"]
-    ax.set_title(f"Pathfinder length curve ({size} px)")
+    s = summaries[0]["settings"]
+    kernel = f"kernel {s['kernel_size']}{_dilated(s)}"
+    ax.set_title(f"Pathfinder length curve ({s['size']} px, {kernel})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, fname), dpi=90)

@@ -20,6 +20,7 @@ from crbp_panoptic.pathfinder.train import (
     held_out_data,
     run_experiment,
     run_length_sweep,
+    write_length_report,
 )
 
 # The smoke preset, with one iteration fewer and telemetry from the first iteration.
@@ -270,7 +271,11 @@ def test_dilation_reaches_the_cell_and_the_report(tmp_path):
     cell = build_model(s, "crbp:2").refiner.cell
     assert cell.w_inh.dilation == cell.w_exc.dilation == (2, 2)
     assert cell.w_inh.weight.shape == plain.w_inh.weight.shape  # same parameters
-    run_experiment(s, ["crbp:2"], str(tmp_path / "o"), log=lambda m: None)
-    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    run = tmp_path / "o" / f"L{s.path_length}"
+    run_experiment(s, ["crbp:2"], str(run), log=lambda m: None)
+    m = json.loads((run / "metrics.json").read_text())
     assert m["settings"]["dilation"] == 2
-    assert "kernel 3 dilated 2," in (tmp_path / "o" / "table.md").read_text()
+    assert "kernel 3 dilated 2," in (run / "table.md").read_text()
+    # a length sweep's table names it too
+    write_length_report(str(tmp_path / "o"), [s.path_length])
+    assert "px, kernel 3 dilated 2, " in (tmp_path / "o" / "table.md").read_text()
