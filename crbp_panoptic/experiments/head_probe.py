@@ -450,5 +450,6 @@ def plot(probe: dict, path: str) -> str:
             ax.scatter(xs, [row["iou_median"] for row in c], color=line.get_color(), s=8, alpha=0.4)
     ax.axhline(probe["floor"]["iou_median"], color="k", ls="--", lw=1, label="grouping-free mask")
     ax.set(xlabel="iteration", ylabel="IoU with the true mask (median over test ROIs)")
-    ax.set_title(f"{probe['suite']}: mask heads on frozen warm-up features", fontsize=10)
+    where = ", trained at proposals" if probe.get("train_boxes") == "proposals" else ""
+    ax.set_title(f"{probe['suite']}: mask heads on frozen warm-up features{where}", fontsize=10)
     return save_figure(fig, [ax], path)
