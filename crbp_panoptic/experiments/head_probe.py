@@ -68,6 +68,11 @@ class RoiSet:
 BOXES = ("true", "proposals")
 
 
+def _check_boxes(key: str, value: str) -> None:
+    if value not in BOXES:
+        raise ValueError(f"{key}={value!r}; allowed: {', '.join(map(repr, BOXES))}")
+
+
 def _proposal_per_thing(model, images, features, gt_boxes, gen: torch.Generator):
     """One box per true box: drawn uniformly from the RPN's proposals that the ROI heads'
     matcher assigns to that thing as foreground, with the true box itself among them (as
@@ -106,8 +111,7 @@ def roi_set(cfg, model, dataset_name: str, mask_size: int = 28, boxes: str = "tr
 
     from .true_boxes import _gt_masks, true_things
 
-    if boxes not in BOXES:
-        raise ValueError(f"boxes={boxes!r}; allowed: {', '.join(map(repr, BOXES))}")
+    _check_boxes("boxes", boxes)
     gen = torch.Generator().manual_seed(seed)
     roi_heads = model.roi_heads
     feats, classes_all, targets, free, box_iou = [], [], [], [], []
@@ -250,6 +254,9 @@ def train_head(
 
 # --- a suite's heads on its warm-up -----------------------------------------------------------
 
+#: Settings that runs written before the setting existed were made with.
+_EARLIER = {"train_boxes": "true"}
+
 
 def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, train_boxes: str = "true",
                log=print) -> dict:  # fmt: skip
@@ -288,8 +295,7 @@ def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, train_boxes: str =
         )
     if batch_rois < 1 or evals < 1:
         raise ValueError(f"batch_rois={batch_rois}, evals={evals}; expected integers >= 1")
-    if train_boxes not in BOXES:
-        raise ValueError(f"train_boxes={train_boxes!r}; allowed: {', '.join(map(repr, BOXES))}")
+    _check_boxes("train_boxes", train_boxes)
     weights = plan.warmup["weights"]
     if not os.path.isfile(weights):
         raise FileNotFoundError(
@@ -369,10 +375,6 @@ def probe_plan(plan, *, batch_rois: int = 64, evals: int = 8, train_boxes: str =
         log(f"{run.arm} seed {run.seed}: IoU (median) {curve[-1]['iou_median']:.3f}, "
             f"{seconds:.0f} s")  # fmt: skip
     return out
-
-
-#: Settings that runs written before the setting existed were made with.
-_EARLIER = {"train_boxes": "true"}
 
 
 def _arms(probe: dict) -> List[str]:
