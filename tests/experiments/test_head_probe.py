@@ -136,6 +136,19 @@ def test_roi_set_at_proposals_trains_on_a_matched_box_per_thing(tiny_model, monk
     again = roi_set(cfg, model, VAL, boxes="proposals")
     assert torch.equal(again.box_iou, rois.box_iou) and torch.equal(again.targets, rois.targets)
     assert not torch.equal(rois.targets[~is_true], at_true.targets[~is_true])
+    # each near-box target is the thing's own mask cropped to that box, as mask_rcnn_loss crops
+    from detectron2.structures import BitMasks
+
+    from crbp_panoptic.experiments.true_boxes import _gt_masks
+
+    expected = []
+    for d, inp, annos, boxes, scale in true_things(cfg, VAL):
+        near = torch.from_numpy(boxes * scale) + torch.tensor([2.0, 0, 2, 0])
+        masks = torch.from_numpy(_gt_masks(annos, d["height"], d["width"])).float()
+        masks = torch.nn.functional.interpolate(masks[None], inp["image"].shape[1:])[0] > 0.5
+        expected.append(BitMasks(masks).crop_and_resize(near, 28).float())
+    expected = torch.cat(expected)
+    assert torch.equal(rois.targets[~is_true], expected[~is_true])
     with pytest.raises(ValueError, match="boxes='gt'; allowed: 'true', 'proposals'"):
         roi_set(cfg, model, VAL, boxes="gt")
 
