@@ -35,7 +35,7 @@ import math
 import os
 import re
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..crbp import NEUMANN_STOPS, parse_arm
 from ..experiments.report import write_atomic
@@ -331,6 +331,35 @@ def _recall_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+#: The length table's far end: target pixels at least this many px (along the target) from the dot.
+FAR_PX = 40
+
+
+def far_recall(
+    profile: Optional[dict], steps: Optional[int] = None, from_px: int = FAR_PX
+) -> Optional[Tuple[float, float]]:
+    """Recall at ``steps`` test steps (default: the fewest recorded, T) of the target pixels
+    ``from_px`` or more from the dot, pooled over ``profile``'s distance bins (a
+    ``recall_by_distance``), and the share of the target's pixels they are; None if the
+    profile is missing or has no such pixel.
+
+    ``from_px`` must be one of the bins' lower edges, so that the pooled bins hold exactly
+    those pixels.
+    """
+    if not profile:
+        return None
+    if steps is None:
+        steps = min(int(k) for k in profile if k not in ("bins", "pixels"))
+    bins, pixels, recall = profile["bins"], profile["pixels"], profile[str(steps)]
+    if from_px not in bins:
+        raise ValueError(f"from_px={from_px}; must be a bin edge of {bins}")
+    far = [j for j in range(len(pixels)) if bins[j] >= from_px and pixels[j] > 0]
+    n = sum(pixels[j] for j in far)
+    if not n:
+        return None
+    return sum(pixels[j] * recall[j] for j in far) / n, n / sum(pixels)
+
+
 def at_multiples(traj: dict, steps: int, key: str) -> Dict[str, float]:
     """``traj[key]`` at T, 2T, 3T test steps (clamped to the trajectory's length)."""
     n = len(traj[key])
@@ -507,6 +536,18 @@ def length_table(report: dict) -> str:
                 else f"{a['residual']['T']:.1e} / {_fmt(a.get('adjoint_growth'), '.3g')} / "
                 f"{_fmt(a.get('guard_cut_share'), '.2f')}"
             )
+        lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"| recall at >= {FAR_PX} px from the dot, at T (share of the target) | {cols} |",
+        sep,
+    ]
+    for name in report["arms"]:
+        cells = []
+        for n in lengths:
+            a = report["lengths"][n]["arms"].get(name)
+            far = None if a is None else far_recall(a.get("recall_by_distance"))
+            cells.append("-" if far is None else f"{far[0]:.2f} ({far[1]:.0%})")
         lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
     s = first["settings"]
     wall = report.get("wall_time_s")

@@ -5,6 +5,7 @@ import pytest
 
 from crbp_panoptic.pathfinder.report import (
     ONE_STEP_MATCH,
+    far_recall,
     neumann_summary,
     one_step_comparisons,
     penalty_arm,
@@ -126,3 +127,20 @@ def test_at_multiples_clamps_to_the_trajectory_and_load_arms_names_an_empty_fold
     assert at_multiples(traj, 2, "iou") == {"T": 0.2, "2T": 0.4, "3T": 0.5}
     with pytest.raises(FileNotFoundError, match="no \\*/metrics.json under"):
         load_arms(str(tmp_path))
+
+
+def test_far_recall_pools_the_bins_beyond_the_edge_weighted_by_pixels():
+    profile = {
+        "bins": [0, 20, 40, 60, 1000],
+        "pixels": [10.0, 10.0, 6.0, 4.0],
+        "20": [1.0, 1.0, 0.5, 0.25],
+        "60": [1.0, 1.0, 1.0, 1.0],
+    }
+    recall, share = far_recall(profile)  # the fewest recorded steps: T = 20
+    assert recall == pytest.approx((6 * 0.5 + 4 * 0.25) / 10) and share == pytest.approx(10 / 30)
+    assert far_recall(profile, 60) == (pytest.approx(1.0), pytest.approx(10 / 30))
+    assert far_recall(profile, from_px=60)[0] == pytest.approx(0.25)
+    assert far_recall(None) is None
+    assert far_recall({**profile, "pixels": [10.0, 10.0, 0.0, 0.0]}) is None
+    with pytest.raises(ValueError, match="from_px=50; must be a bin edge"):
+        far_recall(profile, from_px=50)

@@ -278,4 +278,6 @@ def test_dilation_reaches_the_cell_and_the_report(tmp_path):
     assert "kernel 3 dilated 2," in (run / "table.md").read_text()
     # a length sweep's table names it too
     write_length_report(str(tmp_path / "o"), [s.path_length])
-    assert "px, kernel 3 dilated 2, " in (tmp_path / "o" / "table.md").read_text()
+    length_md = (tmp_path / "o" / "table.md").read_text()
+    assert "px, kernel 3 dilated 2, " in length_md
+    assert "| recall at >= 40 px from the dot, at T (share of the target) |" in length_md
