@@ -13,6 +13,9 @@ What to compare (crbp_panoptic/experiments/runner.py), one of:
   --merge DIR DIR ...             join the summaries of several calls of one comparison
                                   (e.g. seeds run side by side from one warm-up) into --output
 
+A suite's arms can also run side by side: calls with --arms (a subset of the suite's) into one
+--output, then the call without --arms, which reuses their runs and reports them together.
+
 Every arm trains for every --seeds value (tools/train_net.py in a child process) and is
 evaluated at T test steps, and if recurrent at m x T (--test-steps-multiples) and at every
 --test-steps count; --residual-images N records the residual and drift curves of each
@@ -54,7 +57,8 @@ def parse_args(argv=None):
     what.add_argument("--configs", nargs="+", metavar="FILE", help="config files, as they are")
     what.add_argument("--config-file", metavar="FILE", help="one recurrent config, with --arms")
     what.add_argument("--merge", nargs="+", metavar="DIR", help="output folders to join")
-    p.add_argument("--arms", nargs="+", help="training rules of --config-file: bptt:3 crbp:10")
+    arms_help = "rules of --config-file (bptt:3 crbp:10), or which of the --suite's arms to run"
+    p.add_argument("--arms", nargs="+", help=arms_help)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="SEED values")
     m_help = "evaluate recurrent arms at TEST_STEPS = m x T (default: the suite's, or 1 3)"
     p.add_argument("--test-steps-multiples", nargs="+", type=int, default=None, help=m_help)
@@ -76,8 +80,10 @@ def parse_args(argv=None):
             p.error(f"{', '.join(used)} can only be used with --suite")
     if args.merge and not args.output:
         p.error("--merge needs --output, the folder of the joined summary")
-    if bool(args.arms) != bool(args.config_file):
-        p.error("--arms and --config-file go together (one recurrent config, several rules)")
+    if args.config_file and not args.arms:
+        p.error("--config-file needs --arms (one recurrent config, several rules)")
+    if args.arms and not (args.config_file or args.suite):
+        p.error("--arms goes with --config-file (its rules) or --suite (a subset of its arms)")
     return p, args
 
 
@@ -105,7 +111,7 @@ def main(argv=None):
             plan = plan_suite(
                 suite, args.seeds, args.output or f"output/suite_{suite.name}",
                 warmup_iterations=args.warmup_iterations, warmup_weights=args.warmup_weights,
-                multiples=args.test_steps_multiples, **common,
+                multiples=args.test_steps_multiples, arms=args.arms, **common,
             )  # fmt: skip
         else:
             if args.configs:

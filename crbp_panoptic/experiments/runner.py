@@ -290,18 +290,23 @@ def plan_suite(
     test_steps: Sequence[int] = (),
     opts: Sequence[str] = (),
     residual_images: int = 0,
+    arms: Optional[Sequence[str]] = None,
 ) -> Plan:
     """Resolve and check a suite (:mod:`.suites`); nothing is trained and nothing written.
 
     Args:
         iterations, warmup_iterations, multiples: override the suite's.
+        arms: train only these of the suite's arms (``crbp:T`` or with T resolved), e.g.
+            to run the arms side by side as several calls into one ``output_dir``; a call
+            with every arm then reuses their runs and reports them together.
         warmup_weights: a warm-up ``model_final.pth`` to start from instead of training (or
             reusing) ``<output_dir>/warmup``.
         opts: overrides for every run, after the suite's; the rest as :class:`Plan`.
 
     Raises:
         ValueError / FileNotFoundError: as :class:`Plan`, a missing config or
-            ``warmup_weights``, or a config whose placement does not match the suite.
+            ``warmup_weights``, a config whose placement does not match the suite, or
+            ``arms`` that are not the suite's.
     """
     if warmup_iterations is None:
         warmup_iterations = suite.warmup_iterations
@@ -328,13 +333,22 @@ def plan_suite(
                 f"{role} config: {expected!r} placement, i.e. {PLACEMENTS[expected][1]}"
             )
     steps = int(rec_cfg.MODEL.CRBP.STEPS)
-    arms = []
-    for text in suite.arms:
-        arm = parse_arm(text.replace(":T", f":{steps}"))
+    declared = [parse_arm(text.replace(":T", f":{steps}")) for text in suite.arms]
+    if arms is not None:
+        names = [a.name for a in declared]
+        wanted = [str(a).replace(":T", f":{steps}") for a in arms]
+        if not wanted or set(wanted) - set(names) or len(set(wanted)) != len(wanted):
+            raise ValueError(
+                f"arms {list(arms)}: allowed: distinct arms of suite {suite.name!r}, "
+                f"{', '.join(names)} (T = MODEL.CRBP.STEPS of {suite.recurrent_config})"
+            )
+        declared = [a for a in declared if a.name in wanted]
+    arm_specs = []
+    for arm in declared:
         if arm.recurrent:
-            arms.append(ArmSpec(arm.name, arm.label, rec_config, _rule_opts(arm), arm.steps))
+            arm_specs.append(ArmSpec(arm.name, arm.label, rec_config, _rule_opts(arm), arm.steps))
         else:
-            arms.append(ArmSpec(arm.name, arm.label, ff_config, (), None))
+            arm_specs.append(ArmSpec(arm.name, arm.label, ff_config, (), None))
     output_dir = os.path.abspath(output_dir)
     warmup = {"config": ff_config, "iterations": warmup_iterations}
     warmup["opts"] = common + _schedule_opts(_cfg(ff_config, common), warmup_iterations)
@@ -357,7 +371,7 @@ def plan_suite(
     warmup["start"] = os.path.join(output_dir, "warm_start.pth") if suite.fresh else None
     warmup["start"] = warmup["start"] or warmup["weights"]
     return Plan(
-        suite.name, arms, seeds, output_dir, description=suite.description,
+        suite.name, arm_specs, seeds, output_dir, description=suite.description,
         iterations=suite.iterations if iterations is None else iterations,
         multiples=suite.multiples if multiples is None else multiples, test_steps=test_steps,
         opts=arm_common, warmup=warmup, floors=suite.floors, residual_images=residual_images,

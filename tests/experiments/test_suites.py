@@ -137,6 +137,23 @@ def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
     assert {_opt(r.opts, "SOLVER.MAX_ITER") for r in other.runs} == {"7"}
 
 
+def test_a_subset_of_the_suites_arms_plans_those_runs_where_the_full_suite_would(tmp_path):
+    suite, out = get_suite("longrange"), str(tmp_path / "out")
+    full = plan_suite(suite, [0, 1], out)
+    part = plan_suite(suite, [0, 1], out, arms=["crbp:T", "ff"])
+    assert [a.name for a in part.arms] == ["ff", "crbp:20"]  # in the suite's order
+    same = {(r.arm, r.seed): (r.run_dir, r.opts) for r in full.runs}
+    assert {(r.arm, r.seed): (r.run_dir, r.opts) for r in part.runs} == {
+        k: v for k, v in same.items() if k[0] in ("ff", "crbp:20")
+    }  # the full call finds these runs where it looks for them, with the same settings
+    assert part.warmup == full.warmup
+    assert [a.name for a in plan_suite(suite, [0], out, arms=["crbp:20"]).arms] == ["crbp:20"]
+    for bad in (["crbp:10"], ["ff", "ff"], [], ["rbp:20"]):
+        with pytest.raises(ValueError, match=r"allowed: distinct arms of suite 'longrange', ff, "):
+            plan_suite(suite, [0], out, arms=bad)
+    assert not (tmp_path / "out").exists()
+
+
 def test_quick_mask_suite_trains_the_papers_head_against_the_stock_head(tmp_path):
     from crbp_panoptic.engine import setup_cfg
 
@@ -406,6 +423,31 @@ def test_suite_trains_every_arm_from_one_warm_up_and_reuses_finished_runs(fake, 
     assert [r["pq"] for r in again["runs"]] == [r["pq"] for r in runs]
 
 
+def test_arms_run_as_separate_calls_are_reused_by_the_call_with_every_arm(fake):
+    python, calls_path, out = fake
+    suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"))
+    first = run_plan(plan_suite(suite, [0], out, arms=["crbp:T"]), python=python, log=print)
+    entries = [(r["arm"], r["steps_multiple"]) for r in first["runs"]]
+    assert entries == [("crbp:3", 1), ("crbp:3", 3)]
+    assert first["arms"] == ["crbp:3"]
+    warm = os.path.join(out, "warmup", "model_final.pth")
+    plan = plan_suite(suite, [0], out, arms=["ff", "bptt:1"], warmup_weights=warm)
+    run_plan(plan, python=python, log=print)
+    trained = [c["argv"] for c in _calls(calls_path)]
+    assert len(trained) == 1 + 2 + 3  # the warm-up; crbp:3 and its 3T; ff, bptt:1 and its 3T
+    messages = []
+    joint = run_plan(plan_suite(suite, [0], out), python=python, log=messages.append)
+    assert len(_calls(calls_path)) == len(trained)  # nothing trained or evaluated again
+    assert sum("reusing" in m for m in messages) == 1 + 5
+    assert joint["arms"] == ["ff", "bptt:1", "crbp:3"] and joint["warmup"]["status"] == "ok"
+    assert sorted((r["arm"], r["steps_multiple"]) for r in joint["runs"]) == [
+        ("bptt:1", 1), ("bptt:1", 3), ("crbp:3", 1), ("crbp:3", 3), ("ff", 1)
+    ]  # fmt: skip
+    for r in joint["runs"]:
+        steps = int(r["arm"].split(":")[1]) * r["steps_multiple"] if ":" in r["arm"] else None
+        assert r["pq"] == pytest.approx(_expected_pq(r["arm"], 0, steps))
+
+
 def test_fresh_modules_start_every_arm_from_their_initialisation(fake):
     python, calls_path, out = fake
     assert get_suite("longrange").fresh == ("roi_heads.mask_head.",)
@@ -657,8 +699,11 @@ def test_compare_configs_flags_and_output_dir_alias(tmp_path, capsys):
     assert args.arms == ["bptt:3", "crbp:10"] and args.test_steps == ()
     err = _tool_error(capsys, ["--configs", FF_QUICK, "--warmup-weights", "w.pth"])
     assert "--warmup-weights can only be used with --suite" in err
-    assert "go together" in _tool_error(capsys, ["--suite", "quick", "--arms", "crbp:3"])
-    assert "go together" in _tool_error(capsys, ["--config-file", FPN_QUICK])
+    err = _tool_error(capsys, ["--configs", FF_QUICK, "--arms", "crbp:3"])
+    assert "--arms goes with --config-file (its rules) or --suite" in err
+    assert "--config-file needs --arms" in _tool_error(capsys, ["--config-file", FPN_QUICK])
+    err = _tool_error(capsys, ["--suite", "quick", "--arms", "crbp:3", "--output", str(tmp_path)])
+    assert "arms ['crbp:3']: allowed: distinct arms of suite 'quick', ff, bptt:1, bptt:3" in err
     err = _tool_error(capsys, ["--config-file", FPN_QUICK, "--arms", "ff", "crbp:3"])
     assert "need distinct recurrent arms" in err
     with pytest.raises(SystemExit):
