@@ -153,7 +153,9 @@ SUITES: Dict[str, Suite] = {
         # learn slowly. With the heads at 5x the rate (0.05, where every head passes the floor
         # on the warm-up's frozen features, docs/results/probe_longrange.md), 400 iterations
         # lift the stock head above it (0.46-0.48) and leave the hGRU heads where 800 at the
-        # backbone's rate did (0.33-0.36; docs/results/suite_longrange.md).
+        # backbone's rate did (0.33-0.36; docs/results/suite_longrange.md). With
+        # --iterations 1800 (seed 0, about 70 minutes of two cores) the hGRU heads that run
+        # several steps pass the stock head (0.70-0.72 against 0.69; suite_longrange_1800.md).
         iterations=400,
         arm_opts=("MODEL.CRBP.MASK_HEAD_LR_FACTOR", "5.0"),
         # The stock and the recurrent head both learn from scratch on the warm backbone, as
