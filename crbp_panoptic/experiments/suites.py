@@ -154,8 +154,9 @@ SUITES: Dict[str, Suite] = {
         # on the warm-up's frozen features, docs/results/probe_longrange.md), 400 iterations
         # lift the stock head above it (0.46-0.48) and leave the hGRU heads where 800 at the
         # backbone's rate did (0.33-0.36; docs/results/suite_longrange.md). With
-        # --iterations 1800 (seed 0, about 70 minutes of two cores) the hGRU heads that run
-        # several steps pass the stock head (0.70-0.72 against 0.69; suite_longrange_1800.md).
+        # --iterations 1800 (about 70 minutes of two cores per seed) the hGRU heads that run
+        # several steps reach the stock head (three seeds: 0.69-0.72 against 0.68;
+        # docs/results/suite_longrange_1800.md).
         iterations=400,
         arm_opts=("MODEL.CRBP.MASK_HEAD_LR_FACTOR", "5.0"),
         # The stock and the recurrent head both learn from scratch on the warm backbone, as
