@@ -423,20 +423,17 @@ def test_suite_trains_every_arm_from_one_warm_up_and_reuses_finished_runs(fake, 
     assert [r["pq"] for r in again["runs"]] == [r["pq"] for r in runs]
 
 
-def _quiet(message):
-    pass
-
-
 def test_arms_run_as_separate_calls_are_reused_by_the_call_with_every_arm(fake):
     python, calls_path, out = fake
     suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"))
-    first = run_plan(plan_suite(suite, [0], out, arms=["crbp:T"]), python=python, log=_quiet)
+    plan = plan_suite(suite, [0], out, arms=["crbp:T"])
+    first = run_plan(plan, python=python, log=lambda m: None)
     entries = [(r["arm"], r["steps_multiple"]) for r in first["runs"]]
     assert entries == [("crbp:3", 1), ("crbp:3", 3)]
     assert first["arms"] == ["crbp:3"]
     warm = os.path.join(out, "warmup", "model_final.pth")
     plan = plan_suite(suite, [0], out, arms=["ff", "bptt:1"], warmup_weights=warm)
-    run_plan(plan, python=python, log=_quiet)
+    run_plan(plan, python=python, log=lambda m: None)
     trained = [c["argv"] for c in _calls(calls_path)]
     assert len(trained) == 1 + 2 + 3  # the warm-up; crbp:3 and its 3T; ff, bptt:1 and its 3T
     messages = []
