@@ -14,9 +14,10 @@ What to compare (crbp_panoptic/experiments/runner.py), one of:
                                   (e.g. seeds run side by side from one warm-up) into --output
 
 A suite's arms can also run side by side: calls with --arms (a subset of the suite's) into one
---output, each with --warmup-weights of a finished warm-up (side by side, calls without it would
-train the same warm-up at once), then the call without --arms, which reuses their runs and
-reports them together.
+--output, each with --warmup-weights of a finished warm-up, then the call without --arms, which
+reuses their runs and reports them together. A run folder that another call is training is
+locked (<folder>.lock): a second call leaves it alone and reports that run as failed (the
+warm-up: stops), so side-by-side calls without --warmup-weights do not train one warm-up twice.
 
 Every arm trains for every --seeds value (tools/train_net.py in a child process) and is
 evaluated at T test steps, and if recurrent at m x T (--test-steps-multiples) and at every

@@ -10,8 +10,9 @@ curves and, with ``true_box_masks``, scores each mask head on the true boxes
 (:mod:`.true_boxes`). ``<output>/summary.json``, rewritten after every child, has one entry
 per (arm, seed, test steps) whose config, opts and weights reproduce its PQ with
 ``train_net.py --eval-only`` (failed runs too). A rerun reuses finished runs; a run folder
-made with other settings is an error, never overwritten. At the end: ``summary.md`` and
-``pq_vs_steps.png``.
+made with other settings is an error, never overwritten, and one that another call is still
+training (it holds ``<folder>.lock``) is left alone and reported as failed. At the end:
+``summary.md`` and ``pq_vs_steps.png``.
 """
 
 import dataclasses
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -388,7 +390,65 @@ def _train_net(python, config, opts, out_dir, weights=None, eval_only=False) -> 
     return cmd + ["OUTPUT_DIR", out_dir]
 
 
+def _lock_holder(lock: str) -> Optional[str]:
+    """``"<host> <pid>"`` of the process that holds ``lock``, or None when the file is gone or
+    names a process of this host that has ended (a lock left by a killed run)."""
+    try:
+        with open(lock) as f:
+            holder = f.read().strip()
+    except FileNotFoundError:
+        return None
+    host, _, pid = holder.rpartition(" ")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return holder or "an unknown process"
+
+
+def _take_lock(out_dir: str) -> Tuple[Optional[str], Optional[str]]:
+    """Claim ``<out_dir>.lock`` for this process: (lock path, None), or (None, why not) when
+    another live process holds it (two calls training the same run into one output)."""
+    lock = out_dir.rstrip(os.sep) + ".lock"
+    os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                return None, (
+                    f"{out_dir} is being trained by another process ({holder}, {lock}); "
+                    "wait for it, or give calls that share an output a finished warm-up "
+                    "(--warmup-weights) and disjoint --arms / --seeds"
+                )
+            try:  # a stale lock: its process has ended
+                os.remove(lock)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        return lock, None
+    return None, f"{lock}: could not be claimed; delete it if no run is using {out_dir}"
+
+
 def _run_child(cmd: List[str], out_dir: str, spec: dict) -> Tuple[Optional[str], float]:
+    """Claim ``out_dir`` (:func:`_take_lock`), then :func:`_run_locked`; the lock goes with
+    the child, whatever its end. Returns (error or None, wall seconds)."""
+    lock, busy = _take_lock(out_dir)
+    if busy:
+        return busy, 0.0
+    try:
+        return _run_locked(cmd, out_dir, spec)
+    finally:
+        os.remove(lock)
+
+
+def _run_locked(cmd: List[str], out_dir: str, spec: dict) -> Tuple[Optional[str], float]:
     """Empty ``out_dir``, record ``spec`` in its ``run.json``, run ``cmd`` there (stdout and
     stderr to ``stdout.txt``). Returns (error or None, wall seconds)."""
     if os.path.isdir(out_dir):

@@ -5,8 +5,10 @@ tiny suite, the residual curves, the report and the plot."""
 import dataclasses
 import json
 import os
+import socket
 import stat
 import statistics
+import subprocess
 import sys
 
 import pytest
@@ -535,6 +537,55 @@ def test_a_failed_warm_up_stops_the_suite_and_is_recorded(fake, monkeypatch):
     assert summary["warmup"]["status"] == "failed" and summary["runs"] == []
     assert "simulated failure" in summary["warmup"]["error"]
     assert len(_calls(calls_path)) == 1
+
+
+def _hold_lock(run_dir, pid):
+    """Write ``<run_dir>.lock`` as a process ``pid`` of this host would, and a file in
+    ``run_dir`` that a rerun would delete."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "mine.txt"), "w") as f:
+        f.write("the other process's")
+    with open(run_dir + ".lock", "w") as f:
+        f.write(f"{socket.gethostname()} {pid}\n")
+
+
+def test_a_run_that_another_process_is_training_is_left_alone_and_reported(fake):
+    python, calls_path, out = fake
+    suite = _tiny_suite(arms=("ff", "crbp:T"))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        # the warm-up: the suite stops before anything trains, the other call's folder kept
+        warmup = os.path.join(out, "warmup")
+        _hold_lock(warmup, other.pid)
+        with pytest.raises(RuntimeError, match=f"{warmup} is being trained by another process"):
+            run_plan(plan_suite(suite, [0], out), python=python, log=lambda m: None)
+        assert _calls(calls_path) == [] and os.listdir(warmup) == ["mine.txt"]
+        os.remove(warmup + ".lock")
+        os.remove(os.path.join(warmup, "mine.txt"))
+
+        # an arm: recorded as failed with the reason, its folder kept, every other run done
+        run_dir = os.path.join(out, "runs", "crbp_3", "seed0")
+        _hold_lock(run_dir, other.pid)
+        summary = run_plan(plan_suite(suite, [0], out), python=python, log=lambda m: None)
+        failed = [r for r in summary["runs"] if r["status"] == "failed"]
+        assert [(r["arm"], r["steps_multiple"]) for r in failed] == [("crbp:3", 1), ("crbp:3", 3)]
+        holder = f"({socket.gethostname()} {other.pid}, {run_dir}.lock)"
+        assert f"{run_dir} is being trained by another process {holder}" in failed[0]["error"]
+        assert "--warmup-weights" in failed[0]["error"]
+        assert os.listdir(run_dir) == ["mine.txt"]
+        trained = [_opt(c["argv"], "OUTPUT_DIR") for c in _calls(calls_path)]
+        assert run_dir not in trained and os.path.join(out, "runs", "ff", "seed0") in trained
+    finally:
+        other.kill()
+        other.wait()
+
+    # the holder has ended: its lock is stale, the run trains, and no lock is left behind
+    summary = run_plan(plan_suite(suite, [0], out), python=python, log=lambda m: None)
+    assert all(r["status"] == "ok" for r in summary["runs"]) and len(summary["runs"]) == 3
+    assert run_dir in [_opt(c["argv"], "OUTPUT_DIR") for c in _calls(calls_path)]
+    assert not os.path.exists(os.path.join(run_dir, "mine.txt"))
+    locks = [f for _, _, files in os.walk(out) for f in files if f.endswith(".lock")]
+    assert locks == []
 
 
 def test_given_warmup_weights_that_do_not_fit_fail_before_any_arm_trains(fake, tmp_path, capsys):
