@@ -2,9 +2,29 @@
 
 import os
 import platform
+from importlib import metadata
 from typing import Dict, Optional
 
 import torch
+
+#: Distributions besides torch whose version can move a CPU run's numbers: image decoding and
+#: resizing (the data pipeline), pycocotools / faster-coco-eval (AP), fvcore (initialisers).
+PACKAGES = (
+    "numpy",
+    "Pillow",
+    "opencv-python-headless",
+    "pycocotools",
+    "faster-coco-eval",
+    "fvcore",
+    "torchvision",
+)
+
+
+def _version(name: str) -> Optional[str]:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _cpu_name() -> str:
@@ -24,8 +44,11 @@ def machine_info(device: Optional[str] = None) -> Dict:
 
     Returns:
         dict: ``host``, ``platform``, ``python``, ``cpu`` (model name), ``cpu_count``,
-        ``torch``, ``torch_threads``, ``omp_num_threads`` (or "unset"), ``detectron2``
-        (version or None) and ``gpu`` (None on a CPU); on CUDA also ``gpu_mib``, ``cuda``,
+        ``cpu_capability`` (the vector instructions torch's CPU kernels use, e.g. "AVX2":
+        another level gives other rounding), ``torch``, ``torch_threads``,
+        ``omp_num_threads`` (or "unset"), ``detectron2`` (version or None), ``packages``
+        (:data:`PACKAGES` -> version, None where not installed) and ``gpu`` (None on a CPU);
+        on CUDA also ``gpu_mib``, ``cuda``,
         ``cudnn``, ``cudnn_tf32``, ``cudnn_benchmark``.
     """
     if device is None:
@@ -37,9 +60,11 @@ def machine_info(device: Optional[str] = None) -> Dict:
     info = {
         "host": platform.node(), "platform": platform.platform(),
         "python": platform.python_version(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
-        "detectron2": d2_version, "gpu": None,
+        "detectron2": d2_version, "packages": {name: _version(name) for name in PACKAGES},
+        "gpu": None,
     }  # fmt: skip
     if str(device).startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))

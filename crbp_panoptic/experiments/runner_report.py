@@ -139,9 +139,10 @@ def markdown(summary: dict) -> str:
     m, w, floors = summary["machine"], summary.get("warmup"), summary.get("floors") or {}
     lines = [f"Comparison `{summary['suite']}`: {summary['description'] or 'configs over seeds'}."]
     lines += ["", f"Command: `{summary['command']}`"] * bool(summary.get("command"))
+    kernels = f" ({m['cpu_capability']} kernels)" if m.get("cpu_capability") else ""
     lines += [
         "",
-        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+        f"Machine: {m['cpu']}{kernels}, {m['cpu_count']} CPUs, torch {m['torch']}, "
         f"{m['torch_threads']} threads, {m['gpu'] or 'no GPU'}.",
         "",
     ]

@@ -419,6 +419,9 @@ def test_suite_trains_every_arm_from_one_warm_up_and_reuses_finished_runs(fake, 
     assert summary["floors"]["grouping_free_mask_iou"] == pytest.approx(statistics.median(ious))
     assert os.path.isfile(os.path.join(out, "pq_vs_steps.png"))
     assert "| C-RBP-3 |" in open(os.path.join(out, "summary.md")).read()
+    kernels = torch.backends.cpu.get_cpu_capability()
+    assert summary["machine"]["cpu_capability"] == kernels
+    assert f"({kernels} kernels)" in open(os.path.join(out, "summary.md")).read()
 
     again = run_plan(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
     assert len(_calls(calls_path)) == len(calls)  # every run and the warm-up reused
