@@ -39,6 +39,7 @@ import torch
 from ..crbp import Arm, cell_diagnostics, parse_arm
 from ..crbp.memory import SavedTensorBytes
 from ..crbp.options import check_refiner_args
+from ..experiments.machine import machine_info
 from .generator import INK, CachedPathfinder, PathfinderConfig, cached_arrays, connected_to_dot
 from .model import LOSSES, PathfinderNet, confusion, iou_f1, segmentation_loss
 from .report import NEUMANN_FROM_ITER, at_multiples, collect, length_report, load_arms
@@ -585,6 +586,7 @@ def run_arm(
         **at,
         "settings": dataclasses.asdict(s),
         "device": _device_name(device),
+        "machine": machine_info(str(device)),
         "saved_tensor_bytes": saved,
         "cuda_peak_bytes": cuda_peak,
         "peak_rss_mb": _peak_rss_mb(),

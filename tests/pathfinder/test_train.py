@@ -193,6 +193,9 @@ def test_time_limit_stops_training_and_the_table_says_so(tmp_path):
     summary = run_experiment(s, ["bptt:2"], str(out), log=logs.append)
     metrics = json.loads((out / "bptt_2" / "metrics.json").read_text())
     assert metrics["iters_run"] == 1 and [h["iter"] for h in metrics["history"]] == [1]
+    # what the run ran on, as every comparison records it (the CPU kernels, the packages)
+    assert metrics["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert metrics["machine"]["packages"]["numpy"] == np.__version__
     assert summary["arms"]["bptt:2"]["iters_run"] == 1
     assert any("time limit of 1e-06 s: stopping after 1 of 50" in m for m in logs)
     assert (
