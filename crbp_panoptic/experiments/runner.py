@@ -707,19 +707,51 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
 
 
 #: Fields that summaries must share to be merged (:func:`merge_summaries`).
-MERGE_KEYS = ("suite", "placement", "arms", "multiples", "iterations", "residual_images")
+MERGE_KEYS = ("suite", "placement", "multiples", "iterations", "residual_images")
 MERGE_KEYS += ("true_box_masks",)
 
 
+def _rule_keys(arm_name: str) -> set:
+    """The keys an arm's training rule sets (none for ff or a --configs arm)."""
+    try:
+        arm = parse_arm(arm_name)
+    except ValueError:  # a --configs arm: its config file is its rule
+        return set()
+    return set(_rule_opts(arm)[::2]) if arm.recurrent else set()
+
+
+def _run_settings(run: dict, rule_keys: set) -> Dict[str, str]:
+    """A summary entry's overrides as KEY -> VALUE (the last wins, as in the config), without
+    what differs between the runs of one comparison: the seed and the ``rule_keys``."""
+    pairs = dict(zip(run["opts"][::2], run["opts"][1::2]))
+    return {k: v for k, v in pairs.items() if k != "SEED" and k not in rule_keys}
+
+
+_MODE_ORDER = ("ff", "bptt", "cbptt", "rbp", "crbp")
+
+
+def _arm_order(name: str) -> tuple:
+    """Sort key: feedforward first, then BPTT, C-BPTT, RBP, C-RBP, each by steps; other names
+    (e.g. config files) last. Ties keep their order (a stable sort)."""
+    try:
+        arm = parse_arm(name)
+    except ValueError:
+        return (len(_MODE_ORDER), 0)
+    rank = _MODE_ORDER.index(arm.mode) if arm.mode in _MODE_ORDER else len(_MODE_ORDER)
+    return (rank, arm.steps)
+
+
 def merge_summaries(dirs: Sequence[str], output_dir: str, command: str = "") -> dict:
-    """Join the ``summary.json`` of several calls of one comparison (e.g. seeds run on
-    separate cores from the same warm-up) into ``output_dir``: runs and seeds joined, times
-    summed, ``summary.md`` and ``pq_vs_steps.png`` drawn again. The runs stay where they are.
+    """Join the ``summary.json`` of several calls of one comparison (e.g. seeds, or some of the
+    arms, run on separate cores from the same warm-up) into ``output_dir``: runs, seeds and
+    arms joined, times summed, ``summary.md`` and ``pq_vs_steps.png`` drawn again. The runs
+    stay where they are.
 
     Raises:
         ValueError: a folder without ``summary.json``, summaries of different comparisons
-            (a field of :data:`MERGE_KEYS`, the warm-up checkpoint's sha256 or the floors'
-            dataset differ), or a run (arm, seed, test steps) in two of them.
+            (a field of :data:`MERGE_KEYS`, the warm-up checkpoint's sha256, the floors'
+            dataset or the runs' overrides other than seed and training rule differ), or a
+            run (arm, seed, test steps) in two of them.
     """
     from .runner_report import markdown, plot
 
@@ -750,6 +782,20 @@ def merge_summaries(dirs: Sequence[str], output_dir: str, command: str = "") -> 
                 f"merge: {dirs[0]} and {d} are not one comparison ({', '.join(diff)}: "
                 f"{[a[k] for k in diff]} against {[b[k] for k in diff]})"
             )
+    # one comparison: every run with the same overrides, but for the seed and the rules' keys
+    rules = set().union(*(_rule_keys(r["arm"]) for s in summaries for r in s["runs"]))
+    settings = {}
+    for d, s in zip(dirs, summaries):
+        for r in s["runs"]:
+            mine = _run_settings(r, rules)
+            ref = settings.setdefault("first", (d, mine))
+            diff = sorted(k for k in set(mine) | set(ref[1]) if mine.get(k) != ref[1].get(k))
+            if diff:
+                what = ", ".join(f"{k} {ref[1].get(k)} against {mine.get(k)}" for k in diff)
+                raise ValueError(
+                    f"merge: {ref[0]} and {d} are not one comparison (the runs' overrides "
+                    f"differ: {what})"
+                )
     runs, seen = [], {}
     for d, s in zip(dirs, summaries):
         for r in s["runs"]:
@@ -758,12 +804,15 @@ def merge_summaries(dirs: Sequence[str], output_dir: str, command: str = "") -> 
                 raise ValueError(f"merge: run {key} (arm, seed, test steps) in {seen[key]} and {d}")
             seen[key] = d
             runs.append(r)
-    order = {a: i for i, a in enumerate(first["arms"])}
-    runs.sort(key=lambda r: (r["seed"], order.get(r["arm"], len(order))))
+    arms = sorted(dict.fromkeys(a for s in summaries for a in s["arms"]), key=_arm_order)
+    order = {a: i for i, a in enumerate(arms)}
+    runs.sort(key=lambda r: (r["seed"], order[r["arm"]]))
     # the warm-up as trained (not as given to a later call), counted once
     warm = next((s["warmup"] for s in summaries if (s.get("warmup") or {}).get("status") == "ok"),
                 first.get("warmup"))  # fmt: skip
     merged = dict(first, runs=runs, warmup=warm, merged_from=[os.path.abspath(d) for d in dirs])
+    merged["arms"] = arms
+    merged["labels"] = {k: v for s in summaries for k, v in (s.get("labels") or {}).items()}
     merged["seeds"] = sorted({seed for s in summaries for seed in s["seeds"]})
     commands = [s.get("command") or "?" for s in summaries] + [command] * bool(command)
     merged["command"] = "; then ".join(commands)

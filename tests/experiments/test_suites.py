@@ -659,6 +659,35 @@ def test_merge_joins_seeds_run_side_by_side_from_one_warm_up(fake, capsys):
     assert not any(os.path.exists(merged_dir + x) for x in "234")
 
 
+def test_merge_joins_arms_run_as_separate_calls_and_refuses_other_overrides(fake, capsys):
+    python, calls_path, out = fake
+    suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"))
+    run_plan(plan_suite(suite, [0], out, arms=["crbp:T"]), python=python, log=lambda m: None)
+    warm = os.path.join(out, "warmup", "model_final.pth")
+    calls = {}
+    for arms in (["bptt:1"], ["ff"]):
+        d = calls[arms[0]] = f"{out}_{arms[0].replace(':', '_')}"
+        run_plan(plan_suite(suite, [0], d, arms=arms, warmup_weights=warm), python=python,
+                 log=lambda m: None)  # fmt: skip
+
+    tool = load_tool("compare_configs")
+    merged = tool.main(["--merge", out, calls["bptt:1"], calls["ff"], "--output", out + "_m"])
+    assert merged["arms"] == ["ff", "bptt:1", "crbp:3"]  # every arm, in the suite's order
+    assert merged["labels"] == {"ff": "feedforward", "bptt:1": "BPTT-1", "crbp:3": "C-RBP-3"}
+    assert [r["arm"] for r in merged["runs"]] == ["ff", "bptt:1", "bptt:1", "crbp:3", "crbp:3"]
+    table = open(os.path.join(out + "_m", "summary.md")).read()
+    assert all(f"| {label} |" in table for label in ("feedforward", "BPTT-1", "C-RBP-3"))
+
+    # the same arms with another override (not the seed, not the rule) are another comparison
+    other = out + "_lr"
+    plan = plan_suite(suite, [1], other, arms=["ff"], warmup_weights=warm,
+                      opts=["SOLVER.BASE_LR", "0.02"])  # fmt: skip
+    run_plan(plan, python=python, log=lambda m: None)
+    err = _tool_error(capsys, ["--merge", out, other, "--output", out + "_m2"])
+    assert "are not one comparison (the runs' overrides differ: SOLVER.BASE_LR" in err
+    assert not os.path.exists(out + "_m2")
+
+
 # --- end to end: real tools/train_net.py children ----------------------------------------------
 
 
