@@ -156,7 +156,9 @@ SUITES: Dict[str, Suite] = {
         # backbone's rate did (0.33-0.36; docs/results/suite_longrange.md). With
         # --iterations 1800 (about 70 minutes of two cores per seed) the hGRU heads that run
         # several steps reach the stock head (three seeds: 0.69-0.72 against 0.68;
-        # docs/results/suite_longrange_1800.md).
+        # docs/results/suite_longrange_1800.md). With the heads at 20x (0.2) every head learns
+        # faster in 400 iterations and the stock head's lead stays (31.2 against 22.7 PQ_th for
+        # C-RBP-20, three seeds; docs/results/suite_longrange_lr20.md).
         iterations=400,
         arm_opts=("MODEL.CRBP.MASK_HEAD_LR_FACTOR", "5.0"),
         # The stock and the recurrent head both learn from scratch on the warm backbone, as
