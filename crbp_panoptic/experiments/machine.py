@@ -48,8 +48,7 @@ def machine_info(device: Optional[str] = None) -> Dict:
         another level gives other rounding), ``torch``, ``torch_threads``,
         ``omp_num_threads`` (or "unset"), ``detectron2`` (version or None), ``packages``
         (:data:`PACKAGES` -> version, None where not installed) and ``gpu`` (None on a CPU);
-        on CUDA also ``gpu_mib``, ``cuda``,
-        ``cudnn``, ``cudnn_tf32``, ``cudnn_benchmark``.
+        on CUDA also ``gpu_mib``, ``cuda``, ``cudnn``, ``cudnn_tf32``, ``cudnn_benchmark``.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -15,6 +15,7 @@ training (it holds ``<folder>.lock``) is left alone and reported as failed. At t
 ``summary.md`` and ``pq_vs_steps.png``.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -425,10 +426,8 @@ def _take_lock(out_dir: str) -> Tuple[Optional[str], Optional[str]]:
                     "wait for it, or give calls that share an output a finished warm-up "
                     "(--warmup-weights) and disjoint --arms / --seeds"
                 )
-            try:  # a stale lock: its process has ended
+            with contextlib.suppress(FileNotFoundError):  # stale: its process has ended
                 os.remove(lock)
-            except FileNotFoundError:
-                pass
             continue
         with os.fdopen(fd, "w") as f:
             f.write(f"{socket.gethostname()} {os.getpid()}\n")
@@ -445,7 +444,8 @@ def _run_child(cmd: List[str], out_dir: str, spec: dict) -> Tuple[Optional[str],
     try:
         return _run_locked(cmd, out_dir, spec)
     finally:
-        os.remove(lock)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
 
 
 def _run_locked(cmd: List[str], out_dir: str, spec: dict) -> Tuple[Optional[str], float]:
