@@ -784,16 +784,17 @@ def merge_summaries(dirs: Sequence[str], output_dir: str, command: str = "") -> 
             )
     # one comparison: every run with the same overrides, but for the seed and the rules' keys
     rules = set().union(*(_rule_keys(r["arm"]) for s in summaries for r in s["runs"]))
-    settings = {}
+    ref_dir, ref = None, None
     for d, s in zip(dirs, summaries):
         for r in s["runs"]:
             mine = _run_settings(r, rules)
-            ref = settings.setdefault("first", (d, mine))
-            diff = sorted(k for k in set(mine) | set(ref[1]) if mine.get(k) != ref[1].get(k))
+            if ref is None:
+                ref_dir, ref = d, mine
+            diff = sorted(k for k in set(mine) | set(ref) if mine.get(k) != ref.get(k))
             if diff:
-                what = ", ".join(f"{k} {ref[1].get(k)} against {mine.get(k)}" for k in diff)
+                what = ", ".join(f"{k} {ref.get(k)} against {mine.get(k)}" for k in diff)
                 raise ValueError(
-                    f"merge: {ref[0]} and {d} are not one comparison (the runs' overrides "
+                    f"merge: {ref_dir} and {d} are not one comparison (the runs' overrides "
                     f"differ: {what})"
                 )
     runs, seen = [], {}
