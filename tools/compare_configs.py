@@ -13,11 +13,14 @@ What to compare (crbp_panoptic/experiments/runner.py), one of:
   --merge DIR DIR ...             join the summaries of several calls of one comparison
                                   (e.g. seeds run side by side from one warm-up) into --output
 
-A suite's arms can also run side by side: calls with --arms (a subset of the suite's) into one
---output, each with --warmup-weights of a finished warm-up, then the call without --arms, which
-reuses their runs and reports them together. A run folder that another call is training is
-locked (<folder>.lock): a second call leaves it alone and reports that run as failed (the
-warm-up: stops), so side-by-side calls without --warmup-weights do not train one warm-up twice.
+--jobs N trains N runs at a time after the warm-up, each child (the warm-up's too) with its
+share of the cores as OMP_NUM_THREADS unless that is set; summary.json keeps the plan's order.
+A suite's arms can also run side by side as separate calls: calls with --arms (a subset of the
+suite's) into one --output, each with --warmup-weights of a finished warm-up, then the call
+without --arms, which reuses their runs and reports them together. A run folder that another
+call is training is locked (<folder>.lock): a second call leaves it alone and reports that run
+as failed (the warm-up: stops), so side-by-side calls without --warmup-weights do not train one
+warm-up twice.
 
 Every arm trains for every --seeds value (tools/train_net.py in a child process) and is
 evaluated at T test steps, and if recurrent at m x T (--test-steps-multiples) and at every
@@ -68,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--test-steps", nargs="+", type=int, default=(), help="and at these counts")
     p.add_argument("--iterations", type=int, help="training iterations of every arm")
     p.add_argument("--residual-images", type=int, default=0, help="residual curves on N images")
+    jobs_help = "runs trained at a time after the warm-up (default 1), each on its cores' share"
+    p.add_argument("--jobs", type=int, default=1, help=jobs_help)
     out_help = "folder of the runs and summary.json (default: output/suite_<suite>, output/compare)"
     p.add_argument("--output", "--output-dir", dest="output", help=out_help)
     suite = p.add_argument_group("--suite only")
@@ -81,6 +86,8 @@ def parse_args(argv=None):
         used = ["--" + k.replace("_", "-") for k in _SUITE_ONLY if getattr(args, k) is not None]
         if used:
             p.error(f"{', '.join(used)} can only be used with --suite")
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: expected an integer >= 1 (runs trained at a time)")
     if args.merge and not args.output:
         p.error("--merge needs --output, the folder of the joined summary")
     if args.config_file and not args.arms:
@@ -127,7 +134,8 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     try:
-        summary = run_plan(plan, command=command, log=lambda m: print(m, flush=True))
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        summary = run_plan(plan, command=command, log=log, jobs=args.jobs)
     except (ValueError, RuntimeError) as e:  # a warm-up that failed or does not fit the arms
         print(f"compare_configs.py: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -3,10 +3,10 @@
 An *arm* is a config plus the overrides of one training rule (:func:`plan_suite`,
 :func:`config_arms`, :func:`rule_arms`). :func:`run_plan` trains a suite's warm-up once
 (``<output>/warmup``; its ``fresh`` modules dropped into ``<output>/warm_start.pth``), then
-every arm and seed from it with ``tools/train_net.py`` in a child process
-(``<output>/runs/<arm>/seed<seed>``, evaluated at T test steps), re-evaluates recurrent arms
-at each other count t (``.../test_steps<t>``) and, with ``residual_images``, records residual
-curves and, with ``true_box_masks``, scores each mask head on the true boxes
+every arm and seed from it with ``tools/train_net.py`` in a child process, ``jobs`` runs at
+a time (``<output>/runs/<arm>/seed<seed>``, evaluated at T test steps), re-evaluates recurrent
+arms at each other count t (``.../test_steps<t>``) and, with ``residual_images``, records
+residual curves and, with ``true_box_masks``, scores each mask head on the true boxes
 (:mod:`.true_boxes`). ``<output>/summary.json``, rewritten after every child, has one entry
 per (arm, seed, test steps) whose config, opts and weights reproduce its PQ with
 ``train_net.py --eval-only`` (failed runs too). A rerun reuses finished runs; a run folder
@@ -15,6 +15,7 @@ training (it holds ``<folder>.lock``) is left alone and reported as failed. At t
 ``summary.md`` and ``pq_vs_steps.png``.
 """
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -24,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -435,28 +437,38 @@ def _take_lock(out_dir: str) -> Tuple[Optional[str], Optional[str]]:
     return None, f"{lock}: could not be claimed; delete it if no run is using {out_dir}"
 
 
-def _run_child(cmd: List[str], out_dir: str, spec: dict) -> Tuple[Optional[str], float]:
+def _child_env(jobs: int) -> Dict[str, str]:
+    """The children's environment: this one, the repository on ``PYTHONPATH`` and, when
+    ``jobs`` children share the machine and ``OMP_NUM_THREADS`` is not set, each child's
+    share of the CPU cores as its thread count (torch would otherwise give every child them
+    all)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
+def _run_child(cmd: List[str], out_dir: str, spec: dict, env) -> Tuple[Optional[str], float]:
     """Claim ``out_dir`` (:func:`_take_lock`), then :func:`_run_locked`; the lock goes with
     the child, whatever its end. Returns (error or None, wall seconds)."""
     lock, busy = _take_lock(out_dir)
     if busy:
         return busy, 0.0
     try:
-        return _run_locked(cmd, out_dir, spec)
+        return _run_locked(cmd, out_dir, spec, env)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(lock)
 
 
-def _run_locked(cmd: List[str], out_dir: str, spec: dict) -> Tuple[Optional[str], float]:
-    """Empty ``out_dir``, record ``spec`` in its ``run.json``, run ``cmd`` there (stdout and
-    stderr to ``stdout.txt``). Returns (error or None, wall seconds)."""
+def _run_locked(cmd: List[str], out_dir: str, spec: dict, env) -> Tuple[Optional[str], float]:
+    """Empty ``out_dir``, record ``spec`` in its ``run.json``, run ``cmd`` there with ``env``
+    (stdout and stderr to ``stdout.txt``). Returns (error or None, wall seconds)."""
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     os.makedirs(out_dir)
     write_atomic(os.path.join(out_dir, "run.json"), json.dumps(spec, indent=1))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
     log_path, start = os.path.join(out_dir, "stdout.txt"), time.time()
     with open(log_path, "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
@@ -471,7 +483,7 @@ def _run_locked(cmd: List[str], out_dir: str, spec: dict) -> Tuple[Optional[str]
     return None, seconds
 
 
-def _child(cmd, out_dir, spec, weights, log, what) -> Tuple[Optional[str], Optional[float]]:
+def _child(cmd, out_dir, spec, weights, log, what, env) -> Tuple[Optional[str], Optional[float]]:
     """Reuse a finished child in ``out_dir`` (same ``spec``, ``weights`` there) or run it."""
     done = _read_spec(out_dir) == spec and "panoptic_seg" in read_results(out_dir)
     if done and (weights is None or os.path.isfile(weights)):
@@ -482,7 +494,7 @@ def _child(cmd, out_dir, spec, weights, log, what) -> Tuple[Optional[str], Optio
         except (OSError, ValueError):
             return None, None
     log(f"[{time.strftime('%H:%M:%S')}] {what} -> {out_dir}")
-    return _run_child(cmd, out_dir, spec)
+    return _run_child(cmd, out_dir, spec, env)
 
 
 #: summary.json's metric fields -> (Detectron2's result group, key).
@@ -540,7 +552,7 @@ def _models(plan: Plan):
     return models, {arm: _parameter_counts(m) for arm, m in models.items()}
 
 
-def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log) -> str:
+def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log, env) -> str:
     """Train or reuse the warm-up (or take the given weights), check that it fills every arm's
     model but the recurrent modules, write the arms' start without the fresh modules.
     Returns its sha256."""
@@ -548,7 +560,7 @@ def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log) -> str:
     if w["dir"]:
         spec = _spec(w["config"], w["opts"], None)
         cmd = _train_net(python, w["config"], w["opts"], w["dir"])
-        error, seconds = _child(cmd, w["dir"], spec, w["weights"], log, "warm-up")
+        error, seconds = _child(cmd, w["dir"], spec, w["weights"], log, "warm-up", env)
         log_path = os.path.join(w["dir"], "stdout.txt")
         summary["warmup"].update(seconds=seconds, log=log_path, **_metrics(w["dir"]))
         if error:
@@ -619,13 +631,20 @@ def _true_box_masks(run: Run, t: Optional[int], where: str) -> dict:
     return result
 
 
-def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=print) -> dict:
-    """Run ``plan`` (the module docstring) with children on ``python``, reusing finished runs.
-    Returns the summary (also ``<output_dir>/summary.json``). RuntimeError: the warm-up failed
-    (recorded first); ValueError: the warm-up weights do not fit an arm's model."""
+def run_plan(
+    plan: Plan, python: str = sys.executable, command: str = "", log=print, jobs: int = 1
+) -> dict:
+    """Run ``plan`` (the module docstring) with children on ``python``, reusing finished runs,
+    ``jobs`` runs at a time after the warm-up (each with its share of the cores,
+    :func:`_child_env`; the entries keep the plan's order). Returns the summary (also
+    ``<output_dir>/summary.json``). RuntimeError: the warm-up failed (recorded first);
+    ValueError: ``jobs`` is not a positive integer, or the warm-up weights do not fit an
+    arm's model."""
     from .runner_report import markdown, plot
 
-    start, out = time.time(), plan.output_dir
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}; expected an integer >= 1 (runs trained at a time)")
+    start, out, env = time.time(), plan.output_dir, _child_env(jobs)
     os.makedirs(out, exist_ok=True)
     w = plan.warmup
     warm_keys = ("config", "iterations", "weights", "opts", "fresh", "start")
@@ -636,6 +655,7 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
         "multiples": plan.multiples, "iterations": plan.iterations,
         "warmup": w and {k: w[k] for k in warm_keys}, "residual_images": plan.residual_images,
         "true_box_masks": plan.true_box_masks,
+        "jobs": jobs, "child_threads": env.get("OMP_NUM_THREADS", "unset"),
         "floors": {}, "seconds": {}, "runs": [],
     }  # fmt: skip
 
@@ -655,50 +675,67 @@ def run_plan(plan: Plan, python: str = sys.executable, command: str = "", log=pr
     digest = None
     if w:
         try:
-            digest = _warm_up(plan, summary, models, python, log)
+            digest = _warm_up(plan, summary, models, python, log, env)
         finally:
             write()
     del models
 
-    for run in plan.runs:
+    guard = threading.Lock()  # summary["runs"] and summary.json, shared by the jobs
+    in_process = threading.Lock()  # models evaluated in this process: one at a time
+
+    order = {(r.arm, r.seed, t): (i, j) for i, r in enumerate(plan.runs)
+             for j, t in enumerate(r.test_steps or [None])}  # fmt: skip
+
+    def record(entry: dict):  # in the plan's order, whichever job finishes first
+        with guard:
+            summary["runs"].append(entry)
+            summary["runs"].sort(key=lambda e: order[e["arm"], e["seed"], e["test_steps"]])
+            write()
+
+    def run_one(run: Run):
         p, what = params[run.arm], f"{run.arm} seed {run.seed}"
         spec = dict(_spec(run.config, run.opts, w and w["start"]), warmup_sha256=digest)
         cmd = _train_net(python, run.config, run.opts, run.run_dir, w and w["start"])
-        error, seconds = _child(cmd, run.run_dir, spec, run.weights, log, f"train {what}")
+        error, seconds = _child(cmd, run.run_dir, spec, run.weights, log, f"train {what}", env)
         log_path = os.path.join(run.run_dir, "stdout.txt")
         first = run.test_steps[0] if run.test_steps else None
         if error:
             log(f"[{time.strftime('%H:%M:%S')}] {what}: FAILED ({error.splitlines()[0]})")
             for t in run.test_steps or [None]:  # the attempt's time is counted once
                 fields = dict(status="failed", error=error, log=log_path, weights=None)
-                summary["runs"].append(
-                    _entry(run, t, p, seconds=seconds if t == first else None, **fields)
-                )
-            write()
-            continue
+                record(_entry(run, t, p, seconds=seconds if t == first else None, **fields))
+            return
         fields = dict(status="ok", seconds=seconds, log=log_path, **_metrics(run.run_dir))
         if plan.true_box_masks:
-            fields["true_box_masks"] = _true_box_masks(run, first, run.run_dir)
-        summary["runs"].append(_entry(run, first, p, **fields, **_training_log(run.run_dir)))
-        write()
+            with in_process:
+                fields["true_box_masks"] = _true_box_masks(run, first, run.run_dir)
+        entry = _entry(run, first, p, **fields, **_training_log(run.run_dir))
+        record(entry)
         for t in run.test_steps[1:]:
             eval_dir, eval_opts = run.eval_dir(t), run.eval_opts(t)
             spec = {"config": run.config, "opts": eval_opts, "weights": run.weights}
             cmd = _train_net(python, run.config, eval_opts, eval_dir, run.weights, eval_only=True)
-            error, seconds = _child(cmd, eval_dir, spec, None, log, f"evaluate {what} at {t} steps")
+            what_t = f"evaluate {what} at {t} steps"
+            error, seconds = _child(cmd, eval_dir, spec, None, log, what_t, env)
             fields = {"log": os.path.join(eval_dir, "stdout.txt"), "seconds": seconds}
             fields.update(status="failed", error=error) if error else fields.update(
                 status="ok", **_metrics(eval_dir)
             )
             if plan.true_box_masks and not error:
-                fields["true_box_masks"] = _true_box_masks(run, t, eval_dir)
-            summary["runs"].append(_entry(run, t, p, **fields))
-            write()
+                with in_process:
+                    fields["true_box_masks"] = _true_box_masks(run, t, eval_dir)
+            record(_entry(run, t, p, **fields))
         if plan.residual_images and run.steps:
             log(f"[{time.strftime('%H:%M:%S')}] {what}: residual curves")
-            entry = next(r for r in summary["runs"] if r["weights"] == run.weights)
-            entry["residual"] = _residuals(plan, run)
-            write()
+            with in_process:
+                residual = _residuals(plan, run)
+            with guard:
+                entry["residual"] = residual
+                write()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        for done in [pool.submit(run_one, run) for run in plan.runs]:
+            done.result()  # re-raises what a job raised (the pool then waits for the rest)
 
     summary["plot"] = plot(summary, os.path.join(out, "pq_vs_steps.png"))
     write()
@@ -813,6 +850,8 @@ def merge_summaries(dirs: Sequence[str], output_dir: str, command: str = "") -> 
                 first.get("warmup"))  # fmt: skip
     merged = dict(first, runs=runs, warmup=warm, merged_from=[os.path.abspath(d) for d in dirs])
     merged["arms"] = arms
+    for key in ("jobs", "child_threads"):  # each call's own: in its command
+        merged.pop(key, None)
     merged["labels"] = {k: v for s in summaries for k, v in (s.get("labels") or {}).items()}
     merged["seeds"] = sorted({seed for s in summaries for seed in s["seeds"]})
     commands = [s.get("command") or "?" for s in summaries] + [command] * bool(command)

@@ -187,9 +187,16 @@ def markdown(summary: dict) -> str:
             "",
         ]
     sec = summary["seconds"]
+    clock = ""
+    if summary.get("jobs"):  # one call's (a merged summary joins several)
+        clock = (
+            f"; this call {fmt((sec.get('this_invocation') or 0) / 60)} minutes on the clock, "
+            f"{summary['jobs']} run(s) at a time (OMP_NUM_THREADS "
+            f"{summary.get('child_threads', '?')} each)"
+        )
     lines.append(
         f"Wall time: {fmt((sec.get('total') or 0) / 60)} minutes of runs "
-        f"(warm-up {fmt((sec.get('warmup') or 0) / 60)})."
+        f"(warm-up {fmt((sec.get('warmup') or 0) / 60)}){clock}."
     )
     return "\n".join(lines) + "\n"
 

@@ -278,10 +278,12 @@ LOG = """[12/01 10:00:00 d2.evaluation.testing]: copypaste: Task: bbox
 
 # Writes what tools/train_net.py would (log.txt with copypaste lines; model_final.pth, a copy
 # of a real feedforward checkpoint) with PQ = 40 + SEED + TEST_STEPS / 10 + 1 (bptt) or 5
-# (crbp); records its command line and how many runs summary.json held when it started;
-# fails (exit 3) when its OUTPUT_DIR contains $FAKE_FAIL.
+# (crbp); records its command line, its OMP_NUM_THREADS and how many runs summary.json held
+# when it started; fails (exit 3) when its OUTPUT_DIR contains $FAKE_FAIL. With $FAKE_MEET (a
+# folder), an arm's child leaves a file there and waits up to 10 s for a second one: "met"
+# records how many it saw (2: another child was running at the same time).
 FAKE_TRAIN = r"""
-import json, os, shutil, sys
+import json, os, shutil, sys, time
 args = sys.argv[2:]
 rest = [a for a in args if a != "--eval-only"]
 i = rest.index("--config-file")
@@ -290,8 +292,17 @@ opts = dict(zip(pairs[::2], pairs[1::2]))
 out = opts["OUTPUT_DIR"]
 summary = os.path.join(os.environ["FAKE_OUTPUT"], "summary.json")
 held = len(json.load(open(summary))["runs"]) if os.path.exists(summary) else None
+meet, met = os.environ.get("FAKE_MEET"), None
+if meet and "warmup" not in out:
+    open(os.path.join(meet, str(os.getpid())), "w").close()
+    deadline = time.time() + 10
+    while len(os.listdir(meet)) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    met = len(os.listdir(meet))
+threads = os.environ.get("OMP_NUM_THREADS")
 with open(os.environ["FAKE_CALLS"], "a") as f:
-    f.write(json.dumps({"argv": sys.argv[1:], "runs_in_summary": held}) + "\n")
+    f.write(json.dumps({"argv": sys.argv[1:], "runs_in_summary": held, "met": met,
+                        "threads": threads}) + "\n")
 os.makedirs(out, exist_ok=True)
 if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in out:
     print("simulated failure: out of memory")
@@ -452,6 +463,44 @@ def test_arms_run_as_separate_calls_are_reused_by_the_call_with_every_arm(fake):
     for r in joint["runs"]:
         steps = int(r["arm"].split(":")[1]) * r["steps_multiple"] if ":" in r["arm"] else None
         assert r["pq"] == pytest.approx(_expected_pq(r["arm"], 0, steps))
+
+
+def test_jobs_train_runs_side_by_side_and_report_them_in_the_plans_order(
+    fake, tmp_path, monkeypatch
+):
+    python, calls_path, out = fake
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"))
+    one = run_plan(plan_suite(suite, [0, 1], out + "_one"), python=python, log=lambda m: None)
+    assert one["jobs"] == 1 and all(c["threads"] is None for c in _calls(calls_path))
+
+    calls_path.unlink()
+    (tmp_path / "meet").mkdir()
+    monkeypatch.setenv("FAKE_MEET", str(tmp_path / "meet"))
+    both = run_plan(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None, jobs=2)
+    calls = _calls(calls_path)
+    # The first two arm children ran at the same time, each with half of the cores.
+    assert [c["met"] for c in calls[1:3]] == [2, 2]
+    assert {c["threads"] for c in calls} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert len(calls) == 1 + 6 + 4  # the warm-up; 2 seeds x 3 arms; 2 x 2 recurrent at 3T
+    key = ("arm", "seed", "steps_multiple", "pq", "pq_th", "status")
+    assert [tuple(r[k] for k in key) for r in both["runs"]] == [
+        tuple(r[k] for k in key) for r in one["runs"]
+    ]
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["runs"] == both["runs"] and both["jobs"] == 2
+    assert both["child_threads"] == str(max(1, (os.cpu_count() or 1) // 2))
+    with open(os.path.join(out, "summary.md")) as f:
+        assert "2 run(s) at a time (OMP_NUM_THREADS " in f.read()
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a thread count the user set is kept
+    from crbp_panoptic.experiments.runner import _child_env
+
+    assert _child_env(2)["OMP_NUM_THREADS"] == "1"
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"jobs=.*expected an integer >= 1"):
+            run_plan(plan_suite(suite, [0], out + "_bad"), python=python, jobs=bad)
+    assert not os.path.exists(out + "_bad")
 
 
 def test_fresh_modules_start_every_arm_from_their_initialisation(fake):
@@ -790,6 +839,10 @@ def test_compare_configs_flags_and_output_dir_alias(tmp_path, capsys):
     assert "arms ['crbp:3']: allowed: distinct arms of suite 'quick', ff, bptt:1, bptt:3" in err
     err = _tool_error(capsys, ["--config-file", FPN_QUICK, "--arms", "ff", "crbp:3"])
     assert "need distinct recurrent arms" in err
+    _, args = tool.parse_args(["--suite", "quick", "--jobs", "2"])
+    assert (args.jobs, tool.parse_args(["--suite", "quick"])[1].jobs) == (2, 1)
+    err = _tool_error(capsys, ["--suite", "quick", "--jobs", "0"])
+    assert "--jobs 0: expected an integer >= 1" in err
     with pytest.raises(SystemExit):
         tool.main(["--help"])
     assert "Train and compare Panoptic FPN configs over seeds" in capsys.readouterr().out
