@@ -30,8 +30,9 @@ pq_vs_steps.png. Trailing KEY VALUE pairs override every config.
 
     python tools/compare_configs.py --suite quick --seeds 0 1 2 --output output/suite_quick
 
-Time, summed run times on a 2-core CPU (docs/results/suite_*.md): quick 82 min, longrange 152 min
-(three calls side by side: 51 min each), plus the warm-up's (longrange: 11 min).
+Time on a 2-core CPU (docs/results/suite_*.md): quick 52 min on the clock with --jobs 2 (91 min
+of runs, summed, plus a 5-min warm-up); longrange 152 min of runs (three calls side by side: 51
+min each) plus an 11-min warm-up.
 """
 
 import argparse
