@@ -692,7 +692,7 @@ def run_plan(
             summary["runs"].sort(key=lambda e: order[e["arm"], e["seed"], e["test_steps"]])
             write()
 
-    def run_one(run: Run):
+    def train_and_evaluate(run: Run):
         p, what = params[run.arm], f"{run.arm} seed {run.seed}"
         spec = dict(_spec(run.config, run.opts, w and w["start"]), warmup_sha256=digest)
         cmd = _train_net(python, run.config, run.opts, run.run_dir, w and w["start"])
@@ -733,9 +733,24 @@ def run_plan(
                 entry["residual"] = residual
                 write()
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    stop = threading.Event()  # after an error or Ctrl-C no further run starts
+
+    def run_one(run: Run):
+        if stop.is_set():
+            return
+        try:
+            train_and_evaluate(run)
+        except BaseException:
+            stop.set()
+            raise
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    try:
         for done in [pool.submit(run_one, run) for run in plan.runs]:
-            done.result()  # re-raises what a job raised (the pool then waits for the rest)
+            done.result()  # re-raises what a job raised
+    finally:  # also on Ctrl-C: the running children end first
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
     summary["plot"] = plot(summary, os.path.join(out, "pq_vs_steps.png"))
     write()

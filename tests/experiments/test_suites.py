@@ -503,6 +503,21 @@ def test_jobs_train_runs_side_by_side_and_report_them_in_the_plans_order(
     assert not os.path.exists(out + "_bad")
 
 
+def test_an_error_in_a_job_stops_the_runs_not_yet_started(fake, monkeypatch):
+    from crbp_panoptic.experiments import runner
+
+    python, calls_path, out = fake
+
+    def broken(run_dir):
+        raise RuntimeError("metrics.json unreadable")
+
+    monkeypatch.setattr(runner, "_training_log", broken)
+    suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"))
+    with pytest.raises(RuntimeError, match="metrics.json unreadable"):
+        run_plan(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
+    assert len(_calls(calls_path)) == 1 + 1  # the warm-up and the first run only
+
+
 def test_fresh_modules_start_every_arm_from_their_initialisation(fake):
     python, calls_path, out = fake
     assert get_suite("longrange").fresh == ("roi_heads.mask_head.",)
