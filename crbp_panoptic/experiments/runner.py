@@ -733,24 +733,22 @@ def run_plan(
                 entry["residual"] = residual
                 write()
 
-    stop = threading.Event()  # after an error or Ctrl-C no further run starts
+    stop = threading.Event()  # after an error or Ctrl-C, the queued runs return at once
 
     def run_one(run: Run):
-        if stop.is_set():
-            return
-        try:
-            train_and_evaluate(run)
-        except BaseException:
-            stop.set()
-            raise
+        if not stop.is_set():
+            try:
+                train_and_evaluate(run)
+            except BaseException:
+                stop.set()
+                raise
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
-    try:
-        for done in [pool.submit(run_one, run) for run in plan.runs]:
-            done.result()  # re-raises what a job raised
-    finally:  # also on Ctrl-C: the running children end first
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            for done in [pool.submit(run_one, run) for run in plan.runs]:
+                done.result()  # re-raises what a job raised
+        finally:  # the running children end first (the pool's exit waits for them)
+            stop.set()
 
     summary["plot"] = plot(summary, os.path.join(out, "pq_vs_steps.png"))
     write()
