@@ -22,7 +22,7 @@ weights with :func:`load_trained_weights`:
 import logging
 import os
 import re
-from typing import Dict, Iterable, List, Set
+from typing import Dict, Iterable, List, Set, Tuple
 
 from torch import nn
 
@@ -177,12 +177,14 @@ def _grouped(keys: Iterable[str], limit: int = 40) -> List[str]:
 
 class _StrictCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` (model-zoo conversions included) that refuses a checkpoint
-    whose keys do not fit the model, beyond the recurrent parts of a stock checkpoint."""
+    whose keys do not fit the model, beyond the recurrent parts of a stock checkpoint and the
+    modules under ``fresh`` (which the caller trains from their initialisation)."""
 
-    def __init__(self, model: nn.Module, weights: str, source: str):
+    def __init__(self, model: nn.Module, weights: str, source: str, fresh: Tuple[str, ...] = ()):
         super().__init__(model)
         self.weights = weights
         self.name = f"{source} {weights!r}"
+        self.fresh = tuple(fresh)
 
     def _load_file(self, filename):
         try:
@@ -198,6 +200,10 @@ class _StrictCheckpointer(DetectionCheckpointer):
         reshaped = {k for k, _, _ in wrong_shapes}
         missing = set(incompatible.missing_keys) - reshaped
         unexpected = set(incompatible.unexpected_keys)
+        if self.fresh:
+            missing = {k for k in missing if not k.startswith(self.fresh)}
+            unexpected = {k for k in unexpected if not k.startswith(self.fresh)}
+            wrong_shapes = [w for w in wrong_shapes if not w[0].startswith(self.fresh)]
 
         absent_groups = []
         for name, own in recurrent_key_groups(self.model).items():
@@ -237,7 +243,12 @@ class _StrictCheckpointer(DetectionCheckpointer):
         return incompatible._replace(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
 
 
-def load_trained_weights(model: nn.Module, weights: str, source: str = "MODEL.WEIGHTS") -> None:
+def load_trained_weights(
+    model: nn.Module,
+    weights: str,
+    source: str = "MODEL.WEIGHTS",
+    fresh: Iterable[str] = (),
+) -> None:
     """Load ``weights`` into ``model``, refusing a checkpoint that does not fit it.
 
     Args:
@@ -245,6 +256,9 @@ def load_trained_weights(model: nn.Module, weights: str, source: str = "MODEL.WE
         weights: a checkpoint accepted by :func:`check_weights_given`; "" loads nothing
             (the user asked for random weights).
         source: where ``weights`` came from, for messages.
+        fresh: state-dict key prefixes whose keys may be missing, extra or of another shape
+            (e.g. ``["roi_heads.mask_head."]``: a mask head of another kind or depth, which
+            the caller trains from its initialisation).
 
     Raises:
         WeightsError: the file cannot be read as a checkpoint, or its keys do not fit the
@@ -253,7 +267,7 @@ def load_trained_weights(model: nn.Module, weights: str, source: str = "MODEL.WE
     if not weights:
         logger.warning("%s: the model runs with untrained weights", RANDOM_WEIGHTS_FLAG)
         return
-    checkpointer = _StrictCheckpointer(model, weights, source)
+    checkpointer = _StrictCheckpointer(model, weights, source, tuple(fresh))
     try:
         checkpointer.load(weights, checkpointables=[])
     except (AssertionError, OSError) as e:  # a URL that cannot be fetched, a vanished file

@@ -554,7 +554,8 @@ def _models(plan: Plan):
 
 def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log, env) -> str:
     """Train or reuse the warm-up (or take the given weights), check that it fills every arm's
-    model but the recurrent modules, write the arms' start without the fresh modules.
+    model but the recurrent and the fresh modules, write the arms' start without the fresh
+    modules.
     Returns its sha256."""
     w = plan.warmup
     if w["dir"]:
@@ -577,11 +578,12 @@ def _warm_up(plan: Plan, summary: dict, models: dict, python: str, log, env) -> 
             )
     for arm, model in models.items():
         try:
-            load_trained_weights(model, w["weights"], "warm-up weights")
+            load_trained_weights(model, w["weights"], "warm-up weights", fresh=w["fresh"])
         except WeightsError as e:
+            fresh = f", whatever is under {w['fresh']}" if w["fresh"] else ""
             raise ValueError(
                 f"{e}\n(the warm-up weights do not fit arm {arm!r}; allowed: weights of "
-                f"{w['config']} trained with the same overrides)"
+                f"{w['config']} trained with the same overrides{fresh})"
             ) from None
     if w["fresh"]:
         dropped = drop_modules(w["weights"], w["fresh"], w["start"])

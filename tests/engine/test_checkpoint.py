@@ -118,6 +118,19 @@ def test_a_partly_missing_recurrent_module_or_a_wrong_shape_is_refused(checkpoin
     assert "roi_heads.box_predictor.cls_score.weight: (4, 64) -> (5, 64)" in str(e.value)
 
 
+def test_fresh_modules_may_differ_and_everything_else_is_loaded(checkpoints):
+    shallow = _model(
+        STOCK, 1, "MODEL.ROI_MASK_HEAD.NUM_CONV", "1", "MODEL.ROI_MASK_HEAD.CONV_DIM", "8"
+    )
+    with pytest.raises(WeightsError, match=r"mask_fcn2\.\{bias, weight\}"):
+        load_trained_weights(shallow, checkpoints[STOCK])
+    load_trained_weights(shallow, checkpoints[STOCK], fresh=["roi_heads.mask_head."])
+    stock = _saved(checkpoints[STOCK])
+    for key, value in shallow.state_dict().items():
+        if not key.startswith("roi_heads.mask_head."):
+            assert torch.equal(value, stock[key]), key
+
+
 def test_drop_modules_leaves_those_modules_at_their_initialisation(checkpoints, tmp_path):
     dest = str(tmp_path / "start.pth")
     dropped = drop_modules(checkpoints[STOCK], ["roi_heads.mask_head."], dest)

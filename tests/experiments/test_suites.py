@@ -535,6 +535,54 @@ def test_fresh_modules_start_every_arm_from_their_initialisation(fake):
     assert summary["warmup"]["start"] == start and summary["warmup"]["fresh_keys"] == len(mask)
 
 
+def test_a_fresh_mask_head_may_differ_from_the_warm_ups_and_the_rest_must_fit(fake):
+    python, calls_path, out = fake
+    warm = os.path.join(out, "warmup", "model_final.pth")
+    run_plan(
+        plan_suite(_tiny_suite(arms=("ff", "crbp:T")), [0], out, arms=["ff"]),
+        python=python,
+        log=lambda m: None,
+    )
+    one_conv = ("MODEL.ROI_MASK_HEAD.NUM_CONV", "1")  # a shallower stock head than the warm-up's
+    suite = _tiny_suite(arms=("ff", "crbp:T"), fresh=("roi_heads.mask_head.",))
+    plan = plan_suite(suite, [0], out + "_conv1", warmup_weights=warm, arms=["ff"], opts=one_conv)
+    summary = run_plan(plan, python=python, log=lambda m: None)
+    assert [r["status"] for r in summary["runs"]] == ["ok"]
+    assert summary["runs"][0]["params"]["mask_head"] < _summary_params(out)["mask_head"]
+    with pytest.raises(ValueError) as e:  # without fresh, the head must be the warm-up's
+        run_plan(
+            plan_suite(
+                _tiny_suite(arms=("ff", "crbp:T")),
+                [0],
+                out + "_strict",
+                warmup_weights=warm,
+                arms=["ff"],
+                opts=one_conv,
+            ),
+            python=python,
+            log=lambda m: None,
+        )
+    assert "roi_heads.mask_head.mask_fcn2.{bias, weight}" in str(e.value)
+    assert "the warm-up weights do not fit arm 'ff'" in str(e.value)
+    four = ("MODEL.ROI_HEADS.NUM_CLASSES", "4")  # fresh covers the mask head, not the box head
+    with pytest.raises(ValueError) as e:
+        run_plan(
+            plan_suite(
+                suite, [0], out + "_four", warmup_weights=warm, arms=["ff"], opts=one_conv + four
+            ),
+            python=python,
+            log=lambda m: None,
+        )
+    assert "roi_heads.box_predictor.cls_score.weight" in str(e.value)
+    assert "whatever is under ['roi_heads.mask_head.']" in str(e.value)
+    assert "roi_heads.mask_head" not in str(e.value).split("whatever")[0]
+
+
+def _summary_params(out):
+    with open(os.path.join(out, "summary.json")) as f:
+        return json.load(f)["runs"][0]["params"]
+
+
 def test_mask_head_suites_score_every_model_on_the_true_boxes(fake, monkeypatch):
     import crbp_panoptic.experiments.true_boxes as true_boxes
 
