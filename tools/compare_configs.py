@@ -12,6 +12,9 @@ What to compare (crbp_panoptic/experiments/runner.py), one of:
   --config-file C --arms A B ...  one recurrent config under several training rules
   --merge DIR DIR ...             join the summaries of several calls of one comparison
                                   (e.g. seeds run side by side from one warm-up) into --output
+  --rescore DIR                   evaluate the finished runs of DIR again, with the trailing
+                                  KEY VALUE overrides (e.g. another DATASETS.TEST), into
+                                  --output; nothing is trained
 
 --jobs N trains N runs at a time after the warm-up, each child (the warm-up's too) with its
 share of the cores as OMP_NUM_THREADS unless that is set; summary.json keeps the plan's order.
@@ -40,6 +43,7 @@ import dataclasses
 import shlex
 import sys
 
+from crbp_panoptic.experiments.rescore import rescore_summary
 from crbp_panoptic.experiments.runner import (
     Plan,
     config_arms,
@@ -64,6 +68,7 @@ def parse_args(argv=None):
     what.add_argument("--configs", nargs="+", metavar="FILE", help="config files, as they are")
     what.add_argument("--config-file", metavar="FILE", help="one recurrent config, with --arms")
     what.add_argument("--merge", nargs="+", metavar="DIR", help="output folders to join")
+    what.add_argument("--rescore", metavar="DIR", help="a comparison's folder to evaluate again")
     arms_help = "rules of --config-file (bptt:3 crbp:10), or which of the --suite's arms to run"
     p.add_argument("--arms", nargs="+", help=arms_help)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="SEED values")
@@ -91,8 +96,12 @@ def parse_args(argv=None):
         p.error(f"--jobs {args.jobs}: expected an integer >= 1 (runs trained at a time)")
     if args.merge and not args.output:
         p.error("--merge needs --output, the folder of the joined summary")
+    if args.rescore and not args.output:
+        p.error("--rescore needs --output, the folder of the new evaluations")
     if args.config_file and not args.arms:
         p.error("--config-file needs --arms (one recurrent config, several rules)")
+    if args.rescore and (args.test_steps or args.test_steps_multiples or args.iterations):
+        p.error("--rescore evaluates the runs at their recorded test steps; it trains nothing")
     if args.arms and not (args.config_file or args.suite):
         p.error("--arms goes with --config-file (its rules) or --suite (a subset of its arms)")
     return p, args
@@ -106,6 +115,16 @@ def main(argv=None):
     if args.merge:
         try:
             summary = merge_summaries(args.merge, args.output, command)
+        except ValueError as e:
+            p.error(str(e))
+        with open(f"{args.output}/summary.md") as f:
+            print(f.read())
+        return summary
+    if args.rescore:
+        try:
+            summary = rescore_summary(
+                args.rescore, args.output, args.opts, command=command, jobs=args.jobs
+            )
         except ValueError as e:
             p.error(str(e))
         with open(f"{args.output}/summary.md") as f:

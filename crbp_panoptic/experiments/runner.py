@@ -614,8 +614,14 @@ def _residuals(plan: Plan, run: Run) -> dict:
 
 
 def _true_box_masks(run: Run, t: Optional[int], where: str) -> dict:
-    """:func:`.true_boxes.true_box_masks` of ``run``'s model at ``t`` test steps, kept in
-    ``<where>/true_box_masks.json`` (a retrained run empties ``where``); an error is recorded."""
+    """:func:`_true_box_masks_of` ``run``'s model at ``t`` test steps."""
+    return _true_box_masks_of(run.config, run.eval_opts(t), run.weights, where)
+
+
+def _true_box_masks_of(config: str, opts: Sequence[str], weights: str, where: str) -> dict:
+    """:func:`.true_boxes.true_box_masks` of the model of ``config`` and ``opts`` with
+    ``weights``, kept in ``<where>/true_box_masks.json`` (a new child run empties ``where``);
+    an error is recorded."""
     from .evaluation import load_model
     from .true_boxes import true_box_masks
 
@@ -624,9 +630,9 @@ def _true_box_masks(run: Run, t: Optional[int], where: str) -> dict:
         with open(path) as f:
             return json.load(f)
     try:
-        cfg = _cfg(run.config, run.eval_opts(t))
+        cfg = _cfg(config, opts)
         cfg.freeze()
-        result = true_box_masks(cfg, load_model(cfg, run.weights))
+        result = true_box_masks(cfg, load_model(cfg, weights))
     except (ValueError, RuntimeError, OSError) as e:
         return {"error": f"{type(e).__name__}: {e}"}
     write_atomic(path, json.dumps(result, indent=1))

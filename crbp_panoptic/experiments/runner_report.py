@@ -139,6 +139,13 @@ def markdown(summary: dict) -> str:
     m, w, floors = summary["machine"], summary.get("warmup"), summary.get("floors") or {}
     lines = [f"Comparison `{summary['suite']}`: {summary['description'] or 'configs over seeds'}."]
     lines += ["", f"Command: `{summary['command']}`"] * bool(summary.get("command"))
+    if summary.get("rescored_from"):
+        lines += [
+            "",
+            f"Rescored: the runs of `{summary['rescored_from']}` evaluated again with "
+            f"`{' '.join(summary['rescore_opts'])}` after their own overrides (nothing "
+            "trained; the training curves are those runs'; wall times are the evaluations').",
+        ]
     kernels = f" ({m['cpu_capability']} kernels)" if m.get("cpu_capability") else ""
     lines += [
         "",

@@ -73,6 +73,8 @@ def test_defaults_are_registered_lazily():
             )
     assert DEFAULT_DATASETS["synthetic_panoptic_train"]["num_images"] == 48
     assert DEFAULT_DATASETS["synthetic_panoptic_val"]["split"] == "val"
+    test = DEFAULT_DATASETS["synthetic_panoptic_test"]
+    assert (test["split"], test["num_images"], test["image_size"]) == ("test", 500, (128, 128))
 
 
 def test_registration_generates_nothing_and_honours_the_environment(tmp_path, monkeypatch):

@@ -278,10 +278,11 @@ LOG = """[12/01 10:00:00 d2.evaluation.testing]: copypaste: Task: bbox
 
 # Writes what tools/train_net.py would (log.txt with copypaste lines; model_final.pth, a copy
 # of a real feedforward checkpoint) with PQ = 40 + SEED + TEST_STEPS / 10 + 1 (bptt) or 5
-# (crbp); records its command line, its OMP_NUM_THREADS and how many runs summary.json held
-# when it started; fails (exit 3) when its OUTPUT_DIR contains $FAKE_FAIL. With $FAKE_MEET (a
-# folder), an arm's child leaves a file there and waits up to 10 s for a second one: "met"
-# records how many it saw (2: another child was running at the same time).
+# (crbp), 0.25 more with the tiny train split as DATASETS.TEST; records its command line, its
+# OMP_NUM_THREADS and how many runs summary.json held when it started; fails (exit 3) when its
+# OUTPUT_DIR contains $FAKE_FAIL. With $FAKE_MEET (a folder), an arm's child leaves a file
+# there and waits up to 10 s for a second one: "met" records how many it saw (2: another child
+# was running at the same time).
 FAKE_TRAIN = r"""
 import json, os, shutil, sys, time
 args = sys.argv[2:]
@@ -310,6 +311,7 @@ if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in out:
 grad = opts.get("MODEL.CRBP.GRAD", "ff")
 pq = 40 + int(opts["SEED"]) + int(opts.get("MODEL.CRBP.TEST_STEPS", 0)) / 10
 pq += {"ff": 0, "bptt": 1, "crbp": 5}[grad]
+pq += 0.25 * ("tiny_train" in opts.get("DATASETS.TEST", ""))  # another test split
 with open(os.path.join(out, "log.txt"), "a") as f:
     f.write(LOG.format(ap=pq / 2, pq=pq, th=pq - 10, st=pq + 10))
 if "--eval-only" not in args:
@@ -581,6 +583,53 @@ def test_a_fresh_mask_head_may_differ_from_the_warm_ups_and_the_rest_must_fit(fa
 def _summary_params(out):
     with open(os.path.join(out, "summary.json")) as f:
         return json.load(f)["runs"][0]["params"]
+
+
+def test_rescore_evaluates_every_finished_run_again_with_the_overrides(fake, monkeypatch):
+    from crbp_panoptic.experiments.rescore import rescore_summary
+
+    python, calls_path, out = fake
+    monkeypatch.setenv("FAKE_FAIL", os.path.join("bptt_1", "seed1"))
+    suite = _tiny_suite(arms=("ff", "bptt:1", "crbp:T"), true_box_masks=True)
+    source = run_plan(plan_suite(suite, [0, 1], out), python=python, log=lambda m: None)
+    trained = len(_calls(calls_path))
+    other = ["DATASETS.TEST", "('synthetic_panoptic_tiny_train_separated',)"]
+    new_dir = out + "_rescored"
+    summary = rescore_summary(out, new_dir, other, python=python, log=lambda m: None, jobs=2)
+
+    calls = _calls(calls_path)[trained:]
+    finished = [r for r in source["runs"] if r["status"] == "ok"]
+    assert len(calls) == len(finished) and all("--eval-only" in c["argv"] for c in calls)
+    assert [(r["arm"], r["seed"], r["test_steps"]) for r in summary["runs"]] == [
+        (r["arm"], r["seed"], r["test_steps"]) for r in source["runs"]
+    ]  # the source's order, its failed run included
+    for old, new in zip(source["runs"], summary["runs"]):
+        if old["status"] != "ok":
+            assert new == old
+            continue
+        assert new["status"] == "ok" and new["opts"] == old["opts"] + other
+        assert new["pq"] == pytest.approx(
+            _expected_pq(old["arm"], old["seed"], old["test_steps"]) + 0.25
+        )
+        assert new["weights"] == old["weights"] and new.get("curves") == old.get("curves")
+        assert new["true_box_masks"]["things"] > 0 and new["log"].startswith(new_dir)
+    assert summary["floors"]["dataset"] == "synthetic_panoptic_tiny_train_separated"
+    assert summary["rescored_from"] == os.path.abspath(out) and summary["rescore_opts"] == other
+    assert "Rescored: the runs of" in open(os.path.join(new_dir, "summary.md")).read()
+    assert json.load(open(os.path.join(new_dir, "summary.json")))["runs"] == summary["runs"]
+
+    again = rescore_summary(out, new_dir, other, python=python, log=lambda m: None)
+    assert len(_calls(calls_path)) == trained + len(calls)  # finished evaluations are reused
+    assert [r["pq"] for r in again["runs"]] == [r["pq"] for r in summary["runs"]]
+
+    for bad, match in [
+        ((out, out, other), "is the source folder"),
+        ((out + "_none", new_dir, other), "summary.json cannot be read"),
+        ((out, new_dir, other[:1]), "KEY VALUE pairs"),
+        ((out, new_dir, ["MODEL.CRBP.TEST_STEPS", "5"]), "is set by the runner"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            rescore_summary(*bad, python=python, log=lambda m: None)
 
 
 def test_mask_head_suites_score_every_model_on_the_true_boxes(fake, monkeypatch):
@@ -906,6 +955,13 @@ def test_compare_configs_flags_and_output_dir_alias(tmp_path, capsys):
     assert (args.jobs, tool.parse_args(["--suite", "quick"])[1].jobs) == (2, 1)
     err = _tool_error(capsys, ["--suite", "quick", "--jobs", "0"])
     assert "--jobs 0: expected an integer >= 1" in err
+    _, args = tool.parse_args(["--rescore", "a", "--output", "b", "DATASETS.TEST", "('t',)"])
+    assert (args.rescore, args.output, args.opts) == ("a", "b", ["DATASETS.TEST", "('t',)"])
+    assert "--rescore needs --output" in _tool_error(capsys, ["--rescore", "a"])
+    err = _tool_error(capsys, ["--rescore", "a", "--output", "b", "--iterations", "5"])
+    assert "--rescore evaluates the runs at their recorded test steps" in err
+    err = _tool_error(capsys, ["--rescore", str(tmp_path / "none"), "--output", "b"])
+    assert "none/summary.json cannot be read" in err
     with pytest.raises(SystemExit):
         tool.main(["--help"])
     assert "Train and compare Panoptic FPN configs over seeds" in capsys.readouterr().out
