@@ -83,14 +83,22 @@ def _tiny_suite(**changes):
 
 
 @pytest.mark.parametrize(
-    "name, ff, recurrent, where, T, head_lr",
+    "name, ff, recurrent, where, T, head_lr, test_set",
     [
-        ("quick", FF_QUICK, FPN_QUICK, "fpn", 10, None),
-        ("longrange", FF_LONG, MASK_LONG, "mask_head", 20, "5.0"),
+        ("quick", FF_QUICK, FPN_QUICK, "fpn", 10, None, "synthetic_panoptic_test_separated"),
+        (
+            "longrange",
+            FF_LONG,
+            MASK_LONG,
+            "mask_head",
+            20,
+            "5.0",
+            "synthetic_longrange_val_separated",
+        ),
     ],
 )
 def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
-    tmp_path, name, ff, recurrent, where, T, head_lr
+    tmp_path, name, ff, recurrent, where, T, head_lr, test_set
 ):
     suite = get_suite(name)
     assert sorted(SUITES) == ["longrange", "quick", "quick_mask"] and SUITES[name] is suite
@@ -111,6 +119,9 @@ def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
     factor = "MODEL.CRBP.MASK_HEAD_LR_FACTOR"
     assert factor not in plan.warmup["opts"]
     assert {_opt(r.opts, factor) if factor in r.opts else None for r in plan.runs} == {head_lr}
+    for run in plan.runs:  # the quick suites test on the 500-image split, not on val's 12
+        assert _test_sets(run.config, run.opts) == (test_set,)
+    assert _test_sets(ff, plan.warmup["opts"]) == (test_set,)
     ff_run = runs[("ff", 1)]
     assert ff_run.config == ff and ff_run.test_steps == []
     assert not [k for k in ff_run.opts[::2] if k.startswith("MODEL.CRBP") and k != factor]
@@ -137,6 +148,12 @@ def test_declared_suite_maps_its_four_arms_to_configs_and_opts(
     assert [a.name for a in other.arms][-1] == "crbp:6"  # T: the config's STEPS (after overrides)
     assert _opt(other.warmup["opts"], "SOLVER.MAX_ITER") == "9"
     assert {_opt(r.opts, "SOLVER.MAX_ITER") for r in other.runs} == {"7"}
+
+
+def _test_sets(config, opts):
+    from crbp_panoptic.engine import setup_cfg
+
+    return tuple(setup_cfg(REPO / config, list(opts)).DATASETS.TEST)
 
 
 def test_a_subset_of_the_suites_arms_plans_those_runs_where_the_full_suite_would(tmp_path):
@@ -171,6 +188,7 @@ def test_quick_mask_suite_trains_the_papers_head_against_the_stock_head(tmp_path
             assert cfg.MODEL.CRBP.GATE_BIAS_INIT == "chronos"
             assert list(cfg.MODEL.CRBP.GATE_BIAS_RANGE) == [1.0, 3.0]
             assert cfg.MODEL.CRBP.STEPS == (20 if run.arm == "crbp:20" else 1)
+        assert cfg.DATASETS.TEST == ("synthetic_panoptic_test_separated",)
 
 
 def test_schedule_restarts_and_scales_the_decay_points(tmp_path):
