@@ -9,8 +9,8 @@ Importing this module registers, without generating anything:
 
 * ``synthetic_panoptic_train``: split "train", 48 images of 128x128, seed 0;
 * ``synthetic_panoptic_val``: split "val", 12 images of 128x128, seed 0;
-* ``synthetic_panoptic_test``: split "test", 500 images of 128x128, seed 0 (a test split
-  large enough to tell models apart by a PQ point or two; 27 things in val are not);
+* ``synthetic_panoptic_test``: split "test", 500 images of 128x128, seed 0 (1,285 things,
+  where val's 27 cannot tell models apart by a PQ point or two);
 * ``synthetic_panoptic_tiny_train``: split "train", 4 images of 64x64, seed 0 (for tests);
 * ``synthetic_panoptic_tiny_val``: split "val", 4 images of 64x64, seed 0 (for tests);
 * ``synthetic_longrange_train``: kind "cables" (long thin crossing cables, see
