@@ -34,8 +34,9 @@ pq_vs_steps.png. Trailing KEY VALUE pairs override every config.
     python tools/compare_configs.py --suite quick --seeds 0 1 2 --output output/suite_quick
 
 Time on a 2-core CPU (docs/results/suite_*.md): quick 52 min on the clock with --jobs 2 (91 min
-of runs, summed, plus a 5-min warm-up); longrange 152 min of runs (three calls side by side: 51
-min each) plus an 11-min warm-up.
+of runs, summed, plus a 5-min warm-up) when it tested on the 12 val images, plus 11 min to
+evaluate its runs on the 500 test images it now uses (--rescore); longrange 152 min of runs
+(three calls side by side: 51 min each) plus an 11-min warm-up.
 """
 
 import argparse
