@@ -22,6 +22,7 @@ from typing import Sequence
 from .machine import machine_info
 from .report import write_atomic
 from .runner import (
+    METRICS,
     _cfg,
     _check_opts,
     _child,
@@ -55,8 +56,8 @@ def rescore_summary(
     """Evaluate the finished entries of ``<source>/summary.json`` again, with ``opts`` after
     each entry's own, into ``output_dir`` (``runs/<arm>/seed<seed>[/test_steps<t>]``;
     a rerun reuses finished evaluations), ``jobs`` at a time. Writes and returns the new
-    summary (``rescored_from`` and ``rescore_opts`` record where it came from); failed
-    evaluations are recorded as failed.
+    summary (``rescored_from`` and ``rescore_opts`` record where it came from,
+    ``training_machine`` the source's ``machine``); failed evaluations are recorded as failed.
 
     Raises:
         ValueError: ``source`` has no readable summary, it has no finished entry, ``opts``
@@ -75,21 +76,23 @@ def rescore_summary(
             old = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"rescore: {source}/summary.json cannot be read ({e})") from None
-    done = [r for r in old["runs"] if r.get("status") == "ok" and r.get("weights")]
+    done = {i: r for i, r in enumerate(old["runs"]) if r.get("status") == "ok" and r.get("weights")}
     if not done:
         raise ValueError(f"rescore: {source}/summary.json has no finished run to evaluate")
 
     start, env = time.time(), _child_env(jobs)
     os.makedirs(output_dir, exist_ok=True)
     summary = dict(old, command=command, machine=machine_info(), runs=[])
+    summary["training_machine"] = old.get("training_machine", old.get("machine"))
     summary.update(rescored_from=os.path.abspath(source), rescore_opts=list(opts), jobs=jobs)
     summary["child_threads"] = env.get("OMP_NUM_THREADS", "unset")
     summary.pop("merged_from", None)
     if old.get("floors"):
-        test_set = _cfg(done[0]["config"], done[0]["opts"] + list(opts)).DATASETS.TEST[0]
+        first = next(iter(done.values()))
+        test_set = _cfg(first["config"], first["opts"] + list(opts)).DATASETS.TEST[0]
         summary["floors"] = suite_floors(test_set, [k for k in FLOORS if k in old["floors"]])
     # entries by their place in the source; one it could not evaluate stays as it was
-    results = {i: r for i, r in enumerate(old["runs"]) if r not in done}
+    results = {i: r for i, r in enumerate(old["runs"]) if i not in done}
     guard, in_process = threading.Lock(), threading.Lock()
 
     def write():
@@ -107,7 +110,7 @@ def rescore_summary(
         new = dict(entry, opts=eval_opts, seconds=seconds, log=os.path.join(where, "stdout.txt"))
         new.pop("residual", None)
         if error:
-            new.update(status="failed", error=error, **dict.fromkeys(_metrics(where)))
+            new.update(status="failed", error=error, **dict.fromkeys(METRICS))
             new.pop("true_box_masks", None)
         else:
             new.update(status="ok", **_metrics(where))
@@ -122,7 +125,7 @@ def rescore_summary(
             write()
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(evaluate, i, r) for i, r in enumerate(old["runs"]) if r in done]
+        futures = [pool.submit(evaluate, i, r) for i, r in done.items()]
         for future in futures:
             future.result()
     summary["plot"] = plot(summary, os.path.join(output_dir, "pq_vs_steps.png"))

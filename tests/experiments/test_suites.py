@@ -633,6 +633,7 @@ def test_rescore_evaluates_every_finished_run_again_with_the_overrides(fake, mon
         assert new["true_box_masks"]["things"] > 0 and new["log"].startswith(new_dir)
     assert summary["floors"]["dataset"] == "synthetic_panoptic_tiny_train_separated"
     assert summary["rescored_from"] == os.path.abspath(out) and summary["rescore_opts"] == other
+    assert summary["training_machine"] == source["machine"]
     assert "Rescored: the runs of" in open(os.path.join(new_dir, "summary.md")).read()
     assert json.load(open(os.path.join(new_dir, "summary.json")))["runs"] == summary["runs"]
 
