@@ -153,6 +153,18 @@ _RESUME_OPTS = (
 )
 
 
+def test_the_test_split_changes_the_evaluation_and_not_the_training(datasets, tmp_path):
+    # compare_configs --rescore and the suites' TEST_SPLIT rely on this
+    _train(tmp_path / "val")
+    _train(tmp_path / "wide", "DATASETS.TEST", "('engine_test_wide_separated',)")
+    val, wide = tmp_path / "val", tmp_path / "wide"
+    _assert_same_checkpoint(val / "model_final.pth", wide / "model_final.pth")
+    results = "Evaluation results for engine_test_{}_separated"
+    assert results.format("val") in (val / "log.txt").read_text()
+    log = (wide / "log.txt").read_text()  # (the first run's log.txt also gets the second's)
+    assert results.format("wide") in log and results.format("val") not in log
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_after_any_checkpoint_ends_with_the_same_weights(datasets, tmp_path, workers):
     opts = _RESUME_OPTS + ("DATALOADER.NUM_WORKERS", workers)
