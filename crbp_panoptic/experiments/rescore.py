@@ -21,16 +21,7 @@ from typing import Sequence
 
 from .machine import machine_info
 from .report import write_atomic
-from .runner import (
-    METRICS,
-    _cfg,
-    _check_opts,
-    _child,
-    _child_env,
-    _metrics,
-    _train_net,
-    _true_box_masks_of,
-)
+from .runner import METRICS, _cfg, _check_opts, _child_env, evaluate_again
 from .suites import FLOORS, suite_floors
 
 __all__ = ["rescore_summary"]
@@ -102,23 +93,16 @@ def rescore_summary(
         write_atomic(os.path.join(output_dir, "summary.json"), json.dumps(summary, indent=1))
 
     def evaluate(i: int, entry: dict):
-        where, eval_opts = _eval_dir(output_dir, entry), list(entry["opts"]) + list(opts)
-        spec = {"config": entry["config"], "opts": eval_opts, "weights": entry["weights"]}
-        cmd = _train_net(python, entry["config"], eval_opts, where, entry["weights"], True)
+        eval_opts = list(entry["opts"]) + list(opts)
         what = f"evaluate {entry['arm']} seed {entry['seed']} at {entry.get('test_steps')} steps"
-        error, seconds = _child(cmd, where, spec, None, log, what, env)
-        new = dict(entry, opts=eval_opts, seconds=seconds, log=os.path.join(where, "stdout.txt"))
-        new.pop("residual", None)
-        if error:
-            new.update(status="failed", error=error, **dict.fromkeys(METRICS))
-            new.pop("true_box_masks", None)
-        else:
-            new.update(status="ok", **_metrics(where))
-            if "true_box_masks" in entry:
-                with in_process:
-                    new["true_box_masks"] = _true_box_masks_of(
-                        entry["config"], eval_opts, entry["weights"], where
-                    )
+        boxes = in_process if "true_box_masks" in entry else None
+        fields = evaluate_again(
+            python, entry["config"], eval_opts, entry["weights"], _eval_dir(output_dir, entry),
+            what, log, env, boxes,
+        )  # fmt: skip
+        new = {k: v for k, v in entry.items() if k not in ("residual", "true_box_masks")}
+        new.update(dict.fromkeys(METRICS), opts=eval_opts)
+        new.update(fields)
         with guard:
             results[i] = new
             summary["runs"] = [results[k] for k in sorted(results)]

@@ -639,6 +639,24 @@ def _true_box_masks_of(config: str, opts: Sequence[str], weights: str, where: st
     return result
 
 
+def evaluate_again(python, config, opts, weights, where, what, log, env, true_boxes=None) -> dict:
+    """Evaluate trained ``weights`` with ``train_net.py --eval-only`` (config and opts) in
+    ``where`` (reused when finished there), and with ``true_boxes`` (the lock of this
+    process's evaluations) score the mask head on the true boxes. Returns the entry's
+    ``status``, ``log``, ``seconds`` and metrics (or ``error``) fields."""
+    spec = {"config": config, "opts": list(opts), "weights": weights}
+    cmd = _train_net(python, config, list(opts), where, weights, eval_only=True)
+    error, seconds = _child(cmd, where, spec, None, log, what, env)
+    fields = {"log": os.path.join(where, "stdout.txt"), "seconds": seconds}
+    if error:
+        return dict(fields, status="failed", error=error)
+    fields.update(status="ok", **_metrics(where))
+    if true_boxes:
+        with true_boxes:
+            fields["true_box_masks"] = _true_box_masks_of(config, opts, weights, where)
+    return fields
+
+
 def run_plan(
     plan: Plan, python: str = sys.executable, command: str = "", log=print, jobs: int = 1
 ) -> dict:
@@ -720,18 +738,10 @@ def run_plan(
         entry = _entry(run, first, p, **fields, **_training_log(run.run_dir))
         record(entry)
         for t in run.test_steps[1:]:
-            eval_dir, eval_opts = run.eval_dir(t), run.eval_opts(t)
-            spec = {"config": run.config, "opts": eval_opts, "weights": run.weights}
-            cmd = _train_net(python, run.config, eval_opts, eval_dir, run.weights, eval_only=True)
-            what_t = f"evaluate {what} at {t} steps"
-            error, seconds = _child(cmd, eval_dir, spec, None, log, what_t, env)
-            fields = {"log": os.path.join(eval_dir, "stdout.txt"), "seconds": seconds}
-            fields.update(status="failed", error=error) if error else fields.update(
-                status="ok", **_metrics(eval_dir)
-            )
-            if plan.true_box_masks and not error:
-                with in_process:
-                    fields["true_box_masks"] = _true_box_masks(run, t, eval_dir)
+            fields = evaluate_again(
+                python, run.config, run.eval_opts(t), run.weights, run.eval_dir(t),
+                f"evaluate {what} at {t} steps", log, env, plan.true_box_masks and in_process,
+            )  # fmt: skip
             record(_entry(run, t, p, **fields))
         if plan.residual_images and run.steps:
             log(f"[{time.strftime('%H:%M:%S')}] {what}: residual curves")
