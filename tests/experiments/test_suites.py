@@ -189,6 +189,8 @@ def test_quick_mask_suite_trains_the_papers_head_against_the_stock_head(tmp_path
             assert list(cfg.MODEL.CRBP.GATE_BIAS_RANGE) == [1.0, 3.0]
             assert cfg.MODEL.CRBP.STEPS == (20 if run.arm == "crbp:20" else 1)
         assert cfg.DATASETS.TEST == ("synthetic_panoptic_test_separated",)
+        assert cfg.MODEL.CRBP.MASK_HEAD_LR_FACTOR == 5.0  # every head, the stock one included
+    assert "MODEL.CRBP.MASK_HEAD_LR_FACTOR" not in plan.warmup["opts"]
 
 
 def test_schedule_restarts_and_scales_the_decay_points(tmp_path):
